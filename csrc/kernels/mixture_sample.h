@@ -1,0 +1,54 @@
+// mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream (philox.h).
+// S is diag(scale[c]) (scale (N, K)) or the lower triangle of scale[c] (scale (N, K, K)).
+// Backward regenerates eps instead of storing it:
+//   grad_mu[c]    = sum_{s: c_s = c} grad_z[s]
+//   grad_scale[c] = sum_{s: c_s = c} grad_z[s] * eps[s]            (diagonal)
+//                 = tril(sum_{s: c_s = c} grad_z[s] eps[s]^T)      (full)
+// All tensors are contiguous row-major; no torch types appear here.
+#pragma once
+#include <cstdint>
+
+namespace gmk {
+
+template <typename scalar_t>
+struct MixtureSampleParams {
+  const scalar_t* mu;         // (num_components, dim)
+  const scalar_t* scale;      // (num_components, dim) or (num_components, dim, dim)
+  const int64_t* component;   // (num_samples,), values in [0, num_components)
+  scalar_t* z;                // (num_samples, dim), written
+  int64_t num_samples;
+  int64_t num_components;
+  int64_t dim;
+  bool full_scale;            // scale is (N, K, K) lower-triangular
+  uint64_t seed;
+  int num_threads;
+};
+
+template <typename scalar_t>
+struct MixtureSampleBackwardParams {
+  const scalar_t* grad_z;     // (num_samples, dim)
+  const scalar_t* scale;      // only its shape matters; kept for symmetry with the forward
+  const int64_t* component;   // (num_samples,)
+  scalar_t* grad_mu;          // (num_components, dim), written
+  scalar_t* grad_scale;       // (num_components, dim) or (num_components, dim, dim), written
+  int64_t num_samples;
+  int64_t num_components;
+  int64_t dim;
+  bool full_scale;
+  uint64_t seed;
+  int num_threads;
+};
+
+template <typename scalar_t>
+void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_sample_backward_cpu(const MixtureSampleBackwardParams<scalar_t>& params);
+
+// CUDA launchers (csrc/cuda/mixture_sample.cu); `stream` is a cudaStream_t.
+template <typename scalar_t>
+void mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& params, void* stream);
+template <typename scalar_t>
+void mixture_sample_backward_cuda(const MixtureSampleBackwardParams<scalar_t>& params,
+                                  void* stream);
+
+}  // namespace gmk

@@ -1,0 +1,3 @@
+"""Modules built on the ops: GaussianMixturePrior, SimplexGMM, MinibatchDiscrimination."""
+
+__all__: list = []

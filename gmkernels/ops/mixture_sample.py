@@ -1,0 +1,129 @@
+"""mixture_sample: reparameterized sampling from a Gaussian-mixture prior.
+
+The wrapper draws the components (uniformly, from ``weights``, or as given) and one 62-bit seed
+from torch's generator; the kernels then make eps with the shared Philox stream
+(csrc/kernels/philox.h), so eps is never stored: the backward regenerates it from the seed.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend
+from ..reference import mixture_sample as reference
+from . import _checks
+
+_C = backend.compiled_module()
+_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
+IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS
+
+
+def _check(mu, scale, n, component, generator, weights):
+    mu = _checks.float_tensor(mu, "mu")
+    scale = _checks.float_tensor(scale, "scale")
+    n = _checks.non_negative_int(n, "n")
+    _checks.ndim(mu, "mu", 2, "(N, K)")
+    num_components, dim = mu.shape
+    if num_components == 0:
+        raise ValueError("mu must have at least one component (N >= 1), got shape (0, K)")
+    full = (num_components, dim, dim)
+    if tuple(scale.shape) not in ((num_components, dim), full):
+        raise ValueError(
+            f"scale must be (N, K) = {(num_components, dim)} (diagonal std) or (N, K, K) = {full}"
+            f" (lower-triangular factor), got shape {tuple(scale.shape)}"
+        )
+    _checks.same_dtype({"mu": mu, "scale": scale, "weights": weights})
+    _checks.same_device({"mu": mu, "scale": scale, "component": component, "weights": weights})
+    if component is not None:
+        _checks.int64_tensor(component, "component")
+        if tuple(component.shape) != (n,):
+            raise ValueError(f"component must have shape (n,) = ({n},), got {tuple(component.shape)}")
+        _checks.index_range(component, "component", num_components)
+    if weights is not None:
+        if component is not None:
+            raise ValueError("pass either component or weights, not both")
+        _checks.float_tensor(weights, "weights")
+        if tuple(weights.shape) != (num_components,):
+            raise ValueError(f"weights must have shape (N,) = ({num_components},), got {tuple(weights.shape)}")
+        if _checks.checking_values() and not (bool((weights >= 0).all()) and float(weights.sum()) > 0):
+            raise ValueError("weights must be >= 0 with a positive sum")
+    _checks.finite(scale, "scale")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != mu.device.type:
+            raise ValueError(f"generator is on {generator.device}, mu on {mu.device}")
+    return num_components, n
+
+
+def draw_seed(generator: torch.Generator | None = None) -> torch.Tensor:
+    """A 0-dim int64 CPU tensor of 62 random bits from ``generator`` (default: torch's CPU
+    generator, so ``torch.manual_seed`` reproduces it)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    seed = torch.randint(0, 2**62, (), dtype=torch.int64, device=device, generator=generator)
+    return seed.cpu()
+
+
+def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, n: int, *,
+                   component: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None,
+                   weights: torch.Tensor | None = None):
+    """Draw ``n`` samples z = mu[c] + S[c] eps from a Gaussian mixture, differentiably in mu and
+    scale.
+
+    Args:
+        mu: (N, K) component means.
+        scale: (N, K) diagonal standard deviations (DeLiGAN, GM-GAN static), or (N, K, K) factors
+            A with z = mu_c + A_c eps (GM-GAN dynamic, Sigma_c = A_c A_c^T), read as
+            lower-triangular like ``scale_tril`` in torch.distributions.
+        n: number of samples (Python int >= 0).
+        component: optional (n,) int64 components in [0, N) chosen by the caller.
+        generator: the only RNG state consumed when given; otherwise torch's default generators.
+        weights: optional (N,) non-negative mixture weights (need not sum to 1); uniform if None.
+
+    Returns:
+        (z, component): z (n, K) in mu's dtype, component (n,) int64.
+    """
+    num_components, n = _check(mu, scale, n, component, generator, weights)
+    if component is None:
+        if n == 0:
+            component = torch.empty(0, dtype=torch.int64, device=mu.device)
+        elif weights is None:
+            component = torch.randint(num_components, (n,), device=mu.device, generator=generator)
+        else:
+            component = torch.multinomial(weights, n, replacement=True, generator=generator)
+    seed = draw_seed(generator)
+    return mixture_sample_with_seed(mu, scale, component, seed), component
+
+
+def mixture_sample_with_seed(mu: torch.Tensor, scale: torch.Tensor, component: torch.Tensor,
+                             seed: torch.Tensor) -> torch.Tensor:
+    """z for given components and Philox seed (0-dim int64 CPU tensor): the same z on every
+    backend, within float rounding. Arguments are assumed checked."""
+    name = backend.resolve("mixture_sample", IMPLEMENTED, mu.device)
+    if name == "reference":
+        return reference.mixture_sample(mu, scale, component, seed)
+    return torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
+
+
+if _C is not None:
+
+    @torch.library.register_fake("gmkernels::mixture_sample")
+    def _fake(mu, scale, component, seed):
+        return mu.new_empty(component.shape[0], mu.shape[1])
+
+    @torch.library.register_fake("gmkernels::mixture_sample_backward")
+    def _fake_backward(grad_z, scale, component, seed):
+        return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
+
+    def _setup_context(ctx, inputs, output):
+        mu, scale, component, seed = inputs
+        ctx.save_for_backward(scale, component, seed)
+
+    def _backward(ctx, grad_z):
+        scale, component, seed = ctx.saved_tensors
+        grad_mu, grad_scale = torch.ops.gmkernels.mixture_sample_backward(
+            grad_z, scale, component, seed)
+        return grad_mu, grad_scale, None, None
+
+    torch.library.register_autograd(
+        "gmkernels::mixture_sample", _backward, setup_context=_setup_context)

@@ -1,0 +1,62 @@
+"""The backend switch and build facts (API.md: backend switch)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gmkernels
+
+
+def test_backends_lists_cpp_and_reference_fastest_first():
+    names = gmkernels.backends()
+    assert "cpp" in names and names[-1] == "reference"
+    order = ("cuda", "triton", "cpp", "reference")
+    assert list(names) == sorted(names, key=order.index)
+
+
+def test_use_backend_restores_previous_choice_even_on_exception():
+    gmkernels.set_backend("auto")
+    with pytest.raises(RuntimeError):
+        with gmkernels.use_backend("reference"):
+            assert gmkernels.get_backend() == "reference"
+            raise RuntimeError("boom")
+    assert gmkernels.get_backend() == "auto"
+
+
+def test_unknown_backend_raises_value_error_listing_valid_names():
+    with pytest.raises(ValueError, match="'auto'.*'reference'"):
+        gmkernels.set_backend("metal")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with gmkernels.use_backend("cuda" if "cuda" not in gmkernels.backends() else "metal"):
+            pass
+
+
+def test_cpp_backend_refuses_gpu_tensors_only_on_explicit_choice():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    mu = torch.zeros(2, 3, device="cuda")
+    with gmkernels.use_backend("cpp"), pytest.raises(ValueError, match="cannot run"):
+        gmkernels.mixture_sample(mu, torch.ones_like(mu), 4)
+
+
+def _backend_at_import(value: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GMKERNELS_BACKEND=value)
+    code = "import gmkernels; print(gmkernels.get_backend())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_environment_variable_sets_default_at_import():
+    result = _backend_at_import("reference")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reference"
+    bad = _backend_at_import("nonsense")
+    assert bad.returncode != 0 and "backend must be one of" in bad.stderr
+
+
+def test_build_info_reports_version_openmp_and_compiler():
+    info = gmkernels.build_info()
+    assert info["compiled"] and info["version"] == gmkernels.__version__
+    assert info["openmp"] and info["compiler"].startswith(("gcc", "clang"))
+    assert isinstance(info["cuda"], bool) and isinstance(info["cuda_archs"], str)
