@@ -23,7 +23,8 @@ import torch  # noqa: E402
 import gmkernels  # noqa: E402
 from bench.common import measure  # noqa: E402
 
-OPS = ("mixture_sample",)
+OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(ROOT, "bench", "ops"))
+                    if name.endswith(".py") and not name.startswith("_")))
 
 
 def cpu_model() -> str:
