@@ -108,20 +108,24 @@ def _limit_lines(limits: dict) -> list:
 
 
 def _op_lines(rows: list) -> list:
+    """One op's rows; a device column when they span devices, items/s for training steps."""
+    with_device = len({row["device"] for row in rows}) > 1
     with_items = any(row.get("items_per_s") for row in rows)
-    titles = ["size", "mode", "variant", "median ms", "min ms", "runs", "first call s", "x base",
-              "x peer", "GB/s", "GFLOP/s", "% of limit (limit)", "peak memory"] + (["items/s"] if with_items else [])
+    titles = ["size", "mode", "device", "variant", "median ms", "min ms", "runs", "first call s",
+              "x base", "x peer", "GB/s", "GFLOP/s", "% of limit (limit)", "peak memory", "items/s"]
     table = []
     for row in rows:
-        limit = (f"{_percent(row['limit_fraction'])} ({row['limit']})" if row.get("limit") else "-")
         table.append([
-            row["size"], row["mode"], row["variant"], _number(1e3 * row["median_s"], ".3f"),
+            row["size"], row["mode"], row["device"], row["variant"], _number(1e3 * row["median_s"], ".3f"),
             _number(1e3 * row["min_s"], ".3f"), row["repeats"], _number(row.get("first_call_s"), ".2f"),
             _number(row.get("speedup_vs_baseline"), ".2f"), _number(row.get("speedup_vs_compile"), ".2f"),
-            _number(row.get("gb_per_s"), ".2f"), _number(row.get("gflop_per_s"), ".2f"), limit,
-            _bytes(row.get("peak_bytes")),
-        ] + ([_number(row.get("items_per_s"), ".1f")] if with_items else []))
-    return _markdown_table(titles, table)
+            _number(row.get("gb_per_s"), ".2f"), _number(row.get("gflop_per_s"), ".2f"),
+            f"{_percent(row['limit_fraction'])} ({row['limit']})" if row.get("limit") else "-",
+            _bytes(row.get("peak_bytes")), _number(row.get("items_per_s"), ".1f"),
+        ])
+    keep = [index for index, title in enumerate(titles)
+            if (title != "device" or with_device) and (title != "items/s" or with_items)]
+    return _markdown_table([titles[index] for index in keep], [[cells[index] for index in keep] for cells in table])
 
 
 def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
@@ -134,6 +138,8 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
         lines += [f"- `{error['op']}`: {error['error']}" for error in result["errors"]] + [""]
     missed = below_target(rows)
     lines += ["## Below target", ""]
+    if settings["smoke"]:
+        lines += ["Smoke run: single runs of tiny sizes; the machinery is checked, the verdicts mean nothing.", ""]
     if missed:
         lines += _markdown_table(
             ["op", "size", "mode", "variant", "missed", "% of limit", "reason"],
@@ -172,22 +178,23 @@ def write_json(path: str, result: dict) -> None:
 
 
 def write_plot(path: str, rows: list, title: str) -> Optional[str]:
-    """Speed-up over the baseline vs size, one panel per op and mode, one line per variant (sizes
-    in the order the section lists them). Returns why not when matplotlib is missing."""
+    """Speed-up over the baseline vs size, one panel per op, mode and device, one line per variant
+    (sizes in the order the section lists them). Returns why not when it cannot plot."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed"
-    panels = list(dict.fromkeys((row["op"], row["mode"]) for row in rows))
+    panels = list(dict.fromkeys((row["op"], row["mode"], row["device"]) for row in rows))
+    several_devices = len({row["device"] for row in rows}) > 1
     if not panels:
         return "no rows"
     columns = min(2, len(panels))
     lines = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 3.8 * lines), squeeze=False)
-    for axis, (op, mode) in zip(axes.flat, panels):
-        panel_rows = [row for row in rows if row["op"] == op and row["mode"] == mode]
+    for axis, (op, mode, device) in zip(axes.flat, panels):
+        panel_rows = [row for row in rows if (row["op"], row["mode"], row["device"]) == (op, mode, device)]
         sizes = list(dict.fromkeys(row["size"] for row in panel_rows))
         baselines = {row["baseline"] for row in panel_rows}
         for variant in dict.fromkeys(row["variant"] for row in panel_rows if row["variant"] not in baselines):
@@ -199,7 +206,7 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         axis.set_yscale("log")
         axis.set_xticks(range(len(sizes)))
         axis.set_xticklabels(sizes, rotation=15, fontsize=7, ha="right")
-        axis.set_title(f"{op} ({mode})", fontsize=9)
+        axis.set_title(f"{op} ({mode}{', ' + device if several_devices else ''})", fontsize=9)
         axis.set_ylabel(f"speed-up vs {' / '.join(sorted(baselines))}", fontsize=8)
         axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(panels):]:

@@ -175,7 +175,11 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
+
+
 def main(argv=None) -> int:
+    run_started = time.perf_counter()
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,9 +233,14 @@ def main(argv=None) -> int:
             rows += case_rows
         seconds[op] = time.perf_counter() - started
     print("\n# seconds per section: " + ", ".join(f"{op} {value:.1f}" for op, value in seconds.items()))
+    total_s = time.perf_counter() - run_started
+    if args.quick and total_s > QUICK_BUDGET_S:
+        print(f"# note: this quick run took {total_s:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget: "
+              "shrink the QUICK sizes of the slowest sections above")
     missed = report.below_target(rows)
     if missed:
-        print("\nBelow target:")
+        print("\nBelow target" + (" (smoke run: single runs of tiny sizes, the verdicts mean nothing):"
+                                   if args.smoke else ":"))
         for row in missed:
             print("  " + report.miss_line(row))
     if errors:
@@ -245,6 +254,7 @@ def main(argv=None) -> int:
         pass
     settings["timers"] = ", ".join(sorted({row["timer"] for row in rows})) or "none"
     settings["seconds_per_section"] = seconds
+    settings["seconds_total"] = total_s
     result = {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
               "rows": rows, "below_target": missed, "errors": errors}
     if not args.no_save:

@@ -179,3 +179,17 @@ def test_filters_keep_reference_variants_and_drop_compiling_ones_in_smoke_runs()
     other = Case("op", "N=8 n=128", "forward", [])
     assert run.select_cases([case, other], ["n=128"]) == [other]
     assert run.select_cases([case, other], None) == [case, other]
+
+
+def test_pykeops_variant_is_added_only_when_keops_loads(monkeypatch):
+    from bench import common
+
+    class FakeLazyTensor:
+        pass
+
+    monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: None)
+    assert common.pykeops_variants(lambda lazy_tensor: None) == []
+    monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: FakeLazyTensor)
+    (variant,) = common.pykeops_variants(lambda lazy_tensor: lambda: lazy_tensor)
+    assert variant.name == "pykeops" and variant.backend == "pykeops" and variant.compiles
+    assert variant.run() is FakeLazyTensor
