@@ -158,9 +158,9 @@ def result_basename(facts: dict, settings: dict) -> str:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small sizes, few repeats (a demo; < 2 min on 2 CPU cores)")
-    size.add_argument("--smoke", action="store_true",
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--quick", action="store_true", help="small sizes, few repeats (a demo; < 2 min on 2 CPU cores)")
+    kind.add_argument("--smoke", action="store_true",
                       help="tiny sizes, 1 repeat, no compiling variants, tiny limit runs: checks the machinery only")
     parser.add_argument("--op", action="append", choices=OPS, help="only these op sections (repeatable)")
     parser.add_argument("--backend", action="append",
@@ -173,6 +173,29 @@ def parse_args(argv):
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--list", action="store_true", help="list the cases and variants, run nothing")
     return parser.parse_args(argv)
+
+
+def measure_limits(limits: Limits) -> Limits:
+    """Measures the limits of every device here before any case runs, and prints them."""
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        measured = limits.for_device(device)
+        print(f"# limits {device}: copy {measured['copy_gb_per_s']:.1f} GB/s, read {measured['read_gb_per_s']:.1f} GB/s, "
+              f"fp32 matmul {measured['fp32_matmul_gflop_per_s']:.1f} GFLOP/s (n={measured['matmul_size']})"
+              + "".join(f", {dtype} {measured[f'{dtype}_matmul_gflop_per_s']:.1f}" for dtype in ("tf32", "bf16")
+                        if f"{dtype}_matmul_gflop_per_s" in measured), flush=True)
+    return limits
+
+
+def save(result: dict, folder: str) -> None:
+    """JSON, Markdown and PNG under `folder`, named by device, date and kind."""
+    facts, settings = result["device"], result["settings"]
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, result_basename(facts, settings))
+    plot_problem = report.write_plot(base + ".png", result["rows"], f"gmkernels {settings['kind']}: {facts['cpu']}"
+                                     + (f" / {facts['gpu']['name']}" if facts["gpu"] else ""))
+    report.write_json(base + ".json", result)
+    report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
+    print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
 
 
 QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
@@ -214,13 +237,8 @@ def main(argv=None) -> int:
     facts = device_facts()
     print(f"# device: {facts['cpu']} | threads {facts['threads']} | torch {facts['torch']} | "
           f"backends {facts['backends']}" + (f" | gpu {facts['gpu']['name']}" if facts["gpu"] else ""), flush=True)
-    limits = Limits(repeats=max(3, settings["repeats"]) if not args.smoke else 1, scale=mode["limit_scale"])
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        measured = limits.for_device(device)
-        print(f"# limits {device}: copy {measured['copy_gb_per_s']:.1f} GB/s, read {measured['read_gb_per_s']:.1f} GB/s, "
-              f"fp32 matmul {measured['fp32_matmul_gflop_per_s']:.1f} GFLOP/s (n={measured['matmul_size']})"
-              + "".join(f", {dtype} {measured[f'{dtype}_matmul_gflop_per_s']:.1f}" for dtype in ("tf32", "bf16")
-                        if f"{dtype}_matmul_gflop_per_s" in measured), flush=True)
+    limits = measure_limits(Limits(repeats=1 if args.smoke else max(3, settings["repeats"]),
+                                   scale=mode["limit_scale"]))
 
     rows, seconds, header = [], {}, True
     for op, cases in sections.items():
@@ -258,13 +276,7 @@ def main(argv=None) -> int:
     result = {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
               "rows": rows, "below_target": missed, "errors": errors}
     if not args.no_save:
-        os.makedirs(args.out, exist_ok=True)
-        base = os.path.join(args.out, result_basename(facts, settings))
-        plot_problem = report.write_plot(base + ".png", rows, f"gmkernels {kind}: {facts['cpu']}"
-                                         + (f" / {facts['gpu']['name']}" if facts["gpu"] else ""))
-        report.write_json(base + ".json", result)
-        report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
-        print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
+        save(result, args.out)
     return 1 if errors else 0
 
 
