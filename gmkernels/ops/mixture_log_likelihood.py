@@ -11,7 +11,14 @@ from ..reference import mixture_log_likelihood as reference
 from . import _checks
 
 _C = backend.compiled_module()
-IMPLEMENTED = ("reference",) + (("cpp", "cuda") if _C is not None else ())
+_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
+if "triton" in backend.backends():
+    from ..triton import mixture_log_likelihood as _triton  # noqa: F401  (registers the op)
+
+    _TRITON_BACKENDS = ("triton",)
+else:
+    _TRITON_BACKENDS = ()
+IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
 
 
 def _check(x, means, var, log_weights):
@@ -161,13 +168,16 @@ def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
     return (unit * radius).to(dtype=dtype, device=device)
 
 
-if _C is not None:
+def _register(namespace: str) -> None:
+    """Fake tensors and autograd of <namespace>::mixture_log_likelihood (the C++ and the Triton
+    ops share the schema). The backward gets the saved log-likelihood and recomputes the rest."""
+    ops = getattr(torch.ops, namespace)
 
-    @torch.library.register_fake("gmkernels::mixture_log_likelihood")
+    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood")
     def _fake(x, means, var, log_weights):
         return x.new_empty(x.shape[0])
 
-    @torch.library.register_fake("gmkernels::mixture_log_likelihood_backward")
+    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood_backward")
     def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
         return (torch.empty_like(x), torch.empty_like(means), torch.empty_like(var),
                 torch.empty_like(log_weights))
@@ -178,9 +188,15 @@ if _C is not None:
     def _backward(ctx, grad):
         x, means, var, log_weights, log_likelihood = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = torch.ops.gmkernels.mixture_log_likelihood_backward(
+        grads = ops.mixture_log_likelihood_backward(
             grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
         return tuple(g if need else None for g, need in zip(grads, needs))
 
     torch.library.register_autograd(
-        "gmkernels::mixture_log_likelihood", _backward, setup_context=_setup_context)
+        f"{namespace}::mixture_log_likelihood", _backward, setup_context=_setup_context)
+
+
+if _C is not None:
+    _register("gmkernels")
+if _TRITON_BACKENDS:
+    _register("gmkernels_triton")
