@@ -165,6 +165,26 @@ def test_cpp_tiles_over_rows_and_components():
         assert torch.allclose(g, w, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_tiled_backward_with_peaked_and_flat_responsibilities(backend, spread):
+    """Peaked rows (one component each, tiny var) make W sparse, flat rows (huge var) dense: the
+    CPU backward takes the sparse or the dense products accordingly; both give the truth."""
+    require_backend(op)
+    gen = torch.Generator().manual_seed(13)
+    means = torch.randn(1500, 4, generator=gen, dtype=torch.float64)
+    nearest = torch.randint(1500, (300,), generator=gen)
+    x = means[nearest] + 0.01 * torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    var = torch.full((1500, 4), 1e-3 if spread == "peaked" else 100.0, dtype=torch.float64)
+    log_weights = torch.log_softmax(torch.randn(1500, generator=gen, dtype=torch.float64), 0)
+    if gmkernels.get_backend() == "triton":
+        x, means, var, log_weights = x[:40], means[:130], var[:130], log_weights[:130]
+    got, grads = value_and_grads(gmkernels.get_backend(), *(t.to(backend) for t in (x, means, var, log_weights)))
+    want, want_grads = truth(x, means, var, log_weights)
+    assert torch.allclose(got.cpu(), want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-8 * w.abs().max().item())
+
+
 def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
     x, means, var, log_weights = make_inputs(11, PATHS[path], 4, var_kind, dtype, seed=6)
     var = var.expand(PATHS[path]) if var.dim() == 0 else var

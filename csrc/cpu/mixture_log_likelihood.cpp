@@ -54,22 +54,30 @@ inline float exp_vectorizable(float x) {
 // float64 keeps the library exp: its cost is small next to the float64 arithmetic around it.
 inline double exp_vectorizable(double x) { return std::exp(x); }
 
-// Per-component constants of the direct path: precision 1/v ((C,) or (C, d)) and
+// Per-component constants of the direct path: precision 1/v_ck as a full (C, d) table (so that
+// inner loops never branch on the variance's shape), 1/v_c for the isotropic case, and
 // offset_c = lw_c - 1/2 sum_k log(2 pi v_ck), the latter summed in double.
 template <typename scalar_t>
 struct ComponentTable {
-  std::vector<scalar_t> precision;
-  std::vector<scalar_t> offset;
+  std::vector<scalar_t> precision;            // (C, d)
+  std::vector<scalar_t> component_precision;  // (C,), isotropic only
+  std::vector<scalar_t> offset;               // (C,)
 
   ComponentTable(const scalar_t* var, const scalar_t* log_weights, int64_t num_components,
                  int64_t dim, bool diagonal)
-      : precision(diagonal ? num_components * dim : num_components), offset(num_components) {
-    for (size_t i = 0; i < precision.size(); ++i) precision[i] = scalar_t(1) / var[i];
+      : precision(num_components * dim), component_precision(num_components),
+        offset(num_components) {
     for (int64_t c = 0; c < num_components; ++c) {
       double log_norm = 0;
       if (diagonal) {
-        for (int64_t k = 0; k < dim; ++k) log_norm += kLog2Pi + std::log(double(var[c * dim + k]));
+        for (int64_t k = 0; k < dim; ++k) {
+          precision[c * dim + k] = scalar_t(1) / var[c * dim + k];
+          log_norm += kLog2Pi + std::log(double(var[c * dim + k]));
+        }
       } else {
+        component_precision[c] = scalar_t(1) / var[c];
+        std::fill(precision.begin() + c * dim, precision.begin() + (c + 1) * dim,
+                  component_precision[c]);
         log_norm = dim * (kLog2Pi + std::log(double(var[c])));
       }
       offset[c] = static_cast<scalar_t>(double(log_weights[c]) - 0.5 * log_norm);
@@ -98,19 +106,28 @@ void block_exponents(const scalar_t* x_block, const scalar_t* means,
   for (int64_t c = 0; c < num_components; ++c) {
     scalar_t acc[kRowBlock] = {};
     const scalar_t* mean = means + c * dim;
-    for (int64_t k = 0; k < dim; ++k) {
-      const scalar_t mu = mean[k];
-      const scalar_t weight = diagonal ? table.precision[c * dim + k] : scalar_t(1);
-      const scalar_t* xk = x_block + k * kRowBlock;
-      for (int64_t r = 0; r < kRowBlock; ++r) {
-        const scalar_t diff = xk[r] - mu;
-        acc[r] += diff * diff * weight;
+    const scalar_t* precision = table.precision.data() + c * dim;
+    if (diagonal) {
+      for (int64_t k = 0; k < dim; ++k) {
+        const scalar_t mu = mean[k], weight = precision[k];
+        const scalar_t* xk = x_block + k * kRowBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < kRowBlock; ++r) acc[r] += (xk[r] - mu) * (xk[r] - mu) * weight;
       }
+    } else {
+      for (int64_t k = 0; k < dim; ++k) {
+        const scalar_t mu = mean[k];
+        const scalar_t* xk = x_block + k * kRowBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < kRowBlock; ++r) acc[r] += (xk[r] - mu) * (xk[r] - mu);
+      }
+      if (squared != nullptr) std::copy(acc, acc + kRowBlock, squared + c * kRowBlock);
     }
-    const scalar_t half_precision = diagonal ? scalar_t(0.5) : scalar_t(0.5) * table.precision[c];
+    const scalar_t half_precision =
+        diagonal ? scalar_t(0.5) : scalar_t(0.5) * table.component_precision[c];
     scalar_t* out = exponent + c * kRowBlock;
+#pragma omp simd
     for (int64_t r = 0; r < kRowBlock; ++r) out[r] = table.offset[c] - half_precision * acc[r];
-    if (squared != nullptr) std::copy(acc, acc + kRowBlock, squared + c * kRowBlock);
   }
 }
 
@@ -120,14 +137,18 @@ void block_logsumexp(const scalar_t* exponent, int64_t num_components, scalar_t*
   scalar_t top[kRowBlock];
   std::fill(top, top + kRowBlock, minus_infinity<scalar_t>());
   for (int64_t c = 0; c < num_components; ++c)
+#pragma omp simd
     for (int64_t r = 0; r < kRowBlock; ++r) top[r] = std::max(top[r], exponent[c * kRowBlock + r]);
   // A row whose maximum is -inf shifts by 0 instead, so that exp(-inf - -inf) never makes a NaN.
+#pragma omp simd
   for (int64_t r = 0; r < kRowBlock; ++r)
     if (top[r] == minus_infinity<scalar_t>()) top[r] = 0;
   scalar_t sum[kRowBlock] = {};
   for (int64_t c = 0; c < num_components; ++c)
+#pragma omp simd
     for (int64_t r = 0; r < kRowBlock; ++r)
       sum[r] += exp_vectorizable(exponent[c * kRowBlock + r] - top[r]);
+#pragma omp simd
   for (int64_t r = 0; r < kRowBlock; ++r) out[r] = top[r] + std::log(sum[r]);
 }
 
@@ -204,6 +225,7 @@ void mixture_log_likelihood_direct_backward_cpu(
         }
         for (int64_t c = 0; c < num_components; ++c) {
           scalar_t* w = exponent.data() + c * kRowBlock;
+#pragma omp simd
           for (int64_t r = 0; r < kRowBlock; ++r)
             w[r] = grad[r] == scalar_t(0) ? scalar_t(0) : grad[r] * exp_vectorizable(w[r] - shift[r]);
         }
@@ -214,9 +236,10 @@ void mixture_log_likelihood_direct_backward_cpu(
             const scalar_t* w = exponent.data() + c * kRowBlock;
             const scalar_t* mean = p.means + c * dim;
             for (int64_t k = 0; k < dim; ++k) {
-              const scalar_t weight = diagonal ? table.precision[c * dim + k] : table.precision[c];
+              const scalar_t weight = table.precision[c * dim + k];
               const scalar_t* xk = x_block.data() + k * kRowBlock;
               scalar_t* gk = grad_block.data() + k * kRowBlock;
+#pragma omp simd
               for (int64_t r = 0; r < kRowBlock; ++r) gk[r] += w[r] * weight * (mean[k] - xk[r]);
             }
           }
@@ -233,11 +256,13 @@ void mixture_log_likelihood_direct_backward_cpu(
           const scalar_t* w = exponent.data() + c * kRowBlock;
           const scalar_t* mean = p.means + c * dim;
           scalar_t weight_sum = 0;
+#pragma omp simd reduction(+ : weight_sum)
           for (int64_t r = 0; r < kRowBlock; ++r) weight_sum += w[r];
           grad_log_weights[c] += weight_sum;
           for (int64_t k = 0; k < dim; ++k) {
             const scalar_t* xk = x_block.data() + k * kRowBlock;
             scalar_t first = 0, second = 0;  // sum_r W (x - mu), sum_r W (x - mu)^2
+#pragma omp simd reduction(+ : first, second)
             for (int64_t r = 0; r < kRowBlock; ++r) {
               const scalar_t diff = xk[r] - mean[k];
               first += w[r] * diff;
@@ -250,13 +275,14 @@ void mixture_log_likelihood_direct_backward_cpu(
               grad_var[c * dim + k] +=
                   0.5 * precision * (precision * second - double(weight_sum));
             } else {
-              grad_means[c * dim + k] += double(table.precision[c]) * first;
+              grad_means[c * dim + k] += double(table.component_precision[c]) * first;
             }
           }
           if (!diagonal) {
-            const double precision = table.precision[c];
+            const double precision = table.component_precision[c];
             const scalar_t* sq = squared.data() + c * kRowBlock;
             scalar_t weighted_squared = 0;
+#pragma omp simd reduction(+ : weighted_squared)
             for (int64_t r = 0; r < kRowBlock; ++r) weighted_squared += w[r] * sq[r];
             grad_var[c] += 0.5 * precision *
                            (precision * double(weighted_squared) - double(dim) * weight_sum);
@@ -317,9 +343,10 @@ void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
 }
 
 template <typename scalar_t>
-void mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
+int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
   const int64_t cols = p.num_cols;
-#pragma omp parallel for schedule(static) num_threads(p.num_threads)
+  int64_t nonzeros = 0;
+#pragma omp parallel for schedule(static) num_threads(p.num_threads) reduction(+ : nonzeros)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* row = p.scores + b * p.ld;
     const scalar_t grad = p.grad[b];
@@ -329,9 +356,56 @@ void mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
       continue;
     }
     const scalar_t half_norm = p.row_norm != nullptr ? scalar_t(0.5) * p.row_norm[b] : scalar_t(0);
+    int64_t row_nonzeros = 0;
+#pragma omp simd reduction(+ : row_nonzeros)
     for (int64_t c = 0; c < cols; ++c) {
-      const scalar_t e = p.offset[c] + p.scale[c] * (row[c] - half_norm);
-      row[c] = grad * exp_vectorizable(e - log_likelihood);
+      const scalar_t shifted = p.offset[c] + p.scale[c] * (row[c] - half_norm) - log_likelihood;
+      const bool kept = shifted >= p.log_cutoff;
+      row[c] = kept ? grad * exp_vectorizable(shifted) : scalar_t(0);
+      row_nonzeros += kept;
+    }
+    nonzeros += row_nonzeros;
+  }
+  return nonzeros;
+}
+
+template <typename scalar_t>
+void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) {
+  if (p.row_sums != nullptr) {
+    // Each row's sum belongs to one iteration: no two threads write the same output.
+#pragma omp parallel for schedule(dynamic, 16) num_threads(p.num_threads)
+    for (int64_t b = 0; b < p.num_rows; ++b) {
+      const scalar_t* w = p.weights + b * p.ld;
+      scalar_t* out = p.row_sums + b * p.row_width;
+      for (int64_t c = 0; c < p.num_cols; ++c) {
+        if (w[c] == scalar_t(0)) continue;
+        const scalar_t weight = w[c];
+        const scalar_t* factor = p.row_factors + c * p.row_width;
+#pragma omp simd
+        for (int64_t j = 0; j < p.row_width; ++j) out[j] += weight * factor[j];
+      }
+    }
+  }
+  if (p.col_sums != nullptr) {
+    // Columns in blocks owned by one iteration each; every block scans the rows in order, so
+    // the sums are the same for any thread count.
+    constexpr int64_t kColumnBlock = 16;
+    const int64_t blocks = (p.num_cols + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(p.num_threads)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t col_begin = block * kColumnBlock;
+      const int64_t col_end = std::min(p.num_cols, col_begin + kColumnBlock);
+      for (int64_t b = 0; b < p.num_rows; ++b) {
+        const scalar_t* w = p.weights + b * p.ld;
+        const scalar_t* factor = p.col_factors + b * p.col_width;
+        for (int64_t c = col_begin; c < col_end; ++c) {
+          if (w[c] == scalar_t(0)) continue;
+          const scalar_t weight = w[c];
+          scalar_t* out = p.col_sums + c * p.col_width;
+#pragma omp simd
+          for (int64_t j = 0; j < p.col_width; ++j) out[j] += weight * factor[j];
+        }
+      }
     }
   }
 }
@@ -344,7 +418,9 @@ template void mixture_log_likelihood_direct_backward_cpu<double>(
     const MixtureLogLikelihoodBackwardParams<double>&);
 template void mixture_tile_forward_cpu<float>(const MixtureTileParams<float>&);
 template void mixture_tile_forward_cpu<double>(const MixtureTileParams<double>&);
-template void mixture_tile_backward_cpu<float>(const MixtureTileParams<float>&);
-template void mixture_tile_backward_cpu<double>(const MixtureTileParams<double>&);
+template int64_t mixture_tile_backward_cpu<float>(const MixtureTileParams<float>&);
+template int64_t mixture_tile_backward_cpu<double>(const MixtureTileParams<double>&);
+template void mixture_sparse_products_cpu<float>(const MixtureSparseProductParams<float>&);
+template void mixture_sparse_products_cpu<double>(const MixtureSparseProductParams<double>&);
 
 }  // namespace gmk

@@ -70,12 +70,34 @@ struct MixtureTileParams {
   // forward: running logsumexp state per row, updated (start from max = -inf, sum = 0)
   scalar_t* running_max;
   scalar_t* running_sum;
-  // backward: the upstream gradient and the saved log-likelihood per row
+  // backward: the upstream gradient and the saved log-likelihood per row; responsibilities
+  // below exp(log_cutoff) are flushed to 0 (the binding sets log(eps / C): all of them together
+  // weigh less than one rounding of the row's total), which makes peaked rows sparse.
   const scalar_t* grad;
   const scalar_t* log_likelihood;
+  scalar_t log_cutoff;
   int64_t num_rows;
   int64_t num_cols;
   int64_t ld;
+  int num_threads;
+};
+
+// The backward's two products for one tile of W (rows x cols, row stride ld) when W is sparse:
+//   row_sums[b]  += sum_c W_bc row_factors[c]     (what grad_x needs)
+//   col_sums[c]  += sum_b W_bc col_factors[b]     (what the component gradients need)
+// visiting only the nonzero W_bc. Either output may be null.
+template <typename scalar_t>
+struct MixtureSparseProductParams {
+  const scalar_t* weights;        // (num_rows, ld)
+  const scalar_t* row_factors;    // (num_cols, row_width)
+  scalar_t* row_sums;             // (num_rows, row_width), accumulated
+  const scalar_t* col_factors;    // (num_rows, col_width)
+  scalar_t* col_sums;             // (num_cols, col_width), accumulated
+  int64_t num_rows;
+  int64_t num_cols;
+  int64_t ld;
+  int64_t row_width;
+  int64_t col_width;
   int num_threads;
 };
 
@@ -87,10 +109,12 @@ void mixture_log_likelihood_direct_backward_cpu(
 // running (max, sum) <- logsumexp state of the old state and this tile's exponents
 template <typename scalar_t>
 void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& params);
-// scores <- W_bc = grad_b exp(E_bc - log_likelihood_b) (0 where grad_b = 0 or the row has
-// likelihood 0)
+// scores <- W_bc = grad_b exp(E_bc - log_likelihood_b) (0 where grad_b = 0, the row has
+// likelihood 0, or E_bc - log_likelihood_b < log_cutoff); returns the number of nonzero W_bc.
 template <typename scalar_t>
-void mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& params);
+int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
 
 // CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t. The direct
 // backward writes grad_x and weights_scratch, then reduces the component gradients from them.
