@@ -261,6 +261,23 @@ def test_empty_batch_gives_empty_result_and_zero_gradients(backend, path):
     assert all(g is None or not g.any() for g in grads)
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_zero_dimensional_points_have_density_one_under_every_component(backend, path):
+    """d = 0: every component's density is the empty product 1, so log p = logsumexp(lw) and the
+    only gradient is softmax(lw) * grad for the log-weights."""
+    require_backend(op)
+    components = PATHS[path]
+    log_weights = torch.log_softmax(torch.randn(components, dtype=torch.float64), 0) - 0.3
+    got, grads = value_and_grads(gmkernels.get_backend(), torch.zeros(4, 0, device=backend, dtype=torch.float64),
+                                 torch.zeros(components, 0, device=backend, dtype=torch.float64),
+                                 torch.ones(components, device=backend, dtype=torch.float64),
+                                 log_weights.to(backend))
+    assert torch.allclose(got.cpu(), torch.full((4,), -0.3, dtype=torch.float64), atol=1e-12)
+    grad = torch.randn(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.allclose(grads[3].cpu(), grad.sum() * torch.softmax(log_weights, 0), atol=1e-12)
+    assert not grads[2].any()
+
+
 def test_single_component_is_the_gaussian_log_density(backend):
     require_backend(op)
     x, means, var, _ = make_inputs(7, 1, 4, "(C,d)", device=backend, seed=10)

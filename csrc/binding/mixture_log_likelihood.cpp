@@ -83,16 +83,20 @@ MixtureLogLikelihoodParams<scalar_t> direct_params(const at::Tensor& x, const at
   return p;
 }
 
-// The four gradients, allocated zero; a path fills those it was asked for.
+// The four gradients: the requested ones allocated zero (a path fills them), the others
+// 0-element tensors (the schema's outputs are fixed; nobody reads those).
 struct Gradients {
   at::Tensor x, means, var, log_weights;
 
+  static at::Tensor wanted(const at::Tensor& like, bool want) {
+    return want ? at::zeros_like(like) : at::empty({0}, like.options());
+  }
   Gradients(const at::Tensor& x_, const at::Tensor& means_, const at::Tensor& var_,
-            const at::Tensor& log_weights_)
-      : x(at::zeros_like(x_)),
-        means(at::zeros_like(means_)),
-        var(at::zeros_like(var_)),
-        log_weights(at::zeros_like(log_weights_)) {}
+            const at::Tensor& log_weights_, bool x_grad, bool component_grads)
+      : x(wanted(x_, x_grad)),
+        means(wanted(means_, component_grads)),
+        var(wanted(var_, component_grads)),
+        log_weights(wanted(log_weights_, component_grads)) {}
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple() const {
     return {x, means, var, log_weights};
@@ -111,10 +115,12 @@ MixtureLogLikelihoodBackwardParams<scalar_t> direct_backward_params(
   p.var = var.data_ptr<scalar_t>();
   p.log_weights = log_weights.data_ptr<scalar_t>();
   p.log_likelihood = log_likelihood.data_ptr<scalar_t>();
-  p.grad_x = x_grad ? out.x.data_ptr<scalar_t>() : nullptr;
-  p.grad_means = component_grads ? out.means.data_ptr<scalar_t>() : nullptr;
-  p.grad_var = component_grads ? out.var.data_ptr<scalar_t>() : nullptr;
-  p.grad_log_weights = component_grads ? out.log_weights.data_ptr<scalar_t>() : nullptr;
+  p.grad_x = out.x.data_ptr<scalar_t>();
+  p.grad_means = out.means.data_ptr<scalar_t>();
+  p.grad_var = out.var.data_ptr<scalar_t>();
+  p.grad_log_weights = out.log_weights.data_ptr<scalar_t>();
+  p.x_grad = x_grad;
+  p.component_grads = component_grads;
   p.weights_scratch = nullptr;
   p.num_rows = x.size(0);
   p.num_components = means.size(0);
@@ -296,22 +302,23 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   const at::Tensor& mc = problem.mc;
   const at::Tensor& precision = problem.precision;
   const int64_t dim = x.size(1);
-  const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
   at::Tensor row_factors, row_sums, col_factors, col_sums;
-  if (problem.diagonal) {
-    row_factors = at::cat({mc * precision, precision}, 1);                  // (C, 2d)
-    col_factors = at::cat({xc, xc * xc, ones_rows}, 1);                     // (B, 2d + 1)
-  } else {
-    row_factors = at::cat({mc * precision.unsqueeze(1), precision.unsqueeze(1)}, 1);  // (C, d + 1)
-    col_factors = at::cat({xc, ones_rows, problem.row_norm.unsqueeze(1)}, 1);         // (B, d + 2)
+  if (x_grad) {
+    row_factors = problem.diagonal
+        ? at::cat({mc * precision, precision}, 1)                                      // (C, 2d)
+        : at::cat({mc * precision.unsqueeze(1), precision.unsqueeze(1)}, 1);           // (C, d + 1)
+    row_sums = at::zeros({x.size(0), row_factors.size(1)}, x.options());
+  }
+  if (component_grads) {
+    const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
+    col_factors = problem.diagonal
+        ? at::cat({xc, xc * xc, ones_rows}, 1)                                         // (B, 2d + 1)
+        : at::cat({xc, ones_rows, problem.row_norm.unsqueeze(1)}, 1);                  // (B, d + 2)
+    col_sums = at::zeros({means.size(0), col_factors.size(1)}, x.options());
   }
   // Responsibilities below eps / C are dropped: together they weigh less than one rounding.
   const scalar_t log_cutoff = static_cast<scalar_t>(
       std::log(std::numeric_limits<scalar_t>::epsilon() / double(means.size(0))));
-  row_factors = row_factors.contiguous();
-  col_factors = col_factors.contiguous();
-  if (x_grad) row_sums = at::zeros({x.size(0), row_factors.size(1)}, x.options());
-  if (component_grads) col_sums = at::zeros({means.size(0), col_factors.size(1)}, x.options());
   for_each_tile(problem, [&](int64_t row_begin, int64_t col_begin, const at::Tensor& scores) {
     MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, scores, row_begin, col_begin);
     p.grad = grad.data_ptr<scalar_t>() + row_begin;
@@ -322,16 +329,19 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     if (Kernels::kSparseProducts && nonzeros >= 0 && nonzeros * kSparseRatio <= rows * cols) {
       MixtureSparseProductParams<scalar_t> s{};
       s.weights = scores.data_ptr<scalar_t>();
-      s.row_factors = row_factors.data_ptr<scalar_t>() + col_begin * row_factors.size(1);
-      s.row_sums = x_grad ? row_sums.data_ptr<scalar_t>() + row_begin * row_sums.size(1) : nullptr;
-      s.col_factors = col_factors.data_ptr<scalar_t>() + row_begin * col_factors.size(1);
-      s.col_sums =
-          component_grads ? col_sums.data_ptr<scalar_t>() + col_begin * col_sums.size(1) : nullptr;
+      if (x_grad) {
+        s.row_factors = row_factors.data_ptr<scalar_t>() + col_begin * row_factors.size(1);
+        s.row_sums = row_sums.data_ptr<scalar_t>() + row_begin * row_sums.size(1);
+        s.row_width = row_factors.size(1);
+      }
+      if (component_grads) {
+        s.col_factors = col_factors.data_ptr<scalar_t>() + row_begin * col_factors.size(1);
+        s.col_sums = col_sums.data_ptr<scalar_t>() + col_begin * col_sums.size(1);
+        s.col_width = col_factors.size(1);
+      }
       s.num_rows = rows;
       s.num_cols = cols;
       s.ld = cols;
-      s.row_width = row_factors.size(1);
-      s.col_width = col_factors.size(1);
       s.num_threads = cpu_threads();
       Kernels::sparse_products(s);
       return;
@@ -408,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               " and ", log_likelihood.sizes());
   const Contiguous in(x, means, var, log_weights);
   const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
-  Gradients out(in.x, in.means, in.var, in.log_weights);
+  Gradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads);
   if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_backward", [&] {
     if (means.size(0) <= kDirectMaxComponents) {

@@ -188,7 +188,7 @@ void mixture_log_likelihood_direct_backward_cpu(
     const MixtureLogLikelihoodBackwardParams<scalar_t>& p) {
   const int64_t dim = p.dim, num_components = p.num_components;
   const bool diagonal = p.diagonal;
-  const bool component_grads = p.grad_means != nullptr;
+  const bool component_grads = p.component_grads;
   const ComponentTable<scalar_t> table(p.var, p.log_weights, num_components, dim, diagonal);
   const int64_t chunk_rows = chunk_rows_for(p.num_rows);
   const int64_t chunks = (p.num_rows + chunk_rows - 1) / chunk_rows;
@@ -229,7 +229,7 @@ void mixture_log_likelihood_direct_backward_cpu(
           for (int64_t r = 0; r < kRowBlock; ++r)
             w[r] = grad[r] == scalar_t(0) ? scalar_t(0) : grad[r] * exp_vectorizable(w[r] - shift[r]);
         }
-        if (p.grad_x != nullptr) {
+        if (p.x_grad) {
           // grad_x_r = sum_c W_rc (mu_c - x_r) / v_c
           std::fill(grad_block.begin(), grad_block.end(), scalar_t(0));
           for (int64_t c = 0; c < num_components; ++c) {

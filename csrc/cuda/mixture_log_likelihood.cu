@@ -114,7 +114,7 @@ __global__ void direct_backward_rows_kernel(MixtureLogLikelihoodBackwardParams<s
     w[c] = live ? grad * exp_of(e - log_likelihood) : scalar_t(0);
     p.weights_scratch[b * p.num_components + c] = w[c];
   }
-  if (p.grad_x == nullptr) return;
+  if (!p.x_grad) return;
   for (int64_t k = 0; k < p.dim; ++k) {
     scalar_t acc = 0;
     for (int64_t c = 0; c < p.num_components; ++c)
@@ -273,7 +273,7 @@ void mixture_log_likelihood_direct_backward_cuda(
   if (p.num_rows == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   direct_backward_rows_kernel<scalar_t><<<blocks_for(p.num_rows, kThreads), kThreads, 0, s>>>(p);
-  if (p.grad_means != nullptr)
+  if (p.component_grads)
     direct_backward_components_kernel<scalar_t>
         <<<static_cast<unsigned>(p.num_components), kThreads, 0, s>>>(p);
 }

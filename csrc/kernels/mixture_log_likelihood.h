@@ -45,10 +45,12 @@ struct MixtureLogLikelihoodBackwardParams {
   const scalar_t* var;
   const scalar_t* log_weights;
   const scalar_t* log_likelihood;  // (num_rows,) the forward's output: the saved logsumexp
-  scalar_t* grad_x;                // (num_rows, dim), written; null when not wanted
-  scalar_t* grad_means;            // (num_components, dim), written; null when not wanted
-  scalar_t* grad_var;              // shape of var, written; null exactly when grad_means is
-  scalar_t* grad_log_weights;      // (num_components,), written; null exactly when grad_means is
+  scalar_t* grad_x;                // (num_rows, dim), written when x_grad
+  scalar_t* grad_means;            // (num_components, dim), written when component_grads
+  scalar_t* grad_var;              // shape of var, written when component_grads
+  scalar_t* grad_log_weights;      // (num_components,), written when component_grads
+  bool x_grad;
+  bool component_grads;
   // CUDA only (the CPU path reduces over rows itself): (num_rows, num_components) scratch that
   // receives W_bc, from which the column sums are reduced by a second kernel.
   scalar_t* weights_scratch;

@@ -179,8 +179,11 @@ def _register(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::mixture_log_likelihood_backward")
     def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
-        return (torch.empty_like(x), torch.empty_like(means), torch.empty_like(var),
-                torch.empty_like(log_weights))
+        # Gradients that were not asked for come back as 0-element tensors.
+        def wanted(like, want):
+            return torch.empty_like(like) if want else like.new_empty(0)
+        return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
+                wanted(log_weights, component_grads))
 
     def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs, output)

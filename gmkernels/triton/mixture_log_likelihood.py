@@ -174,8 +174,10 @@ def mixture_log_likelihood_backward(grad: torch.Tensor, x: torch.Tensor, means: 
                                     log_likelihood: torch.Tensor, x_grad: bool,
                                     component_grads: bool
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = [torch.zeros_like(x), torch.zeros_like(means), torch.zeros_like(var),
-             torch.zeros_like(log_weights)]
+    # Gradients that were not asked for come back as 0-element tensors (as in the C++ op).
+    wanted = lambda like, want: torch.zeros_like(like) if want else like.new_empty(0)  # noqa: E731
+    grads = [wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
+             wanted(log_weights, component_grads)]
     if x.shape[0] == 0 or not (x_grad or component_grads):
         return tuple(grads)
     problem = _Problem(x, means, var, log_weights)
