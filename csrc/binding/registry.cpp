@@ -19,6 +19,12 @@ TORCH_LIBRARY(gmkernels, m) {
   m.def(
       "mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component, Tensor seed)"
       " -> (Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
+      " Tensor class_mean_log, float eps) -> Tensor");
 }
 
 namespace {
