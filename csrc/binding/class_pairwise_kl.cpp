@@ -2,6 +2,7 @@
 // gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward (schemas in registry.cpp).
 #include <torch/library.h>
 
+#include <cstdint>
 #include <limits>
 
 #include "../kernels/class_pairwise_kl.h"
@@ -25,10 +26,11 @@ void check_class_pairwise_kl_args(const at::Tensor& probs, const at::Tensor& lab
               "labels must be a (N,) int64 tensor with N = ", probs.size(0), ", got ",
               labels.scalar_type(), " shape ", labels.sizes());
   TORCH_CHECK(labels.device() == probs.device(), "labels must be on ", probs.device());
-  TORCH_CHECK(num_classes >= 1 && num_classes <= std::numeric_limits<int32_t>::max() - 1,
-              "num_classes must be in [1, 2^31 - 1), got ", num_classes);
-  TORCH_CHECK(probs.size(0) <= std::numeric_limits<int32_t>::max(),
-              "class_pairwise_kl supports N < 2^31 samples, got ", probs.size(0));
+  // The CUDA kernels index sorted rows and chunks with 32-bit integers.
+  TORCH_CHECK(num_classes >= 1 && num_classes < (int64_t(1) << 30),
+              "num_classes must be in [1, 2^30), got ", num_classes);
+  TORCH_CHECK(probs.size(0) < (int64_t(1) << 30), "class_pairwise_kl supports N < 2^30 samples, got ",
+              probs.size(0));
   const double smallest = probs.scalar_type() == at::kFloat
                               ? static_cast<double>(std::numeric_limits<float>::min())
                               : std::numeric_limits<double>::min();
