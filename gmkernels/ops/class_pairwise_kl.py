@@ -27,25 +27,15 @@ else:
 IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
 
 
-def _check(probs, labels, eps, num_classes, normalize) -> int:
-    probs = _checks.float_tensor(probs, "probs")
-    _checks.ndim(probs, "probs", 2, "(N, C)")
-    num_samples, num_categories = probs.shape
-    if num_categories == 0:
-        raise ValueError("probs must have at least one class (C >= 1), got shape (N, 0)")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a float > 0, got {eps!r}")
-    tiny = torch.finfo(probs.dtype).tiny
-    if eps < tiny:
-        raise ValueError(f"eps must be >= {tiny:.3g} (the smallest normal {str(probs.dtype)[6:]}),"
-                         f" got {eps!r}")
-    if num_classes is None:
-        num_classes = num_categories
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be a Python int, got {type(num_classes).__name__}")
-    elif num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if _checks.checking_values() and num_samples:
+def check_probabilities(probs, name: str = "probs", normalize: bool = False) -> torch.Tensor:
+    """Rows of class probabilities: a float32/float64 (N, C) tensor, C >= 1, finite and >= 0, each
+    row summing to 1 within 1e-3 (float32) or 1e-5 (float64); with ``normalize``, each row needs
+    a positive sum instead. Shared by the op and the metrics (gmkernels.metrics)."""
+    probs = _checks.float_tensor(probs, name)
+    _checks.ndim(probs, name, 2, "(N, C)")
+    if probs.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one class (C >= 1), got shape (N, 0)")
+    if _checks.checking_values() and probs.shape[0]:
         # Two passes over P (aminmax, row sums) and one host sync: cheap next to the op itself.
         data = probs.detach()
         low, high = torch.aminmax(data)
@@ -53,27 +43,62 @@ def _check(probs, labels, eps, num_classes, normalize) -> int:
         row_stat = row_sums.min() if normalize else (row_sums - 1).abs().max()
         low, high, row_stat = torch.stack([low, high, row_stat]).tolist()
         if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError("probs must be finite")
+            raise ValueError(f"{name} must be finite")
         if low < 0:
-            raise ValueError(f"probs must be >= 0, got min {low}")
+            raise ValueError(f"{name} must be >= 0, got min {low}")
         if normalize:
             if not row_stat > 0:
-                raise ValueError("probs rows must have a positive sum to be normalized")
+                raise ValueError(f"{name} rows must have a positive sum to be normalized")
         else:
             tolerance = 1e-3 if probs.dtype == torch.float32 else 1e-5
             if row_stat > tolerance:
-                raise ValueError(f"probs rows must sum to 1 (within {tolerance}), worst row is off by"
+                raise ValueError(f"{name} rows must sum to 1 (within {tolerance}), worst row is off by"
                                  f" {row_stat:.3g}; pass normalize=True to renormalize them")
+    return probs
+
+
+def check_labels(labels, num_samples: int, num_classes: int, device) -> torch.Tensor:
+    """(N,) int64 labels in [0, num_classes) on `device`."""
+    labels = _checks.int64_tensor(labels, "labels")
+    if tuple(labels.shape) != (num_samples,):
+        raise ValueError(f"labels must have shape (N,) = ({num_samples},), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the device of probs ({device}), got {labels.device}")
+    _checks.index_range(labels, "labels", num_classes)
+    return labels
+
+
+def check_num_classes(num_classes, num_categories: int) -> int:
+    """K: num_classes (a Python int >= 1), default C."""
+    if num_classes is None:
+        return num_categories
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be a Python int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def check_eps(eps, dtype: torch.dtype) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a float > 0, got {eps!r}")
+    tiny = torch.finfo(dtype).tiny
+    if eps < tiny:
+        raise ValueError(f"eps must be >= {tiny:.3g} (the smallest normal {str(dtype)[6:]}), got {eps!r}")
+    return float(eps)
+
+
+def _check(probs, labels, eps, num_classes, normalize) -> int:
+    probs = check_probabilities(probs, "probs", normalize)
+    num_samples, num_categories = probs.shape
+    check_eps(eps, probs.dtype)
+    num_classes = check_num_classes(num_classes, num_categories)
     if labels is None:
         if num_classes < num_categories:
             raise ValueError(f"num_classes must be >= C = {num_categories} when labels default to"
                              f" argmax(probs), got {num_classes}")
     else:
-        _checks.int64_tensor(labels, "labels")
-        if tuple(labels.shape) != (num_samples,):
-            raise ValueError(f"labels must have shape (N,) = ({num_samples},), got {tuple(labels.shape)}")
-        _checks.same_device({"probs": probs, "labels": labels})
-        _checks.index_range(labels, "labels", num_classes)
+        check_labels(labels, num_samples, num_classes, probs.device)
     return num_classes
 
 
