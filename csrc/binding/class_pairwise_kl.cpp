@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "../kernels/class_pairwise_kl.h"
 #include "checks.h"
@@ -59,15 +60,13 @@ void check_backward_args(const at::Tensor& grad_kl, const at::Tensor& probs,
               "grad_kl must be (N,) with N = ", probs.size(0), ", got shape ", grad_kl.sizes());
 }
 
-template <typename scalar_t>
-ClassPairwiseKlParams<scalar_t> forward_params(const at::Tensor& probs, const at::Tensor& labels,
-                                               const at::Tensor& kl,
-                                               const at::Tensor& class_mean_log, double eps,
-                                               void* workspace) {
-  ClassPairwiseKlParams<scalar_t> p;
+// The fields forward and backward params share.
+template <typename Params>
+void fill_common(Params& p, const at::Tensor& probs, const at::Tensor& labels,
+                 const at::Tensor& class_mean_log, double eps, void* workspace) {
+  using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(p.probs)>>;
   p.probs = probs.data_ptr<scalar_t>();
   p.labels = labels.data_ptr<int64_t>();
-  p.kl = kl.data_ptr<scalar_t>();
   p.class_mean_log = class_mean_log.data_ptr<scalar_t>();
   p.num_samples = probs.size(0);
   p.num_categories = probs.size(1);
@@ -75,6 +74,16 @@ ClassPairwiseKlParams<scalar_t> forward_params(const at::Tensor& probs, const at
   p.eps = eps;
   p.num_threads = cpu_threads();
   p.workspace = workspace;
+}
+
+template <typename scalar_t>
+ClassPairwiseKlParams<scalar_t> forward_params(const at::Tensor& probs, const at::Tensor& labels,
+                                               const at::Tensor& kl,
+                                               const at::Tensor& class_mean_log, double eps,
+                                               void* workspace) {
+  ClassPairwiseKlParams<scalar_t> p;
+  fill_common(p, probs, labels, class_mean_log, eps, workspace);
+  p.kl = kl.data_ptr<scalar_t>();
   return p;
 }
 
@@ -86,17 +95,9 @@ ClassPairwiseKlBackwardParams<scalar_t> backward_params(const at::Tensor& grad_k
                                                         const at::Tensor& grad_probs, double eps,
                                                         void* workspace) {
   ClassPairwiseKlBackwardParams<scalar_t> p;
+  fill_common(p, probs, labels, class_mean_log, eps, workspace);
   p.grad_kl = grad_kl.data_ptr<scalar_t>();
-  p.probs = probs.data_ptr<scalar_t>();
-  p.labels = labels.data_ptr<int64_t>();
-  p.class_mean_log = class_mean_log.data_ptr<scalar_t>();
   p.grad_probs = grad_probs.data_ptr<scalar_t>();
-  p.num_samples = probs.size(0);
-  p.num_categories = probs.size(1);
-  p.num_classes = class_mean_log.size(0);
-  p.eps = eps;
-  p.num_threads = cpu_threads();
-  p.workspace = workspace;
   return p;
 }
 

@@ -13,14 +13,13 @@ from typing import NamedTuple
 
 import torch
 
+from ..ops import _checks
 from ..ops.class_pairwise_kl import (check_eps, check_labels, check_num_classes,
                                      check_probabilities, class_pairwise_kl)
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__}")
-    if value < 1:
+    if _checks.non_negative_int(value, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 
