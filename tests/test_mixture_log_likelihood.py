@@ -185,6 +185,17 @@ def test_tiled_backward_with_peaked_and_flat_responsibilities(backend, spread):
         assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-8 * w.abs().max().item())
 
 
+def test_cpp_tiled_path_never_allocates_a_rows_by_components_buffer():
+    """Forward and backward allocate at most one tile (1024 components wide), never B x C."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = leaves(*make_inputs(2000, 3000, 8, "(C,)", torch.float32, seed=14))
+    with gmkernels.use_backend("cpp"), torch.profiler.profile(profile_memory=True) as profile:
+        gmkernels.mixture_log_likelihood(x, means, var, log_weights).sum().backward()
+    largest = max(event.cpu_memory_usage for event in profile.events())
+    assert 2000 * 1024 * 4 <= largest < 2000 * 3000 * 4 / 2
+
+
 def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
     x, means, var, log_weights = make_inputs(11, PATHS[path], 4, var_kind, dtype, seed=6)
     var = var.expand(PATHS[path]) if var.dim() == 0 else var
