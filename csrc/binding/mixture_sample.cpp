@@ -173,16 +173,13 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
   at::Tensor grad_scale = at::zeros_like(scale_c);
   if (component.size(0) == 0 || scale.size(1) == 0) return {grad_mu, grad_scale};
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  // The diagonal atomic path adds per sample and needs no grouping; every other path does.
-  const bool grouped = deterministic || scale.dim() == 3;
-  DeviceGrouping grouping;
-  if (grouped) grouping = group_by_component(component_c, scale.size(0));
+  const DeviceGrouping grouping = group_by_component(component_c, scale.size(0));
   AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_backward_cuda", [&] {
     auto params = backward_params<scalar_t>(grad_z_c, scale_c, component_c, grad_mu, grad_scale,
                                             seed_bits);
     params.deterministic = deterministic;
     params.splits = deterministic ? 1 : atomic_splits(component.size(0), scale.size(0));
-    if (grouped) params.grouping = grouping.view();
+    params.grouping = grouping.view();
     mixture_sample_backward_cuda(params, at::cuda::getCurrentCUDAStream().stream());
   });
   return {grad_mu, grad_scale};

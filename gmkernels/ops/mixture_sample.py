@@ -15,6 +15,10 @@ from . import _checks
 _C = backend.compiled_module()
 _KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
 IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS
+if "triton" in backend.backends():
+    from ..triton import mixture_sample as _triton  # registers torch.ops.gmkernels_triton.*
+
+    IMPLEMENTED += ("triton",)
 
 
 def _check(mu, scale, n, component, generator, weights):
@@ -102,6 +106,8 @@ def mixture_sample_with_seed(mu: torch.Tensor, scale: torch.Tensor, component: t
     name = backend.resolve("mixture_sample", IMPLEMENTED, mu.device)
     if name == "reference":
         return reference.mixture_sample(mu, scale, component, seed)
+    if name == "triton":
+        return torch.ops.gmkernels_triton.mixture_sample(mu, scale, component, seed)
     return torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
 
 
