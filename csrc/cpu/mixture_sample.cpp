@@ -28,12 +28,18 @@ namespace {
 using simd::kLanes;
 constexpr int64_t kBlockFloats = 4 * kLanes;  // normals of one randn4_lanes call
 
-// Normals below ~this many are not worth waking a thread for (~20 us of work).
-constexpr int64_t kNormalsPerThread = 16384;
-
-int team_size(int max_threads, int64_t items, int64_t normals) {
-  const int64_t by_work = std::max<int64_t>(1, normals / kNormalsPerThread);
+// Threads for `items` work items costing about `work_ns` nanoseconds in all: one per ~100 us
+// of work, since waking a thread (worse on a busy machine) costs more than a small call.
+int team_size(int max_threads, int64_t items, double work_ns) {
+  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / 1.0e5));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({max_threads, items, by_work})));
+}
+
+// Rough single-core costs (AVX-512 machine): ~1.5 ns per normal with its load/store, ~16
+// multiply-adds per ns in the register-blocked triangular products.
+double normals_ns(int64_t normals) { return 1.5 * static_cast<double>(normals); }
+double triangle_ns(int64_t samples, int64_t dim) {
+  return static_cast<double>(samples) * static_cast<double>(dim) * static_cast<double>(dim) / 32.0;
 }
 
 int64_t round_up(int64_t value, int64_t multiple) {
@@ -92,7 +98,7 @@ void forward_diagonal(const MixtureSampleParams<scalar_t>& p) {
   const int64_t groups = philox_groups_per_row(dim);
   const int64_t total = p.num_samples * groups;
   const int64_t blocks = (total + kLanes - 1) / kLanes;
-  const int threads = team_size(p.num_threads, blocks, total * 4);
+  const int threads = team_size(p.num_threads, blocks, normals_ns(total * 4));
   // Static schedule: each thread writes one contiguous stretch of z.
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t block = 0; block < blocks; ++block) {
@@ -181,7 +187,8 @@ void forward_full(const MixtureSampleParams<scalar_t>& p) {
   const ComponentBuckets buckets = bucket_by_component(p.component, p.num_samples, p.num_components);
   const std::vector<SampleRun> runs = split_buckets(buckets, Tile::kSamples);
   const int64_t items = static_cast<int64_t>(runs.size());
-  const int threads = team_size(p.num_threads, items, p.num_samples * dim * dim / 8);
+  const int threads = team_size(p.num_threads, items,
+                                normals_ns(p.num_samples * dim) + triangle_ns(p.num_samples, dim));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> lt(dim * padded);
@@ -243,7 +250,7 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
   const int64_t num_runs = static_cast<int64_t>(runs.size());
   // partial[run][0] = sum of grad_z, partial[run][1] = sum of grad_z * eps, (dim,) each.
   std::vector<scalar_t> partial(num_runs * 2 * dim, scalar_t(0));
-  const int threads = team_size(p.num_threads, num_runs, p.num_samples * dim);
+  const int threads = team_size(p.num_threads, num_runs, normals_ns(p.num_samples * dim));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int64_t run_index = 0; run_index < num_runs; ++run_index) {
     const SampleRun run = runs[run_index];
@@ -348,8 +355,12 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
   // Row blocks per component: enough items to keep the threads busy, each a multiple of kRows
   // rows, cut so that the triangle's area (the work) is about equal: i_b = dim sqrt(b / B).
   const int64_t row_tiles = (dim + Tile::kRows - 1) / Tile::kRows;
-  const int64_t blocks_per_component = std::max<int64_t>(
-      1, std::min<int64_t>(row_tiles, (4 * p.num_threads + p.num_components - 1) / p.num_components));
+  const int threads = team_size(p.num_threads, p.num_components * row_tiles,
+                                normals_ns(p.num_samples * dim) + triangle_ns(p.num_samples, dim));
+  // Each extra block regenerates eps: one thread needs none.
+  const int64_t wanted_blocks = (4 * threads + p.num_components - 1) / p.num_components;
+  const int64_t blocks_per_component =
+      threads == 1 ? 1 : std::max<int64_t>(1, std::min(row_tiles, wanted_blocks));
   std::vector<int64_t> row_cut(blocks_per_component + 1);
   for (int64_t b = 0; b <= blocks_per_component; ++b) {
     const double fraction = std::sqrt(static_cast<double>(b) / blocks_per_component);
@@ -357,7 +368,6 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
   }
   row_cut[blocks_per_component] = dim;
   const int64_t items = p.num_components * blocks_per_component;
-  const int threads = team_size(p.num_threads, items, p.num_samples * dim * dim / 8);
 #pragma omp parallel num_threads(threads)
   {
     const int64_t padded = round_up(dim, Tile::kCols);
