@@ -22,6 +22,10 @@
 #include "../kernels/philox.h"
 #include "philox_simd.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace gmk {
 namespace {
 
@@ -129,13 +133,17 @@ void forward_diagonal(const MixtureSampleParams<scalar_t>& p) {
 // Full forward: Z = E L^T + mu for a tile of samples of one component, L^T packed with zeros
 // above the diagonal so the upper triangle of scale is never read.
 
+// Register tiles of the full-scale products: kRows rows (forward: samples, backward: rows of
+// grad_L) x kCols columns (2 vectors), 2 kRows accumulators: 12 of AVX-512's 32 registers, 8 of
+// AVX2's 16.
 template <typename scalar_t>
 struct FullTile {
   typedef typename simd::Vec<scalar_t>::type vec;
   static constexpr int64_t kWidth = simd::Vec<scalar_t>::width;
-  static constexpr int64_t kCols = 2 * kWidth;            // output columns per register tile
-  static constexpr int kRows = kLanes == 16 ? 6 : 4;      // sample rows per register tile
-  static constexpr int64_t kSamples = 48;                  // samples per work item
+  static constexpr int64_t kCols = 2 * kWidth;
+  static constexpr int kRows = kLanes == 16 ? 6 : 4;
+  static constexpr int64_t kForwardSamples = 48;   // samples per forward work item
+  static constexpr int64_t kBackwardSamples = 64;  // samples per backward tile (eps in L2)
 };
 
 // lt[j * padded + i] = L[i, j] for j <= i < dim, else 0.
@@ -146,7 +154,8 @@ void pack_transposed_tril(const scalar_t* tril, int64_t dim, int64_t padded, sca
     for (int64_t j = 0; j <= i; ++j) lt[j * padded + i] = tril[i * dim + j];
 }
 
-// z rows of `rows` samples (eps rows at eps, stride `padded`): z[i] = mu[i] + sum_{j<=i} L[i,j] e[j].
+// z rows of `rows` samples (eps rows at eps, stride `padded`):
+// z[i] = mu[i] + sum_{j<=i} L[i,j] e[j].
 template <typename scalar_t, int rows>
 void full_forward_rows(const scalar_t* eps, const scalar_t* lt, const scalar_t* mu,
                        int64_t dim, int64_t padded, scalar_t* const* z_rows) {
@@ -184,15 +193,16 @@ void forward_full(const MixtureSampleParams<scalar_t>& p) {
   const int64_t groups = philox_groups_per_row(dim);
   const int64_t padded = round_up(dim, Tile::kCols);
   const int64_t eps_floats = 4 * round_up(groups, kLanes);
-  const ComponentBuckets buckets = bucket_by_component(p.component, p.num_samples, p.num_components);
-  const std::vector<SampleRun> runs = split_buckets(buckets, Tile::kSamples);
+  const ComponentBuckets buckets =
+      bucket_by_component(p.component, p.num_samples, p.num_components);
+  const std::vector<SampleRun> runs = split_buckets(buckets, Tile::kForwardSamples);
   const int64_t items = static_cast<int64_t>(runs.size());
   const int threads = team_size(p.num_threads, items,
                                 normals_ns(p.num_samples * dim) + triangle_ns(p.num_samples, dim));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> lt(dim * padded);
-    std::vector<scalar_t> eps(Tile::kSamples * padded);
+    std::vector<scalar_t> eps(Tile::kForwardSamples * padded);
     std::vector<float> row_eps(eps_floats);
     int64_t packed = -1;
     // Runs are in component order: a thread re-packs L^T only when its component changes.
@@ -204,7 +214,7 @@ void forward_full(const MixtureSampleParams<scalar_t>& p) {
         packed = run.component;
       }
       const int64_t count = run.end - run.begin;
-      scalar_t* z_rows[Tile::kSamples];
+      scalar_t* z_rows[Tile::kForwardSamples];
       for (int64_t b = 0; b < count; ++b) {
         const int64_t s = buckets.order[run.begin + b];
         row_normals(p.seed, s, groups, dim, row_eps.data());
@@ -301,20 +311,11 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Full backward: grad_L[c] = tril(G^T E) over the component's samples, grad_mu[c] = G^T 1. Work
-// item = (component, block of output rows [i0, i1)); it regenerates eps[:, :i1] for every sample
-// of the component, in tiles of kSamples, and adds each sample's outer product to a row-block
-// accumulator in sample order. Splitting the rows changes which thread owns an entry, never the
-// order of its sum: the row blocks may follow the thread count.
-
-template <typename scalar_t>
-struct FullBackwardTile {
-  typedef typename simd::Vec<scalar_t>::type vec;
-  static constexpr int64_t kWidth = simd::Vec<scalar_t>::width;
-  static constexpr int64_t kCols = 2 * kWidth;
-  static constexpr int kRows = kLanes == 16 ? 6 : 4;       // output rows per register tile
-  static constexpr int64_t kSamples = 64;
-};
+// Full backward: grad_L[c] = tril(G^T E) over the component's samples, grad_mu[c] = G^T 1.
+// Work item = (component, block of output rows [i0, i1)); it regenerates eps[:, :i1] for every
+// sample of the component, kBackwardSamples at a time, and adds each sample's outer product to a
+// row-block accumulator in sample order. Splitting the rows changes which thread owns an entry,
+// never the order of its sum: the row blocks may follow the thread count.
 
 // acc[r, j] += sum_b grad[b, r] eps[b, j] for `rows` rows and columns j < columns (a multiple of
 // kCols), samples b in order.
@@ -322,7 +323,7 @@ template <typename scalar_t, int rows>
 void full_backward_rows(const scalar_t* grad, int64_t grad_stride, const scalar_t* eps,
                         int64_t eps_stride, int64_t count, int64_t columns, scalar_t* acc,
                         int64_t acc_stride) {
-  using Tile = FullBackwardTile<scalar_t>;
+  using Tile = FullTile<scalar_t>;
   typedef typename Tile::vec vec;
   for (int64_t j0 = 0; j0 < columns; j0 += Tile::kCols) {
     vec sum[rows][2];
@@ -349,7 +350,7 @@ void full_backward_rows(const scalar_t* grad, int64_t grad_stride, const scalar_
 template <typename scalar_t>
 void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
                    const ComponentBuckets& buckets) {
-  using Tile = FullBackwardTile<scalar_t>;
+  using Tile = FullTile<scalar_t>;
   const int64_t dim = p.dim;
   const int64_t groups = philox_groups_per_row(dim);
   // Row blocks per component: enough items to keep the threads busy, each a multiple of kRows
@@ -372,8 +373,8 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
   {
     const int64_t padded = round_up(dim, Tile::kCols);
     std::vector<scalar_t> acc(dim * padded);
-    std::vector<scalar_t> eps(Tile::kSamples * padded);
-    std::vector<scalar_t> grad(Tile::kSamples * Tile::kRows * row_tiles);
+    std::vector<scalar_t> eps(Tile::kBackwardSamples * padded);
+    std::vector<scalar_t> grad(Tile::kBackwardSamples * Tile::kRows * row_tiles);
     std::vector<float> row_eps(4 * round_up(groups, kLanes));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
@@ -386,8 +387,9 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
       std::fill(acc.begin(), acc.begin() + rows * padded, scalar_t(0));
       std::fill(eps.begin(), eps.end(), scalar_t(0));
       scalar_t* grad_mu = p.grad_mu + c * dim;
-      for (int64_t tile = buckets.begin[c]; tile < buckets.begin[c + 1]; tile += Tile::kSamples) {
-        const int64_t count = std::min<int64_t>(Tile::kSamples, buckets.begin[c + 1] - tile);
+      const int64_t bucket_end = buckets.begin[c + 1];
+      for (int64_t tile = buckets.begin[c]; tile < bucket_end; tile += Tile::kBackwardSamples) {
+        const int64_t count = std::min<int64_t>(Tile::kBackwardSamples, bucket_end - tile);
         for (int64_t b = 0; b < count; ++b) {
           const int64_t s = buckets.order[tile + b];
           row_normals(p.seed, s, groups, i1, row_eps.data());
@@ -419,10 +421,28 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
   }
 }
 
+// z is a fresh allocation written once in full: first-touch page faults (one per 4 KiB, the
+// kernel zeroing each page) cost more than generating the normals. Where transparent huge pages
+// are in "madvise" mode, asking for them on the output makes those faults 512 times fewer. A
+// hint only: nothing changes where it is refused or not available.
+void prefer_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
+  if (bytes < int64_t(4 * kHugePage)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 }  // namespace
 
 template <typename scalar_t>
 void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& p) {
+  prefer_huge_pages(p.z, p.num_samples * p.dim * sizeof(scalar_t));
   if (p.full_scale) {
     forward_full(p);
   } else {

@@ -140,7 +140,8 @@ __device__ void eps_tile(uint64_t seed, int64_t dim, const int64_t* sample_ids, 
     randn4(seed, static_cast<uint64_t>(s * philox_groups_per_row(dim) + j / 4), normals);
   }
 #pragma unroll
-  for (int l = 0; l < 4; ++l) eps[b][4 * group + l] = (j + l < dim) ? scalar_t(normals[l]) : scalar_t(0);
+  for (int l = 0; l < 4; ++l)
+    eps[b][4 * group + l] = (j + l < dim) ? scalar_t(normals[l]) : scalar_t(0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,7 +159,8 @@ __global__ void forward_full_kernel(MixtureSampleParams<scalar_t> p, int64_t row
   if (range.begin >= range.end) return;
   const int count = static_cast<int>(range.end - range.begin);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x < count) sample_ids[threadIdx.x] = p.grouping.sorted_samples[range.begin + threadIdx.x];
+  if (threadIdx.x < count)
+    sample_ids[threadIdx.x] = p.grouping.sorted_samples[range.begin + threadIdx.x];
   const scalar_t* factor = p.scale + range.component * p.dim * p.dim;
   scalar_t acc[kTile / kWarps] = {};
   // L[i, j] = 0 for j > i: column tiles past the row tile's last row contribute nothing.
@@ -192,7 +194,8 @@ __global__ void forward_full_kernel(MixtureSampleParams<scalar_t> p, int64_t row
 
 __device__ void split_range(const ComponentGrouping& grouping, int64_t c, int split, int splits,
                             int64_t& begin, int64_t& end) {
-  const int64_t first = grouping.component_begin[c], count = grouping.component_begin[c + 1] - first;
+  const int64_t first = grouping.component_begin[c];
+  const int64_t count = grouping.component_begin[c + 1] - first;
   begin = first + count * split / splits;
   end = first + count * (split + 1) / splits;
 }
@@ -282,12 +285,14 @@ __global__ void backward_full_kernel(MixtureSampleBackwardParams<scalar_t> p,
   for (int64_t chunk = begin; chunk < end; chunk += kTile) {
     const int count = static_cast<int>(min64(kTile, end - chunk));
     __syncthreads();  // previous chunk consumed
-    if (threadIdx.x < count) sample_ids[threadIdx.x] = p.grouping.sorted_samples[chunk + threadIdx.x];
+    if (threadIdx.x < count)
+      sample_ids[threadIdx.x] = p.grouping.sorted_samples[chunk + threadIdx.x];
     __syncthreads();
     for (int e = threadIdx.x; e < kTile * kTile; e += kThreads) {
       const int b = e / kTile;
       const int64_t i = i0 + e % kTile;
-      grad[b][e % kTile] = (b < count && i < p.dim) ? p.grad_z[sample_ids[b] * p.dim + i] : scalar_t(0);
+      grad[b][e % kTile] =
+          (b < count && i < p.dim) ? p.grad_z[sample_ids[b] * p.dim + i] : scalar_t(0);
     }
     eps_tile(p.seed, p.dim, sample_ids, count, j0, eps);
     __syncthreads();

@@ -1,4 +1,5 @@
-// mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream (philox.h).
+// mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream
+// (philox.h).
 // S is diag(scale[c]) (scale (N, K)) or the lower triangle of scale[c] (scale (N, K, K)).
 // Backward regenerates eps instead of storing it:
 //   grad_mu[c]    = sum_{s: c_s = c} grad_z[s]

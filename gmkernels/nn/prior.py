@@ -81,8 +81,8 @@ class GaussianMixturePrior(nn.Module):
         if weights is not None:
             weights = torch.as_tensor(weights, dtype=torch.float32)
             if weights.shape != (num_components,):
-                raise ValueError(f"weights must have shape (num_components,) = ({num_components},), "
-                                 f"got {tuple(weights.shape)}")
+                raise ValueError(f"weights must have shape (num_components,) = "
+                                 f"({num_components},), got {tuple(weights.shape)}")
             if not (bool(torch.isfinite(weights).all()) and bool((weights >= 0).all())
                     and float(weights.sum()) > 0):
                 raise ValueError("weights must be finite and >= 0 with a positive sum")
@@ -136,7 +136,8 @@ class GaussianMixturePrior(nn.Module):
     def sample_component(self, k: int, n: int, *, generator: torch.Generator | None = None,
                          temperature: float = 1.0) -> torch.Tensor:
         """n samples of component k (GM-GAN: generate per Gaussian, e.g. for its clustering)."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < self.num_components:
+        if (isinstance(k, bool) or not isinstance(k, numbers.Integral)
+                or not 0 <= k < self.num_components):
             raise ValueError(f"k must be an int in [0, {self.num_components}), got {k!r}")
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
@@ -154,12 +155,14 @@ class GaussianMixturePrior(nn.Module):
         larger). For a full factor A, sigma is its diagonal."""
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        sigma = torch.diagonal(self.scale, dim1=-2, dim2=-1) if self.scale.dim() == 3 else self.scale
+        sigma = self.scale
+        if sigma.dim() == 3:
+            sigma = torch.diagonal(sigma, dim1=-2, dim2=-1)
         squared = (1 - sigma) ** 2
         if reduction == "mean":
             return squared.mean()
         return squared.sum() / self.num_components
 
     def extra_repr(self) -> str:
-        return (f"num_components={self.num_components}, dim={self.dim}, covariance={self.covariance!r}, "
-                f"assignment={self.assignment!r}")
+        return (f"num_components={self.num_components}, dim={self.dim}, "
+                f"covariance={self.covariance!r}, assignment={self.assignment!r}")

@@ -111,13 +111,16 @@ def mixture_sample_with_seed(mu: torch.Tensor, scale: torch.Tensor, component: t
     return torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
 
 
-if _C is not None:
+def _register_fake_and_autograd(namespace: str) -> None:
+    """Fake tensors and autograd for ``namespace::mixture_sample`` (compiled or Triton ops, same
+    schemas): the backward calls ``namespace::mixture_sample_backward``, which regenerates eps."""
+    ops = getattr(torch.ops, namespace)
 
-    @torch.library.register_fake("gmkernels::mixture_sample")
+    @torch.library.register_fake(f"{namespace}::mixture_sample")
     def _fake(mu, scale, component, seed):
         return mu.new_empty(component.shape[0], mu.shape[1])
 
-    @torch.library.register_fake("gmkernels::mixture_sample_backward")
+    @torch.library.register_fake(f"{namespace}::mixture_sample_backward")
     def _fake_backward(grad_z, scale, component, seed):
         return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
 
@@ -127,9 +130,14 @@ if _C is not None:
 
     def _backward(ctx, grad_z):
         scale, component, seed = ctx.saved_tensors
-        grad_mu, grad_scale = torch.ops.gmkernels.mixture_sample_backward(
-            grad_z, scale, component, seed)
+        grad_mu, grad_scale = ops.mixture_sample_backward(grad_z, scale, component, seed)
         return grad_mu, grad_scale, None, None
 
     torch.library.register_autograd(
-        "gmkernels::mixture_sample", _backward, setup_context=_setup_context)
+        f"{namespace}::mixture_sample", _backward, setup_context=_setup_context)
+
+
+if _C is not None:
+    _register_fake_and_autograd("gmkernels")
+if "triton" in IMPLEMENTED:
+    _register_fake_and_autograd("gmkernels_triton")

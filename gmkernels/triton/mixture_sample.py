@@ -13,8 +13,9 @@ coordinate k uses counter ``s * ceil(K/4) + k // 4``, lane ``k % 4``. The backwa
   program and plain stores (same bits every run); otherwise a component's samples are split over
   several programs that add with ``tl.atomic_add``.
 
-Registered as ``torch.ops.gmkernels_triton.mixture_sample`` (+ ``_backward``), plain custom ops with
-fake and autograd registrations (see STYLE.md on triton_op under the interpreter).
+Registered as ``torch.ops.gmkernels_triton.mixture_sample`` (+ ``_backward``), plain custom ops (see
+STYLE.md on triton_op under the interpreter) with the same schemas as the compiled ops;
+gmkernels/ops/mixture_sample.py gives both kinds their fake tensors and autograd.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def _forward_full_kernel(z_ptr, mu_ptr, scale_ptr, sorted_ptr, begin_ptr, seed, 
                          dim, groups_per_row, SEARCH_STEPS: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     slot = tl.program_id(0).to(tl.int64)
-    i0 = tl.program_id(1).to(tl.int64) * BLOCK_I
+    i0 = tl.program_id(1) * BLOCK_I  # int32, like dim: the column loop bounds share one type
     c, first, last = _slot_range(begin_ptr, num_components, slot, SEARCH_STEPS, BLOCK_S)
     if first < last:
         position = first + tl.arange(0, BLOCK_S)
@@ -258,27 +259,3 @@ def mixture_sample_backward(grad_z: torch.Tensor, scale: torch.Tensor, component
                                 row_tiles, SPLITS=splits, BLOCK_S=FULL_SAMPLES,
                                 BLOCK_I=FULL_ROWS, BLOCK_J=FULL_COLUMNS)
     return grad_mu, grad_scale
-
-
-@mixture_sample.register_fake
-def _fake(mu, scale, component, seed):
-    return mu.new_empty(component.shape[0], mu.shape[1])
-
-
-@mixture_sample_backward.register_fake
-def _fake_backward(grad_z, scale, component, seed):
-    return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
-
-
-def _setup_context(ctx, inputs, output):
-    mu, scale, component, seed = inputs
-    ctx.save_for_backward(scale, component, seed)
-
-
-def _backward(ctx, grad_z):
-    scale, component, seed = ctx.saved_tensors
-    grad_mu, grad_scale = mixture_sample_backward(grad_z, scale, component, seed)
-    return grad_mu, grad_scale, None, None
-
-
-mixture_sample.register_autograd(_backward, setup_context=_setup_context)
