@@ -1,6 +1,9 @@
 """mixture_sample on every backend: the Philox stream, values and gradients against the float64
 reference, gradcheck, opcheck, statistics, RNG rules, bad input, torch.compile."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from gmkernels.reference.mixture_sample import mixture_sample_given_eps
 from gmkernels.reference.philox import normal_rows, philox4x32_10
 
 from conftest import assert_float_rounding, backend_device, require_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_inputs(num_components, dim, full, dtype=torch.float64, device="cpu", seed=0):
@@ -388,3 +393,47 @@ def test_atomic_and_deterministic_backward_paths_agree(backend, full):
         torch.use_deterministic_algorithms(deterministic)
     for atomic, ordered in zip(*results):
         assert torch.allclose(atomic, ordered, rtol=1e-12, atol=1e-12)
+
+
+PEAK_MEMORY_SCRIPT = r"""
+import re, sys, torch
+import gmkernels
+from gmkernels.ops.mixture_sample import mixture_sample_with_seed
+
+def peak_kib():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+torch.set_num_threads(1)
+for full, (num_components, dim, n) in ((False, (8, 256, 32768)), (True, (4, 64, 65536))):
+    mu = torch.randn(num_components, dim, requires_grad=True)
+    shape = (num_components, dim, dim) if full else (num_components, dim)
+    scale = (torch.rand(shape) / dim).requires_grad_()
+    component = torch.randint(num_components, (n,))
+    grad_z = torch.randn(n, dim)
+    with gmkernels.use_backend("cpp"):
+        warm = mixture_sample_with_seed(mu, scale, component[:64], torch.tensor(1))
+        warm.backward(torch.ones_like(warm))
+        reset_peak()
+        before = peak_kib()
+        z = mixture_sample_with_seed(mu, scale, component, torch.tensor(2))
+        z.backward(grad_z)
+        print(full, (peak_kib() - before) / 1024, z.numel() * 4 / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self peak RSS")
+def test_cpp_forward_and_backward_keep_no_n_by_k_buffer_besides_z():
+    """Peak memory of forward + backward (grad_z given): z, plus less than one more (n, K)
+    float32 buffer (eps is regenerated, never stored; the reference needs several)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in result.stdout.strip().splitlines():
+        full, growth_mib, z_mib = line.split()
+        assert float(growth_mib) < 1.5 * float(z_mib), line
