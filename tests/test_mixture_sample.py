@@ -111,12 +111,13 @@ def test_opcheck_forward_and_backward_ops(name, full):
     if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
         pytest.skip(f"{name} ops not available here")
     namespace = getattr(torch.ops, OP_NAMESPACES[name])
-    mu, scale = make_inputs(3, 5, full, torch.float32)
-    component = torch.randint(3, (17,))
+    device = backend_device(name)
+    mu, scale = make_inputs(3, 5, full, torch.float32, device)
+    component = torch.randint(3, (17,), device=device)
     seed = torch.tensor(5)
     torch.library.opcheck(namespace.mixture_sample.default, (mu, scale, component, seed))
     torch.library.opcheck(namespace.mixture_sample_backward.default,
-                          (torch.randn(17, 5), scale.detach(), component, seed))
+                          (torch.randn(17, 5, device=device), scale.detach(), component, seed))
 
 
 @pytest.mark.parametrize("full", [False, True])
@@ -277,8 +278,7 @@ def test_works_under_torch_compile_fullgraph(backend, full):
 
 def kernel_backends():
     """(name, device) of every usable backend that implements the op."""
-    return [(name, torch.device("cuda" if name == "cuda" else backend_device(name)))
-            for name in gmkernels.backends() if name in op.IMPLEMENTED]
+    return [(name, backend_device(name)) for name in gmkernels.backends() if name in op.IMPLEMENTED]
 
 
 @pytest.mark.parametrize("full", [False, True])
