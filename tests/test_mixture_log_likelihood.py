@@ -1,5 +1,7 @@
-"""mixture_log_likelihood and simplex_vertices: values against an independent float64 formula,
-gradients, bad input."""
+"""mixture_log_likelihood on every backend and both kernel paths (direct for C <= 65, tiled above):
+values and gradients against float64 truth, float32 rounding, gradcheck, opcheck, extreme
+distances, switched-off components, empty and single-component cases, bad input, torch.compile;
+simplex_vertices in both layouts."""
 import math
 
 import pytest
@@ -9,47 +11,332 @@ from hypothesis import strategies as st
 
 import gmkernels
 from gmkernels.ops import mixture_log_likelihood as op
+from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from conftest import require_backend
+from conftest import assert_float_rounding, backend_device, require_backend
+
+DIRECT_MAX = 65          # csrc/kernels/mixture_log_likelihood.h kDirectMaxComponents
+PATHS = {"direct": 7, "tiled": 70}   # a component count that takes each path
+VAR_KINDS = ("float", "()", "(C,)", "(C,d)", "(1,d)")
 
 
-def brute_force(x, means, var_cd, weights):
-    """log sum_i w_i prod_k N(x_k; mean_ik, var_ik), summed term by term in float64."""
+def kernel_backends():
+    return [name for name in gmkernels.backends() if name in op.IMPLEMENTED and name != "reference"]
+
+
+def make_var(kind, components, dim, dtype=torch.float64, device="cpu", generator=None, low=0.2):
+    if kind == "float":
+        return 0.7
+    shape = {"()": (), "(C,)": (components,), "(C,d)": (components, dim), "(1,d)": (1, dim)}[kind]
+    return (torch.rand(shape, generator=generator, dtype=dtype) + low).to(device)
+
+
+def make_inputs(batch, components, dim, var_kind="(C,)", dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, generator=gen, dtype=dtype).to(device)
+    means = torch.randn(components, dim, generator=gen, dtype=dtype).to(device)
+    var = make_var(var_kind, components, dim, dtype, device, gen)
+    log_weights = torch.log_softmax(torch.randn(components, generator=gen, dtype=dtype), 0).to(device)
+    return x, means, var, log_weights
+
+
+def var_table(var, components, dim):
+    var = torch.as_tensor(var, dtype=torch.float64)
+    var = var[:, None] if var.dim() == 1 else var
+    return var.expand(components, dim)
+
+
+def brute_force(x, means, var, log_weights):
+    """log sum_i w_i prod_k N(x_k; mean_ik, var_ik), summed term by term in float64 (an
+    independent formula: no logsumexp, so only for moderate distances)."""
+    x, means, log_weights = x.double().cpu(), means.double().cpu(), log_weights.double().cpu()
+    var_cd = var_table(var.double().cpu() if isinstance(var, torch.Tensor) else var, *means.shape)
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     for i in range(means.shape[0]):
         log_density = (-0.5 * (x - means[i]) ** 2 / var_cd[i] - 0.5 * torch.log(2 * math.pi * var_cd[i])).sum(1)
-        total += weights[i] * torch.exp(log_density)
+        total += torch.exp(log_weights[i] + log_density)
     return torch.log(total)
 
 
-@given(batch=st.integers(0, 6), components=st.integers(1, 5), dim=st.integers(1, 4),
-       var_kind=st.sampled_from(["float", "()", "(C,)", "(C,d)", "(1,d)"]), seed=st.integers(0, 999))
-def test_values_match_brute_force(batch, components, dim, var_kind, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
-    means = torch.randn(components, dim, generator=gen, dtype=torch.float64)
-    shapes = {"()": (), "(C,)": (components,), "(C,d)": (components, dim), "(1,d)": (1, dim)}
-    var = 0.7 if var_kind == "float" else torch.rand(shapes[var_kind], generator=gen, dtype=torch.float64) + 0.2
-    logits = torch.randn(components, generator=gen, dtype=torch.float64)
-    var_cd = torch.as_tensor(var, dtype=torch.float64)
-    var_cd = var_cd[:, None] if var_cd.dim() == 1 else var_cd
-    var_cd = var_cd.expand(components, dim)
-    got = gmkernels.mixture_log_likelihood(x, means, var, torch.log_softmax(logits, 0))
-    assert got.shape == (batch,)
-    assert torch.allclose(got, brute_force(x, means, var_cd, torch.softmax(logits, 0)), rtol=1e-10, atol=1e-10)
-    uniform = gmkernels.mixture_log_likelihood(x, means, var)
-    assert torch.allclose(uniform, brute_force(x, means, var_cd, torch.full((components,), 1 / components,
-                                                                              dtype=torch.float64)), atol=1e-10)
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in tensors]
 
 
-def test_gradcheck_float64(backend):
+def value_and_grads(name, x, means, var, log_weights, grad_seed=1):
+    """log-likelihood and the gradients w.r.t. every tensor argument on backend `name`."""
+    x, means, var, log_weights = leaves(x, means, var, log_weights)
+    inputs = [t for t in (x, means, var, log_weights) if isinstance(t, torch.Tensor)]
+    with gmkernels.use_backend(name):
+        out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=out.dtype)
+    grads = torch.autograd.grad(out, inputs, grad.to(out.device)) if out.numel() else [torch.zeros_like(t) for t in inputs]
+    return out.detach(), [g.detach() for g in grads]
+
+
+def truth(x, means, var, log_weights):
+    """float64 reference value and gradients, on the CPU."""
+    to64 = lambda t: t.detach().double().cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return value_and_grads("reference", *(to64(t) for t in (x, means, var, log_weights)))
+
+
+@given(batch=st.integers(0, 9), components=st.one_of(st.integers(1, 6), st.integers(63, 72)),
+       dim=st.integers(1, 5), var_kind=st.sampled_from(VAR_KINDS), switched_off=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_values_and_gradients_match_float64_truth_on_every_backend(batch, components, dim, var_kind,
+                                                                    switched_off, seed):
+    x, means, var, log_weights = make_inputs(batch, components, dim, var_kind, seed=seed)
+    if switched_off and components > 1:
+        log_weights = log_weights.clone()
+        log_weights[::2] = -math.inf
+    expected = brute_force(x, means, var, log_weights)
+    want, want_grads = truth(x, means, var, log_weights)
+    assert torch.allclose(want, expected, rtol=1e-12, atol=1e-12)
+    for name in op.IMPLEMENTED:
+        if name not in gmkernels.backends() or name == "cuda":
+            continue
+        got, grads = value_and_grads(name, x, means, var, log_weights)
+        assert got.dtype == torch.float64 and got.shape == (batch,), name
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10), name
+        for g, w in zip(grads, want_grads):
+            assert g.shape == w.shape
+            assert torch.allclose(g.cpu(), w, rtol=1e-9, atol=1e-9), name
+
+
+def plain_matmul_float32(x, means, var, log_weights):
+    """What plain PyTorch computes with a matrix product (torch.cdist style): the float32
+    rounding a product-based kernel is held to."""
+    var_cd = var_table(var, *means.shape).to(x.dtype)
+    precision = 1 / var_cd
+    squared = (x * x) @ precision.T - 2 * x @ (means * precision).T + (means * means * precision).sum(1)
+    log_norm = torch.log(2 * math.pi * var_cd).sum(1)
+    return torch.logsumexp(log_weights - 0.5 * (squared + log_norm), 1)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("data", ["normal", "offset 1e3", "simplex box", "diagonal"])
+def test_float32_error_within_twice_plain_float32(backend, path, data):
     require_backend(op)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 3, generator=gen, dtype=torch.float64, device=backend, requires_grad=True)
-    means = torch.randn(4, 3, generator=gen, dtype=torch.float64, device=backend, requires_grad=True)
-    var = (torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.3).to(backend).requires_grad_()
-    log_weights = torch.log_softmax(torch.randn(4, generator=gen, dtype=torch.float64), 0).to(backend).requires_grad_()
-    assert torch.autograd.gradcheck(gmkernels.mixture_log_likelihood, (x, means, var, log_weights))
+    gen = torch.Generator().manual_seed(3)
+    x, means, var, log_weights = make_inputs(96, PATHS[path], 9, "(C,d)" if data == "diagonal" else "(C,)",
+                                             torch.float32, seed=3)
+    if data == "offset 1e3":
+        x, means = x + 1e3, means + 1e3
+    if data == "simplex box":
+        x = torch.rand(96, 9, generator=gen) * 5 - 2.5
+        means = means / means.norm(dim=1, keepdim=True)
+    # A kernel that takes distances from a matrix product rounds like the plain product formula
+    # (error ~ eps ||x - centre||^2 / var rather than eps ||x - mu||^2 / var): that is its plain
+    # float32 computation. Data offset by 1e3 are held to the direct formula, because the kernels
+    # centre first and the plain product does not.
+    product_based = gmkernels.get_backend() == "triton" or (path == "tiled" and data != "offset 1e3")
+    formula = plain_matmul_float32 if product_based else reference
+    want, want_grads = truth(x, means, var, log_weights)
+    got, grads = value_and_grads(gmkernels.get_backend(), x.to(backend), means.to(backend), var.to(backend),
+                                 log_weights.to(backend))
+    assert got.dtype == torch.float32
+    assert_float_rounding(got.cpu(), want, formula(x, means, var, log_weights))
+    plain_x = x.clone().requires_grad_()
+    grad = torch.randn(96, generator=torch.Generator().manual_seed(1))
+    (plain_grad_x,) = torch.autograd.grad(formula(plain_x, means, var, log_weights), plain_x, grad)
+    assert_float_rounding(grads[0].cpu(), want_grads[0], plain_grad_x)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("var_kind", ["float", "(C,)", "(C,d)"])
+def test_gradcheck_float64(backend, path, var_kind):
+    require_backend(op)
+    x, means, var, log_weights = make_inputs(5, PATHS[path], 3, var_kind, device=backend, seed=4)
+    args = leaves(x, means, var, log_weights)
+    # fast_mode checks random projections of the Jacobian: hundreds of inputs stay quick.
+    assert torch.autograd.gradcheck(gmkernels.mixture_log_likelihood, args, fast_mode=path == "tiled")
+
+
+def test_cpp_tiles_over_rows_and_components():
+    """More rows than one tile holds (4096 at 1024 columns) and three column tiles, the last one
+    partial: the online logsumexp across tiles and the accumulation of the backward's products."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(4100, 2100, 2, "(C,)", seed=5)
+    log_weights[1500:] = -math.inf   # the whole last tile switched off
+    got, grads = value_and_grads("cpp", x, means, var, log_weights)
+    want, want_grads = value_and_grads("reference", x, means, var, log_weights)
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g, w, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_tiled_backward_with_peaked_and_flat_responsibilities(backend, spread):
+    """Peaked rows (one component each, tiny var) make W sparse, flat rows (huge var) dense: the
+    CPU backward takes the sparse or the dense products accordingly; both give the truth."""
+    require_backend(op)
+    gen = torch.Generator().manual_seed(13)
+    means = torch.randn(1500, 4, generator=gen, dtype=torch.float64)
+    nearest = torch.randint(1500, (300,), generator=gen)
+    x = means[nearest] + 0.01 * torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    var = torch.full((1500, 4), 1e-3 if spread == "peaked" else 100.0, dtype=torch.float64)
+    log_weights = torch.log_softmax(torch.randn(1500, generator=gen, dtype=torch.float64), 0)
+    if gmkernels.get_backend() == "triton":
+        x, means, var, log_weights = x[:40], means[:130], var[:130], log_weights[:130]
+    got, grads = value_and_grads(gmkernels.get_backend(), *(t.to(backend) for t in (x, means, var, log_weights)))
+    want, want_grads = truth(x, means, var, log_weights)
+    assert torch.allclose(got.cpu(), want, rtol=1e-10, atol=1e-10)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-8 * w.abs().max().item())
+
+
+def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
+    x, means, var, log_weights = make_inputs(11, PATHS[path], 4, var_kind, dtype, seed=6)
+    var = var.expand(PATHS[path]) if var.dim() == 0 else var
+    return x, means, var, log_weights
+
+
+@pytest.mark.parametrize("namespace", ["gmkernels", "gmkernels_triton"])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_opcheck(namespace, path, var_kind):
+    if namespace == "gmkernels" and "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    if namespace == "gmkernels_triton" and "triton" not in op.IMPLEMENTED:
+        pytest.skip("triton backend not usable here")
+    ops = getattr(torch.ops, namespace)
+    x, means, var, log_weights = leaves(*_op_args(path, var_kind=var_kind))
+    torch.library.opcheck(ops.mixture_log_likelihood.default, (x, means, var, log_weights))
+    log_likelihood = ops.mixture_log_likelihood(x, means, var, log_weights).detach()
+    grad = torch.randn(11)
+    torch.library.opcheck(ops.mixture_log_likelihood_backward.default,
+                          (grad, x.detach(), means.detach(), var.detach(), log_weights.detach(),
+                           log_likelihood, True, True))
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_point_1e4_away_gives_finite_values_and_gradients(backend, path, dtype):
+    require_backend(op)
+    x, means, var, log_weights = make_inputs(6, PATHS[path], 9, "(C,)", dtype, seed=7)
+    x = x + torch.tensor([1e4] + [0.0] * 8, dtype=dtype)
+    got, grads = value_and_grads(gmkernels.get_backend(), *(t.to(backend) for t in (x, means, var, log_weights)))
+    want, want_grads = truth(x, means, var, log_weights)
+    assert torch.isfinite(got).all() and all(torch.isfinite(g).all() for g in grads)
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got.cpu().double(), want, rtol=rtol)
+    # The nearest component takes all the weight: grad_x = grad (mu_near - x) / v_near.
+    assert torch.allclose(grads[0].cpu().double(), want_grads[0], rtol=1e-4 if dtype == torch.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_switched_off_components_are_left_out_and_get_zero_gradients(backend, path):
+    require_backend(op)
+    x, means, var, log_weights = make_inputs(8, PATHS[path], 3, "(C,d)", device=backend, seed=8)
+    off = torch.zeros(PATHS[path], dtype=torch.bool)
+    off[1::3] = True
+    log_weights[off.to(backend)] = -math.inf
+    got, grads = value_and_grads(gmkernels.get_backend(), x, means, var, log_weights)
+    on = ~off
+    kept = reference(x.cpu(), means.cpu()[on], var.cpu()[on], log_weights.cpu()[on])
+    assert torch.allclose(got.cpu(), kept, rtol=1e-12, atol=1e-12)
+    for g in grads[1:]:
+        assert not g.cpu()[off].any()
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_all_components_off_give_minus_inf_and_zero_gradients(backend, path):
+    require_backend(op)
+    if gmkernels.get_backend() == "reference":
+        pytest.skip("the reference's logsumexp backward divides 0 by 0 here; the kernels define it as 0")
+    x, means, var, log_weights = make_inputs(5, PATHS[path], 3, "(C,)", device=backend, seed=9)
+    log_weights = torch.full_like(log_weights, -math.inf)
+    got, grads = value_and_grads(gmkernels.get_backend(), x, means, var, log_weights)
+    assert (got == -math.inf).all()
+    assert all(not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_empty_batch_gives_empty_result_and_zero_gradients(backend, path):
+    require_backend(op)
+    x, means, var, log_weights = leaves(*make_inputs(0, PATHS[path], 3, "(C,d)", device=backend))
+    out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    assert out.shape == (0,) and out.dtype == torch.float64
+    grads = torch.autograd.grad(out.sum(), (x, means, var, log_weights), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_zero_dimensional_points_have_density_one_under_every_component(backend, path):
+    """d = 0: every component's density is the empty product 1, so log p = logsumexp(lw) and the
+    only gradient is softmax(lw) * grad for the log-weights."""
+    require_backend(op)
+    components = PATHS[path]
+    log_weights = torch.log_softmax(torch.randn(components, dtype=torch.float64), 0) - 0.3
+    got, grads = value_and_grads(gmkernels.get_backend(), torch.zeros(4, 0, device=backend, dtype=torch.float64),
+                                 torch.zeros(components, 0, device=backend, dtype=torch.float64),
+                                 torch.ones(components, device=backend, dtype=torch.float64),
+                                 log_weights.to(backend))
+    assert torch.allclose(got.cpu(), torch.full((4,), -0.3, dtype=torch.float64), atol=1e-12)
+    grad = torch.randn(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.allclose(grads[3].cpu(), grad.sum() * torch.softmax(log_weights, 0), atol=1e-12)
+    assert not grads[2].any()
+
+
+def test_single_component_is_the_gaussian_log_density(backend):
+    require_backend(op)
+    x, means, var, _ = make_inputs(7, 1, 4, "(C,d)", device=backend, seed=10)
+    got = gmkernels.mixture_log_likelihood(x, means, var)
+    normal = torch.distributions.Normal(means[0].cpu(), var[0].cpu().sqrt())
+    assert torch.allclose(got.cpu(), normal.log_prob(x.cpu()).sum(1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_non_contiguous_inputs_give_the_contiguous_result(backend, path):
+    require_backend(op)
+    x, means, var, log_weights = make_inputs(6, PATHS[path], 5, "(C,d)", device=backend, seed=11)
+    x_t, means_t, var_t = x.T.contiguous().T, means.T.contiguous().T, var.T.contiguous().T
+    log_weights_s = torch.stack([log_weights, log_weights], 1)[:, 0]
+    assert not any(t.is_contiguous() for t in (x_t, means_t, var_t, log_weights_s))
+    expected = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    assert torch.equal(gmkernels.mixture_log_likelihood(x_t, means_t, var_t, log_weights_s), expected)
+
+
+def test_cpp_results_are_identical_across_thread_counts():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 1):
+            torch.set_num_threads(count)
+            row = []
+            for path in sorted(PATHS):
+                x, means, var, log_weights = make_inputs(3000, PATHS[path], 6, "(C,d)", torch.float32, seed=12)
+                row.append(value_and_grads("cpp", x, means, var, log_weights))
+            results.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for (value_a, grads_a), (value_b, grads_b) in zip(results[0], other):
+            assert torch.equal(value_a, value_b)
+            assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_works_under_torch_compile_fullgraph(backend, path):
+    require_backend(op)
+    if backend.type == "cpu" and gmkernels.get_backend() == "triton":
+        pytest.skip("Triton interpreter ops are exercised in eager mode")
+    x, means, var, log_weights = leaves(*make_inputs(16, PATHS[path], 3, "(C,)", torch.float32, backend))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(x, means, var, log_weights):
+        return -gmkernels.mixture_log_likelihood(x, means, var, log_weights).mean()
+
+    value = loss(x, means, var, log_weights)
+    value.backward()
+    x64 = x.detach().double().cpu().requires_grad_()
+    expected = -reference(x64, means.detach().double().cpu(), var.detach().double().cpu(),
+                          log_weights.detach().double().cpu()).mean()
+    expected.backward()
+    assert torch.allclose(value.detach().cpu().double(), expected.detach(), rtol=1e-5)
+    assert torch.allclose(x.grad.cpu().double(), x64.grad, rtol=1e-4, atol=1e-6)
 
 
 BAD_INPUTS = [
@@ -57,13 +344,17 @@ BAD_INPUTS = [
     (dict(x=torch.zeros(3, 4)), ValueError, "d = 2"),
     (dict(means=torch.zeros(0, 2)), ValueError, "at least one component"),
     (dict(var=0.0), ValueError, "var must be finite and > 0"),
+    (dict(var=math.inf), ValueError, "var must be finite and > 0"),
     (dict(var=torch.tensor([1.0, -0.5, 1.0])), ValueError, "var must be finite and > 0, got min -0.5"),
     (dict(var=torch.ones(2, 2)), ValueError, "var must be a float or of shape"),
     (dict(var="1"), TypeError, "var must be a float or a tensor"),
+    (dict(var=torch.ones(3, dtype=torch.float64)), TypeError, "var must have the dtype of x"),
     (dict(log_weights=torch.zeros(2)), ValueError, r"log_weights must have shape \(C,\)"),
     (dict(log_weights=torch.tensor([0.0, math.nan, 0.0])), ValueError, "NaN"),
+    (dict(log_weights=torch.tensor([0.0, math.inf, 0.0])), ValueError, r"\+inf"),
     (dict(x=torch.zeros(3, 2, dtype=torch.float64)), TypeError, "must have the dtype of x"),
     (dict(x=torch.zeros(3, 2, dtype=torch.int64)), TypeError, "x must have dtype"),
+    (dict(means=[[0.0, 0.0]]), TypeError, "means must be a torch.Tensor"),
 ]
 
 
@@ -77,7 +368,7 @@ def test_bad_input_raises_a_clear_error(override, error, message):
 
 @pytest.mark.parametrize("d", [1, 2, 9, 32])
 @pytest.mark.parametrize("radius", [1.0, 2.5])
-def test_simplex_vertices_are_equidistant_centred_at_radius(d, radius):
+def test_regular_simplex_vertices_are_equidistant_centred_at_radius(d, radius):
     vertices = gmkernels.simplex_vertices(d, radius)
     assert vertices.shape == (d + 1, d) and vertices.dtype == torch.float64
     assert torch.allclose(vertices.mean(0), torch.zeros(d, dtype=torch.float64), atol=1e-12)
@@ -86,8 +377,45 @@ def test_simplex_vertices_are_equidistant_centred_at_radius(d, radius):
     assert torch.allclose(distances, torch.full_like(distances, radius * math.sqrt(2 * (d + 1) / d)))
 
 
+# Vertex norms of MD-GAN's published simplex_coordinates(d), evaluated once with that code.
+PUBLISHED_NORMS = {2: 0.89442719, 3: 0.88585184, 9: 0.94356783, 32: 0.98407681}
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 9, 32])
+def test_mdgan_layout_matches_the_closed_form_of_the_published_construction(d):
+    """The code starts from e_0..e_{d-1} and a (1, ..., 1), a = (1 - sqrt(d + 1)) / d, subtracts
+    c = (1 + a) / (d + 1) from every coordinate and divides by s_d, where s_0 = 0 and
+    s_i = sqrt(s_{i-1} + y_i^2) over the centred first vertex y = e_0 - c."""
+    a = (1 - math.sqrt(d + 1)) / d
+    c = (1 + a) / (d + 1)
+    first = torch.full((d,), -c, dtype=torch.float64)
+    first[0] += 1
+    s = 0.0
+    for y in first.tolist():
+        s = math.sqrt(s + y * y)
+    expected = torch.cat([torch.eye(d, dtype=torch.float64), torch.full((1, d), a, dtype=torch.float64)]) - c
+    vertices = gmkernels.simplex_vertices(d, layout="mdgan")
+    assert torch.allclose(vertices, expected / s, rtol=0, atol=1e-15)
+    if d in PUBLISHED_NORMS:
+        assert abs(vertices.norm(dim=1)[0].item() - PUBLISHED_NORMS[d]) < 1e-8
+    # Still a regular simplex centred at the origin, only not of unit radius.
+    norms = vertices.norm(dim=1)
+    assert torch.allclose(norms, norms[0].expand(d + 1)) and vertices.mean(0).abs().max() < 1e-15
+    distances = torch.cdist(vertices, vertices)[~torch.eye(d + 1, dtype=torch.bool)]
+    assert torch.allclose(distances, norms[0] * math.sqrt(2 * (d + 1) / d) * torch.ones_like(distances))
+    assert torch.equal(gmkernels.simplex_vertices(d, 2.0, layout="mdgan"), 2.0 * vertices)
+
+
+def test_mdgan_layout_has_the_documented_norm_for_d9():
+    assert abs(gmkernels.simplex_vertices(9, layout="mdgan").norm(dim=1)[0].item() - 0.9436) < 1e-4
+
+
 def test_simplex_vertices_reject_bad_arguments():
     with pytest.raises(ValueError, match="d must be >= 1"):
         gmkernels.simplex_vertices(0)
+    with pytest.raises(TypeError, match="d must be a Python int"):
+        gmkernels.simplex_vertices(2.0)
     with pytest.raises(ValueError, match="radius must be"):
         gmkernels.simplex_vertices(3, radius=-1.0)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        gmkernels.simplex_vertices(3, layout="burkardt")

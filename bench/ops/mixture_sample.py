@@ -3,7 +3,8 @@
 forward and forward + backward, on the CPU and (when present) on the GPU.
 
 Forward bandwidth counts the bytes a forward must move: z written once, the component ids, mu
-and the scale read once (eps is never stored).
+and the scale read once (eps is never stored). Targets (issue 3): forward + backward at least 5x
+the eager reference and faster than torch.compile of it (the peer).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bench.common import Case, Variant
 # sized so that the reference, which gathers an (n, K, K) factor, fits in memory.
 SIZES = [(100, 512, 65536, False), (10, 64, 8192, False), (10, 64, 16384, True)]
 QUICK_SIZES = [(100, 512, 8192, False), (4, 16, 2048, True)]
+SMOKE_SIZES = [(4, 16, 64, False), (4, 16, 64, True)]
 
 
 def plain_formula(mu, scale, component):
@@ -70,12 +72,14 @@ def _variants(mu, scale, component, seed, backward, fused_backends):
     return out
 
 
-def cases(quick: bool, backends: tuple) -> list:
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    sizes = SMOKE_SIZES if smoke else QUICK_SIZES if quick else SIZES
     result = []
     for device in devices:
         fused_backends = _fused_backends(device, backends)
-        for num_components, dim, n, full in QUICK_SIZES if quick else SIZES:
+        fused_names = [f"gmkernels[{name}]" for name in fused_backends]
+        for num_components, dim, n, full in sizes:
             mu = torch.randn(num_components, dim, device=device, requires_grad=True)
             if full:
                 scale = torch.randn(num_components, dim, dim, device=device) / dim**0.5
@@ -85,14 +89,14 @@ def cases(quick: bool, backends: tuple) -> list:
             component = torch.randint(num_components, (n,), device=device)
             seed = draw_seed()
             size = f"N={num_components} K={dim} n={n}" + (" full" if full else "")
-            if device.type != "cpu":
-                size += f" {device.type}"
             for backward in (False, True):
                 result.append(Case(
                     op="mixture_sample", size=size,
                     mode="forward+backward" if backward else "forward",
                     variants=_variants(mu, scale, component, seed, backward, fused_backends),
                     bytes_moved=None if backward else forward_bytes(mu, scale, component),
-                    targets={f"gmkernels[{name}]": 5.0 for name in fused_backends} if backward else {},
+                    targets={name: 5.0 for name in fused_names} if backward else {},
+                    peer_targets={name: 1.0 for name in fused_names} if backward else {},
+                    device=device.type,
                 ))
     return result

@@ -19,6 +19,17 @@ TORCH_LIBRARY(gmkernels, m) {
   m.def(
       "mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component, Tensor seed)"
       " -> (Tensor, Tensor)");
+  m.def("mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor");
+  m.def(
+      "mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
+      " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
+      " Tensor class_mean_log, float eps) -> Tensor");
 }
 
 namespace {

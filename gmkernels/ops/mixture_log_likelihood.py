@@ -10,7 +10,15 @@ from .. import backend
 from ..reference import mixture_log_likelihood as reference
 from . import _checks
 
-IMPLEMENTED = ("reference",)
+_C = backend.compiled_module()
+_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
+if "triton" in backend.backends():
+    from ..triton import mixture_log_likelihood as _triton  # noqa: F401  (registers the op)
+
+    _TRITON_BACKENDS = ("triton",)
+else:
+    _TRITON_BACKENDS = ()
+IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
 
 
 def _check(x, means, var, log_weights):
@@ -34,7 +42,7 @@ def _check(x, means, var, log_weights):
                 f" {(num_components, dim)} or (1, d) = {(1, dim)}; got {tuple(var.shape)}"
             )
         if _checks.checking_values() and var.numel():
-            smallest = float(var.min())
+            smallest = float(var.detach().min())
             if not smallest > 0 or not bool(torch.isfinite(var).all()):
                 raise ValueError(f"var must be finite and > 0, got min {smallest}")
     elif not (var > 0 and math.isfinite(var)):
@@ -53,47 +61,145 @@ def _check(x, means, var, log_weights):
     _checks.same_device(named)
 
 
+def _component_tensors(x, means, var, log_weights):
+    """var as (C,) (isotropic per component) or (C, d) (diagonal), log_weights as (C,): the two
+    forms the kernels take. Expanding keeps autograd exact (a shared var gets the summed
+    gradient)."""
+    num_components, dim = means.shape
+    if not isinstance(var, torch.Tensor):
+        var = torch.full((num_components,), float(var), dtype=x.dtype, device=x.device)
+    elif var.dim() == 0:
+        var = var.expand(num_components)
+    elif var.dim() == 2:
+        var = var.expand(num_components, dim)
+    if log_weights is None:
+        log_weights = torch.full((num_components,), -math.log(num_components),
+                                 dtype=x.dtype, device=x.device)
+    return var, log_weights
+
+
 def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weights=None):
-    """Log-density of each row of x under a Gaussian mixture.
+    """Log-density of each row of x under a Gaussian mixture with diagonal covariances:
+
+        log p(x_b) = logsumexp_c [ log_weights_c + log N(x_b; means_c, diag(var_c)) ]
 
     Args:
         x: (B, d) points.
         means: (C, d) component means.
-        var: variance (not std): a float, a (C,) per-component isotropic variance, a (C, d)
-            per-component diagonal, or (1, d) for one diagonal shared by all components.
+        var: variance (not std): a float, a 0-dim tensor, a (C,) per-component isotropic
+            variance, a (C, d) per-component diagonal, or (1, d) for one diagonal shared by all
+            components. Must be > 0.
         log_weights: optional (C,) log mixture weights, used as given (pass
             ``log_softmax(logits)`` for learned weights); ``-inf`` switches a component off.
             Uniform weights if None.
 
     Returns:
-        (B,) log-likelihoods, differentiable in x, means, var and log_weights.
+        (B,) log-likelihoods, differentiable in x, means, var and log_weights (first order on
+        the kernel backends). A row for which every component is off gets -inf.
+
+    The kernels never build a B x C matrix: C <= 65 (MD-GAN's simplex) runs a direct kernel;
+    larger C (Parzen windows) tiles the components, computes each tile's inner products with a
+    matrix product on data shifted by the centre of the means, and folds them into an online
+    logsumexp; the backward recomputes the tiles from the saved log-likelihood.
     """
     _check(x, means, var, log_weights)
-    num_components = means.shape[0]
-    if not isinstance(var, torch.Tensor):
-        var = torch.tensor(float(var), dtype=x.dtype, device=x.device)
-    if log_weights is None:
-        log_weights = torch.full((num_components,), -math.log(num_components),
-                                 dtype=x.dtype, device=x.device)
-    backend.resolve("mixture_log_likelihood", IMPLEMENTED, x.device)
-    return reference.mixture_log_likelihood(x, means, var, log_weights)
+    var, log_weights = _component_tensors(x, means, var, log_weights)
+    name = backend.resolve("mixture_log_likelihood", IMPLEMENTED, x.device)
+    if name == "reference":
+        return reference.mixture_log_likelihood(x, means, var, log_weights)
+    if name == "triton":
+        return torch.ops.gmkernels_triton.mixture_log_likelihood(x, means, var, log_weights)
+    return torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
 
 
-def simplex_vertices(d: int, radius: float = 1.0, *, dtype=torch.float64, device=None) -> torch.Tensor:
-    """The d + 1 vertices (rows) of a regular simplex in R^d, centred at the origin, each at
-    distance ``radius`` from it (circumradius); pairwise distances all radius * sqrt(2 (d+1) / d).
+SIMPLEX_LAYOUTS = ("regular", "mdgan")
 
-    Built from the Helmert basis of the hyperplane orthogonal to (1, ..., 1) in R^(d+1): the
-    projections of the d + 1 standard basis vectors, scaled to the radius."""
-    d = _checks.non_negative_int(d, "d")
-    if d < 1:
-        raise ValueError(f"d must be >= 1, got {d}")
-    if not (isinstance(radius, (int, float)) and radius > 0 and math.isfinite(radius)):
-        raise ValueError(f"radius must be a finite float > 0, got {radius}")
+
+def _regular_simplex(d: int) -> torch.Tensor:
+    """Unit circumradius, from the Helmert basis of the hyperplane orthogonal to (1, ..., 1) in
+    R^(d+1): the projections of the d + 1 standard basis vectors, scaled to norm 1."""
     helmert = torch.zeros(d, d + 1, dtype=torch.float64)
     for k in range(1, d + 1):
         helmert[k - 1, :k] = 1.0
         helmert[k - 1, k] = -float(k)
         helmert[k - 1] /= math.sqrt(k * (k + 1))
-    vertices = helmert.T * (radius / math.sqrt(d / (d + 1)))
-    return vertices.to(dtype=dtype, device=device)
+    return helmert.T / math.sqrt(d / (d + 1))
+
+
+def _mdgan_simplex(d: int) -> torch.Tensor:
+    """The vertices of MD-GAN's published ``simplex_coordinates(d)`` (eghbalz/mdgan utils.py,
+    adapted from Burkardt's simplex_coordinates), operation for operation in float64: vertex j < d
+    starts as e_j, vertex d as a (1, ..., 1) with a = (1 - sqrt(d + 1)) / d, all are centred, then
+    divided by s. The code takes the square root inside its loop over coordinates,
+    s <- sqrt(s + x_i0^2), so s is a nested root rather than the norm of vertex 0 and the
+    vertices end up with norm != 1 (0.9436 for d = 9)."""
+    columns = torch.zeros(d, d + 1, dtype=torch.float64)
+    columns[torch.arange(d), torch.arange(d)] = 1.0
+    columns[:, d] = (1.0 - math.sqrt(float(1 + d))) / float(d)
+    # Row i holds 1 and a and zeros, so the code's running sum is exactly 1 + a.
+    centre = (1.0 + float(columns[0, d])) / float(d + 1)
+    columns -= centre
+    s = 0.0
+    for i in range(d):
+        s = math.sqrt(s + float(columns[i, 0]) ** 2)
+    return (columns / s).T
+
+
+def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
+                     dtype=torch.float64, device=None) -> torch.Tensor:
+    """The d + 1 vertices (rows, shape (d + 1, d)) of a regular simplex in R^d centred at the
+    origin.
+
+    ``layout="regular"``: every vertex at distance ``radius`` from the centre (circumradius);
+    pairwise distances all radius * sqrt(2 (d + 1) / d).
+    ``layout="mdgan"``: the published MD-GAN code's vertices, exactly (same orientation and
+    scale: norm 0.9436 for d = 9, 0.8944 for d = 2), multiplied by ``radius``; radius=1 is the
+    code's setting. Still a regular simplex centred at the origin, only smaller.
+    """
+    d = _checks.non_negative_int(d, "d")
+    if d < 1:
+        raise ValueError(f"d must be >= 1, got {d}")
+    if isinstance(radius, bool) or not (isinstance(radius, (int, float)) and radius > 0
+                                        and math.isfinite(radius)):
+        raise ValueError(f"radius must be a finite float > 0, got {radius}")
+    if layout not in SIMPLEX_LAYOUTS:
+        raise ValueError(f"layout must be one of {SIMPLEX_LAYOUTS}, got {layout!r}")
+    unit = _regular_simplex(d) if layout == "regular" else _mdgan_simplex(d)
+    return (unit * radius).to(dtype=dtype, device=device)
+
+
+def _register(namespace: str) -> None:
+    """Fake tensors and autograd of <namespace>::mixture_log_likelihood (the C++ and the Triton
+    ops share the schema). The backward gets the saved log-likelihood and recomputes the rest."""
+    ops = getattr(torch.ops, namespace)
+
+    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood")
+    def _fake(x, means, var, log_weights):
+        return x.new_empty(x.shape[0])
+
+    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood_backward")
+    def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
+        # Gradients that were not asked for come back as 0-element tensors.
+        def wanted(like, want):
+            return torch.empty_like(like) if want else like.new_empty(0)
+        return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
+                wanted(log_weights, component_grads))
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output)
+
+    def _backward(ctx, grad):
+        x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = ops.mixture_log_likelihood_backward(
+            grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
+        return tuple(g if need else None for g, need in zip(grads, needs))
+
+    torch.library.register_autograd(
+        f"{namespace}::mixture_log_likelihood", _backward, setup_context=_setup_context)
+
+
+if _C is not None:
+    _register("gmkernels")
+if _TRITON_BACKENDS:
+    _register("gmkernels_triton")

@@ -1,0 +1,426 @@
+// CPU kernels of mixture_log_likelihood (math in csrc/kernels/mixture_log_likelihood.h).
+// Direct path: rows are processed in blocks of kRowBlock, transposed into a small local array so
+// that every inner loop runs over the rows of the block (contiguous, vectorized), and the C
+// exponents of the block live in a local (C x kRowBlock) array: nothing of size B x C is written.
+// The backward reduces the component gradients per fixed chunk of rows into double partials and
+// adds the chunks in order: results are identical for any thread count.
+// Tiled path: the epilogues of one BLAS tile, one row per iteration (rows are independent).
+#include "../kernels/mixture_log_likelihood.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace gmk {
+namespace {
+
+constexpr double kLog2Pi = 1.83787706640934548356;
+constexpr int64_t kRowBlock = 16;
+// Component gradients are reduced per chunk of rows; at most this many chunks, so the double
+// partials stay small, and at least kChunkRows rows per chunk so each chunk amortises its setup.
+constexpr int64_t kMaxChunks = 32;
+constexpr int64_t kChunkRows = 512;
+
+template <typename scalar_t>
+constexpr scalar_t minus_infinity() {
+  return -std::numeric_limits<scalar_t>::infinity();
+}
+
+// exp(x) for x <= 88, written with arithmetic only so that GCC vectorizes the loops that call
+// it (std::exp does not vectorize without -ffast-math). Cephes' expf: x = n ln2 + r with
+// |r| <= ln2 / 2, ln2 split in two parts so r is exact, degree-6 polynomial: within 2 ulp.
+// Below -87 (exp < 1.7e-38) it returns 0, which also covers -inf; NaN stays NaN.
+inline float exp_vectorizable(float x) {
+  const float clamped = std::min(std::max(x, -87.0f), 88.0f);
+  float n = clamped * 1.44269504088896341f;
+  n = (n + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 pushes the fraction out
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof(power));
+  return x < -87.0f ? 0.0f : p * power;
+}
+
+// float64 keeps the library exp: its cost is small next to the float64 arithmetic around it.
+inline double exp_vectorizable(double x) { return std::exp(x); }
+
+// Per-component constants of the direct path: precision 1/v_ck as a full (C, d) table (so that
+// inner loops never branch on the variance's shape), 1/v_c for the isotropic case, and
+// offset_c = lw_c - 1/2 sum_k log(2 pi v_ck), the latter summed in double.
+template <typename scalar_t>
+struct ComponentTable {
+  std::vector<scalar_t> precision;            // (C, d)
+  std::vector<scalar_t> component_precision;  // (C,), isotropic only
+  std::vector<scalar_t> offset;               // (C,)
+
+  ComponentTable(const scalar_t* var, const scalar_t* log_weights, int64_t num_components,
+                 int64_t dim, bool diagonal)
+      : precision(num_components * dim), component_precision(num_components),
+        offset(num_components) {
+    for (int64_t c = 0; c < num_components; ++c) {
+      double log_norm = 0;
+      if (diagonal) {
+        for (int64_t k = 0; k < dim; ++k) {
+          precision[c * dim + k] = scalar_t(1) / var[c * dim + k];
+          log_norm += kLog2Pi + std::log(double(var[c * dim + k]));
+        }
+      } else {
+        component_precision[c] = scalar_t(1) / var[c];
+        std::fill(precision.begin() + c * dim, precision.begin() + (c + 1) * dim,
+                  component_precision[c]);
+        log_norm = dim * (kLog2Pi + std::log(double(var[c])));
+      }
+      offset[c] = static_cast<scalar_t>(double(log_weights[c]) - 0.5 * log_norm);
+    }
+  }
+};
+
+// Rows [row_begin, row_begin + rows) of x, transposed into x_block (dim x kRowBlock); missing
+// rows of a short block are zeros (their results are never written).
+template <typename scalar_t>
+void load_block(const scalar_t* x, int64_t dim, int64_t row_begin, int64_t rows,
+                scalar_t* x_block) {
+  std::fill(x_block, x_block + dim * kRowBlock, scalar_t(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* row = x + (row_begin + r) * dim;
+    for (int64_t k = 0; k < dim; ++k) x_block[k * kRowBlock + r] = row[k];
+  }
+}
+
+// exponent (C x kRowBlock) <- E_rc for the rows of x_block; squared (C x kRowBlock, optional)
+// <- the plain squared distance sum_k (x_k - mu_ck)^2 (isotropic case only: the var gradient).
+template <typename scalar_t>
+void block_exponents(const scalar_t* x_block, const scalar_t* means,
+                     const ComponentTable<scalar_t>& table, int64_t num_components, int64_t dim,
+                     bool diagonal, scalar_t* exponent, scalar_t* squared) {
+  for (int64_t c = 0; c < num_components; ++c) {
+    scalar_t acc[kRowBlock] = {};
+    const scalar_t* mean = means + c * dim;
+    const scalar_t* precision = table.precision.data() + c * dim;
+    if (diagonal) {
+      for (int64_t k = 0; k < dim; ++k) {
+        const scalar_t mu = mean[k], weight = precision[k];
+        const scalar_t* xk = x_block + k * kRowBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < kRowBlock; ++r) acc[r] += (xk[r] - mu) * (xk[r] - mu) * weight;
+      }
+    } else {
+      for (int64_t k = 0; k < dim; ++k) {
+        const scalar_t mu = mean[k];
+        const scalar_t* xk = x_block + k * kRowBlock;
+#pragma omp simd
+        for (int64_t r = 0; r < kRowBlock; ++r) acc[r] += (xk[r] - mu) * (xk[r] - mu);
+      }
+      if (squared != nullptr) std::copy(acc, acc + kRowBlock, squared + c * kRowBlock);
+    }
+    const scalar_t half_precision =
+        diagonal ? scalar_t(0.5) : scalar_t(0.5) * table.component_precision[c];
+    scalar_t* out = exponent + c * kRowBlock;
+#pragma omp simd
+    for (int64_t r = 0; r < kRowBlock; ++r) out[r] = table.offset[c] - half_precision * acc[r];
+  }
+}
+
+// log_likelihood[r] = logsumexp_c exponent[c][r]; -inf when every component is switched off.
+template <typename scalar_t>
+void block_logsumexp(const scalar_t* exponent, int64_t num_components, scalar_t* out) {
+  scalar_t top[kRowBlock];
+  std::fill(top, top + kRowBlock, minus_infinity<scalar_t>());
+  for (int64_t c = 0; c < num_components; ++c)
+#pragma omp simd
+    for (int64_t r = 0; r < kRowBlock; ++r) top[r] = std::max(top[r], exponent[c * kRowBlock + r]);
+  // A row whose maximum is -inf shifts by 0 instead, so that exp(-inf - -inf) never makes a NaN.
+#pragma omp simd
+  for (int64_t r = 0; r < kRowBlock; ++r)
+    if (top[r] == minus_infinity<scalar_t>()) top[r] = 0;
+  scalar_t sum[kRowBlock] = {};
+  for (int64_t c = 0; c < num_components; ++c)
+#pragma omp simd
+    for (int64_t r = 0; r < kRowBlock; ++r)
+      sum[r] += exp_vectorizable(exponent[c * kRowBlock + r] - top[r]);
+#pragma omp simd
+  for (int64_t r = 0; r < kRowBlock; ++r) out[r] = top[r] + std::log(sum[r]);
+}
+
+int64_t chunk_rows_for(int64_t num_rows) {
+  const int64_t spread = (num_rows + kMaxChunks - 1) / kMaxChunks;
+  const int64_t rows = std::max(kChunkRows, spread);
+  return (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void mixture_log_likelihood_direct_cpu(const MixtureLogLikelihoodParams<scalar_t>& p) {
+  const int64_t dim = p.dim, num_components = p.num_components;
+  const ComponentTable<scalar_t> table(p.var, p.log_weights, num_components, dim, p.diagonal);
+  const int64_t blocks = (p.num_rows + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    std::vector<scalar_t> x_block(dim * kRowBlock);
+    std::vector<scalar_t> exponent(num_components * kRowBlock);
+    scalar_t out[kRowBlock];
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t row_begin = block * kRowBlock;
+      const int64_t rows = std::min(kRowBlock, p.num_rows - row_begin);
+      load_block(p.x, dim, row_begin, rows, x_block.data());
+      block_exponents(x_block.data(), p.means, table, num_components, dim, p.diagonal,
+                      exponent.data(), static_cast<scalar_t*>(nullptr));
+      block_logsumexp(exponent.data(), num_components, out);
+      std::copy(out, out + rows, p.log_likelihood + row_begin);
+    }
+  }
+}
+
+template <typename scalar_t>
+void mixture_log_likelihood_direct_backward_cpu(
+    const MixtureLogLikelihoodBackwardParams<scalar_t>& p) {
+  const int64_t dim = p.dim, num_components = p.num_components;
+  const bool diagonal = p.diagonal;
+  const bool component_grads = p.component_grads;
+  const ComponentTable<scalar_t> table(p.var, p.log_weights, num_components, dim, diagonal);
+  const int64_t chunk_rows = chunk_rows_for(p.num_rows);
+  const int64_t chunks = (p.num_rows + chunk_rows - 1) / chunk_rows;
+  const int64_t var_size = diagonal ? num_components * dim : num_components;
+  // Per chunk: grad_means (C x d), grad_var (var_size), grad_log_weights (C), in double.
+  const int64_t partial_size = num_components * dim + var_size + num_components;
+  std::vector<double> partials(component_grads ? chunks * partial_size : 0, 0.0);
+
+#pragma omp parallel num_threads(p.num_threads)
+  {
+    std::vector<scalar_t> x_block(dim * kRowBlock);
+    std::vector<scalar_t> grad_block(dim * kRowBlock);
+    std::vector<scalar_t> exponent(num_components * kRowBlock);
+    std::vector<scalar_t> squared(diagonal ? 0 : num_components * kRowBlock);
+    scalar_t* squared_ptr = diagonal ? nullptr : squared.data();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      double* partial = component_grads ? partials.data() + chunk * partial_size : nullptr;
+      const int64_t chunk_end = std::min(p.num_rows, (chunk + 1) * chunk_rows);
+      for (int64_t row_begin = chunk * chunk_rows; row_begin < chunk_end; row_begin += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, chunk_end - row_begin);
+        load_block(p.x, dim, row_begin, rows, x_block.data());
+        block_exponents(x_block.data(), p.means, table, num_components, dim, diagonal,
+                        exponent.data(), squared_ptr);
+        // exponent <- W_rc = grad_r exp(E_rc - log p_r); missing rows, zero gradients and rows
+        // of likelihood 0 (every component off) contribute nothing.
+        scalar_t grad[kRowBlock] = {}, shift[kRowBlock] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const scalar_t log_likelihood = p.log_likelihood[row_begin + r];
+          if (log_likelihood != minus_infinity<scalar_t>()) {
+            grad[r] = p.grad[row_begin + r];
+            shift[r] = log_likelihood;
+          }
+        }
+        for (int64_t c = 0; c < num_components; ++c) {
+          scalar_t* w = exponent.data() + c * kRowBlock;
+#pragma omp simd
+          for (int64_t r = 0; r < kRowBlock; ++r)
+            w[r] = grad[r] == scalar_t(0) ? scalar_t(0) : grad[r] * exp_vectorizable(w[r] - shift[r]);
+        }
+        if (p.x_grad) {
+          // grad_x_r = sum_c W_rc (mu_c - x_r) / v_c
+          std::fill(grad_block.begin(), grad_block.end(), scalar_t(0));
+          for (int64_t c = 0; c < num_components; ++c) {
+            const scalar_t* w = exponent.data() + c * kRowBlock;
+            const scalar_t* mean = p.means + c * dim;
+            for (int64_t k = 0; k < dim; ++k) {
+              const scalar_t weight = table.precision[c * dim + k];
+              const scalar_t* xk = x_block.data() + k * kRowBlock;
+              scalar_t* gk = grad_block.data() + k * kRowBlock;
+#pragma omp simd
+              for (int64_t r = 0; r < kRowBlock; ++r) gk[r] += w[r] * weight * (mean[k] - xk[r]);
+            }
+          }
+          for (int64_t r = 0; r < rows; ++r) {
+            scalar_t* out = p.grad_x + (row_begin + r) * dim;
+            for (int64_t k = 0; k < dim; ++k) out[k] = grad_block[k * kRowBlock + r];
+          }
+        }
+        if (!component_grads) continue;
+        double* grad_means = partial;
+        double* grad_var = partial + num_components * dim;
+        double* grad_log_weights = grad_var + var_size;
+        for (int64_t c = 0; c < num_components; ++c) {
+          const scalar_t* w = exponent.data() + c * kRowBlock;
+          const scalar_t* mean = p.means + c * dim;
+          scalar_t weight_sum = 0;
+#pragma omp simd reduction(+ : weight_sum)
+          for (int64_t r = 0; r < kRowBlock; ++r) weight_sum += w[r];
+          grad_log_weights[c] += weight_sum;
+          for (int64_t k = 0; k < dim; ++k) {
+            const scalar_t* xk = x_block.data() + k * kRowBlock;
+            scalar_t first = 0, second = 0;  // sum_r W (x - mu), sum_r W (x - mu)^2
+#pragma omp simd reduction(+ : first, second)
+            for (int64_t r = 0; r < kRowBlock; ++r) {
+              const scalar_t diff = xk[r] - mean[k];
+              first += w[r] * diff;
+              second += w[r] * diff * diff;
+            }
+            if (diagonal) {
+              const double precision = table.precision[c * dim + k];
+              grad_means[c * dim + k] += precision * first;
+              // d/dv [-(x - mu)^2 / (2 v) - log(v) / 2] = ((x - mu)^2 / v^2 - 1 / v) / 2
+              grad_var[c * dim + k] +=
+                  0.5 * precision * (precision * second - double(weight_sum));
+            } else {
+              grad_means[c * dim + k] += double(table.component_precision[c]) * first;
+            }
+          }
+          if (!diagonal) {
+            const double precision = table.component_precision[c];
+            const scalar_t* sq = squared.data() + c * kRowBlock;
+            scalar_t weighted_squared = 0;
+#pragma omp simd reduction(+ : weighted_squared)
+            for (int64_t r = 0; r < kRowBlock; ++r) weighted_squared += w[r] * sq[r];
+            grad_var[c] += 0.5 * precision *
+                           (precision * double(weighted_squared) - double(dim) * weight_sum);
+          }
+        }
+      }
+    }
+  }
+  if (!component_grads) return;
+  // Chunks are added in order: the same sums for any number of threads.
+  std::vector<double> total(partial_size, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const double* partial = partials.data() + chunk * partial_size;
+    for (int64_t i = 0; i < partial_size; ++i) total[i] += partial[i];
+  }
+  const int64_t means_size = num_components * dim;
+  for (int64_t i = 0; i < means_size; ++i) p.grad_means[i] = static_cast<scalar_t>(total[i]);
+  for (int64_t i = 0; i < var_size; ++i) p.grad_var[i] = static_cast<scalar_t>(total[means_size + i]);
+  for (int64_t c = 0; c < num_components; ++c)
+    p.grad_log_weights[c] = static_cast<scalar_t>(total[means_size + var_size + c]);
+}
+
+template <typename scalar_t>
+void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
+  constexpr int64_t kLanes = 16;  // independent partial maxima and sums: the loops vectorize
+  const int64_t cols = p.num_cols;
+  const int64_t full = cols / kLanes * kLanes;
+#pragma omp parallel for schedule(static) num_threads(p.num_threads)
+  for (int64_t b = 0; b < p.num_rows; ++b) {
+    scalar_t* row = p.scores + b * p.ld;
+    const scalar_t half_norm = p.row_norm != nullptr ? scalar_t(0.5) * p.row_norm[b] : scalar_t(0);
+    scalar_t lane_max[kLanes];
+    std::fill(lane_max, lane_max + kLanes, minus_infinity<scalar_t>());
+    for (int64_t c0 = 0; c0 < full; c0 += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const scalar_t e = p.offset[c0 + l] + p.scale[c0 + l] * (row[c0 + l] - half_norm);
+        row[c0 + l] = e;
+        lane_max[l] = std::max(lane_max[l], e);
+      }
+    scalar_t tile_max = minus_infinity<scalar_t>();
+    for (int64_t c = full; c < cols; ++c) {
+      row[c] = p.offset[c] + p.scale[c] * (row[c] - half_norm);
+      tile_max = std::max(tile_max, row[c]);
+    }
+    for (int64_t l = 0; l < kLanes; ++l) tile_max = std::max(tile_max, lane_max[l]);
+    const scalar_t old_max = p.running_max[b];
+    const scalar_t new_max = std::max(old_max, tile_max);
+    if (new_max == minus_infinity<scalar_t>()) continue;  // nothing switched on yet
+    scalar_t lane_sum[kLanes] = {};
+    for (int64_t c0 = 0; c0 < full; c0 += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane_sum[l] += exp_vectorizable(row[c0 + l] - new_max);
+    scalar_t sum = 0;
+    for (int64_t c = full; c < cols; ++c) sum += exp_vectorizable(row[c] - new_max);
+    for (int64_t l = 0; l < kLanes; ++l) sum += lane_sum[l];
+    p.running_sum[b] = p.running_sum[b] * exp_vectorizable(old_max - new_max) + sum;
+    p.running_max[b] = new_max;
+  }
+}
+
+template <typename scalar_t>
+int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
+  const int64_t cols = p.num_cols;
+  int64_t nonzeros = 0;
+#pragma omp parallel for schedule(static) num_threads(p.num_threads) reduction(+ : nonzeros)
+  for (int64_t b = 0; b < p.num_rows; ++b) {
+    scalar_t* row = p.scores + b * p.ld;
+    const scalar_t grad = p.grad[b];
+    const scalar_t log_likelihood = p.log_likelihood[b];
+    if (grad == scalar_t(0) || log_likelihood == minus_infinity<scalar_t>()) {
+      std::fill(row, row + cols, scalar_t(0));
+      continue;
+    }
+    const scalar_t half_norm = p.row_norm != nullptr ? scalar_t(0.5) * p.row_norm[b] : scalar_t(0);
+    int64_t row_nonzeros = 0;
+#pragma omp simd reduction(+ : row_nonzeros)
+    for (int64_t c = 0; c < cols; ++c) {
+      const scalar_t shifted = p.offset[c] + p.scale[c] * (row[c] - half_norm) - log_likelihood;
+      const bool kept = shifted >= p.log_cutoff;
+      row[c] = kept ? grad * exp_vectorizable(shifted) : scalar_t(0);
+      row_nonzeros += kept;
+    }
+    nonzeros += row_nonzeros;
+  }
+  return nonzeros;
+}
+
+template <typename scalar_t>
+void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) {
+  if (p.row_sums != nullptr) {
+    // Each row's sum belongs to one iteration: no two threads write the same output.
+#pragma omp parallel for schedule(dynamic, 16) num_threads(p.num_threads)
+    for (int64_t b = 0; b < p.num_rows; ++b) {
+      const scalar_t* w = p.weights + b * p.ld;
+      scalar_t* out = p.row_sums + b * p.row_width;
+      for (int64_t c = 0; c < p.num_cols; ++c) {
+        if (w[c] == scalar_t(0)) continue;
+        const scalar_t weight = w[c];
+        const scalar_t* factor = p.row_factors + c * p.row_width;
+#pragma omp simd
+        for (int64_t j = 0; j < p.row_width; ++j) out[j] += weight * factor[j];
+      }
+    }
+  }
+  if (p.col_sums != nullptr) {
+    // Columns in blocks owned by one iteration each; every block scans the rows in order, so
+    // the sums are the same for any thread count.
+    constexpr int64_t kColumnBlock = 16;
+    const int64_t blocks = (p.num_cols + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(p.num_threads)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t col_begin = block * kColumnBlock;
+      const int64_t col_end = std::min(p.num_cols, col_begin + kColumnBlock);
+      for (int64_t b = 0; b < p.num_rows; ++b) {
+        const scalar_t* w = p.weights + b * p.ld;
+        const scalar_t* factor = p.col_factors + b * p.col_width;
+        for (int64_t c = col_begin; c < col_end; ++c) {
+          if (w[c] == scalar_t(0)) continue;
+          const scalar_t weight = w[c];
+          scalar_t* out = p.col_sums + c * p.col_width;
+#pragma omp simd
+          for (int64_t j = 0; j < p.col_width; ++j) out[j] += weight * factor[j];
+        }
+      }
+    }
+  }
+}
+
+template void mixture_log_likelihood_direct_cpu<float>(const MixtureLogLikelihoodParams<float>&);
+template void mixture_log_likelihood_direct_cpu<double>(const MixtureLogLikelihoodParams<double>&);
+template void mixture_log_likelihood_direct_backward_cpu<float>(
+    const MixtureLogLikelihoodBackwardParams<float>&);
+template void mixture_log_likelihood_direct_backward_cpu<double>(
+    const MixtureLogLikelihoodBackwardParams<double>&);
+template void mixture_tile_forward_cpu<float>(const MixtureTileParams<float>&);
+template void mixture_tile_forward_cpu<double>(const MixtureTileParams<double>&);
+template int64_t mixture_tile_backward_cpu<float>(const MixtureTileParams<float>&);
+template int64_t mixture_tile_backward_cpu<double>(const MixtureTileParams<double>&);
+template void mixture_sparse_products_cpu<float>(const MixtureSparseProductParams<float>&);
+template void mixture_sparse_products_cpu<double>(const MixtureSparseProductParams<double>&);
+
+}  // namespace gmk

@@ -1,0 +1,134 @@
+// mixture_log_likelihood: for every row x_b of x (B, d),
+//   log p(x_b) = logsumexp_c E_bc,  E_bc = lw_c - 1/2 sum_k [ (x_bk - mu_ck)^2 / v_ck + log(2 pi v_ck) ]
+// with v (C,) isotropic per component (v_ck = v_c) or (C, d) diagonal. The gradients use the
+// responsibilities r_bc = exp(E_bc - log p(x_b)), recomputed in the backward (never stored), and
+// W_bc = grad_b r_bc:
+//   grad_x_b   = sum_c W_bc (mu_c - x_b) / v_c        grad_lw_c = sum_b W_bc
+//   grad_mu_c  = sum_b W_bc (x_b - mu_c) / v_c
+//   grad_v_ck  = sum_b W_bc [ (x_bk - mu_ck)^2 / v_ck^2 - 1 / v_ck ] / 2   (summed over k when isotropic)
+//
+// Two ways to compute it, chosen by the binding:
+// - direct (C <= kDirectMaxComponents, MD-GAN's simplex head): one pass over the rows, the C
+//   exponents of a block of rows held in a small local array, differences taken directly.
+// - tiled (large C, Parzen windows): the binding computes a (rows x cols) tile of inner products
+//   with a BLAS matrix product and hands it to the epilogues below, which turn it into exponents
+//   E_bc = offset_c + scale_c * (S_bc - row_norm_b / 2) and fold them into a running logsumexp
+//   (forward) or overwrite the tile with W_bc (backward). No B x C buffer ever exists.
+// All tensors are contiguous row-major; no torch types appear here.
+#pragma once
+#include <cstdint>
+
+namespace gmk {
+
+// The simplex case (C = d + 1 with d <= 64) and anything smaller takes the direct path.
+constexpr int64_t kDirectMaxComponents = 65;
+
+template <typename scalar_t>
+struct MixtureLogLikelihoodParams {
+  const scalar_t* x;            // (num_rows, dim)
+  const scalar_t* means;        // (num_components, dim)
+  const scalar_t* var;          // (num_components,) or (num_components, dim)
+  const scalar_t* log_weights;  // (num_components,), -inf switches a component off
+  scalar_t* log_likelihood;     // (num_rows,), written
+  int64_t num_rows;
+  int64_t num_components;
+  int64_t dim;
+  bool diagonal;                // var is (num_components, dim)
+  int num_threads;
+};
+
+template <typename scalar_t>
+struct MixtureLogLikelihoodBackwardParams {
+  const scalar_t* grad;            // (num_rows,) gradient of the loss w.r.t. log_likelihood
+  const scalar_t* x;
+  const scalar_t* means;
+  const scalar_t* var;
+  const scalar_t* log_weights;
+  const scalar_t* log_likelihood;  // (num_rows,) the forward's output: the saved logsumexp
+  scalar_t* grad_x;                // (num_rows, dim), written when x_grad
+  scalar_t* grad_means;            // (num_components, dim), written when component_grads
+  scalar_t* grad_var;              // shape of var, written when component_grads
+  scalar_t* grad_log_weights;      // (num_components,), written when component_grads
+  bool x_grad;
+  bool component_grads;
+  // CUDA only (the CPU path reduces over rows itself): (num_rows, num_components) scratch that
+  // receives W_bc, from which the column sums are reduced by a second kernel.
+  scalar_t* weights_scratch;
+  int64_t num_rows;
+  int64_t num_components;
+  int64_t dim;
+  bool diagonal;
+  int num_threads;
+};
+
+// One tile of the tiled path: rows [0, num_rows) x columns [0, num_cols) of `scores`, whose
+// row b starts at scores + b * ld. scores holds S_bc on entry.
+template <typename scalar_t>
+struct MixtureTileParams {
+  scalar_t* scores;              // (num_rows, ld), overwritten (exponents or W_bc)
+  const scalar_t* row_norm;      // (num_rows,) or null (treated as zeros)
+  const scalar_t* scale;         // (num_cols,)
+  const scalar_t* offset;        // (num_cols,), -inf for switched-off components
+  // forward: running logsumexp state per row, updated (start from max = -inf, sum = 0)
+  scalar_t* running_max;
+  scalar_t* running_sum;
+  // backward: the upstream gradient and the saved log-likelihood per row; responsibilities
+  // below exp(log_cutoff) are flushed to 0 (the binding sets log(eps / C): all of them together
+  // weigh less than one rounding of the row's total), which makes peaked rows sparse.
+  const scalar_t* grad;
+  const scalar_t* log_likelihood;
+  scalar_t log_cutoff;
+  int64_t num_rows;
+  int64_t num_cols;
+  int64_t ld;
+  int num_threads;
+};
+
+// The backward's two products for one tile of W (rows x cols, row stride ld) when W is sparse:
+//   row_sums[b]  += sum_c W_bc row_factors[c]     (what grad_x needs)
+//   col_sums[c]  += sum_b W_bc col_factors[b]     (what the component gradients need)
+// visiting only the nonzero W_bc. Either output may be null.
+template <typename scalar_t>
+struct MixtureSparseProductParams {
+  const scalar_t* weights;        // (num_rows, ld)
+  const scalar_t* row_factors;    // (num_cols, row_width)
+  scalar_t* row_sums;             // (num_rows, row_width), accumulated
+  const scalar_t* col_factors;    // (num_rows, col_width)
+  scalar_t* col_sums;             // (num_cols, col_width), accumulated
+  int64_t num_rows;
+  int64_t num_cols;
+  int64_t ld;
+  int64_t row_width;
+  int64_t col_width;
+  int num_threads;
+};
+
+template <typename scalar_t>
+void mixture_log_likelihood_direct_cpu(const MixtureLogLikelihoodParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_log_likelihood_direct_backward_cpu(
+    const MixtureLogLikelihoodBackwardParams<scalar_t>& params);
+// running (max, sum) <- logsumexp state of the old state and this tile's exponents
+template <typename scalar_t>
+void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& params);
+// scores <- W_bc = grad_b exp(E_bc - log_likelihood_b) (0 where grad_b = 0, the row has
+// likelihood 0, or E_bc - log_likelihood_b < log_cutoff); returns the number of nonzero W_bc.
+template <typename scalar_t>
+int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
+
+// CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t. The direct
+// backward writes grad_x and weights_scratch, then reduces the component gradients from them.
+template <typename scalar_t>
+void mixture_log_likelihood_direct_cuda(const MixtureLogLikelihoodParams<scalar_t>& params,
+                                        void* stream);
+template <typename scalar_t>
+void mixture_log_likelihood_direct_backward_cuda(
+    const MixtureLogLikelihoodBackwardParams<scalar_t>& params, void* stream);
+template <typename scalar_t>
+void mixture_tile_forward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
+template <typename scalar_t>
+void mixture_tile_backward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
+
+}  // namespace gmk
