@@ -23,38 +23,56 @@
 namespace gmk {
 namespace {
 
-// exp(x) for x <= 0, branch-free so that it vectorizes (Cephes' expf: x = n ln2 + r with
-// |r| <= ln2 / 2, a degree-6 polynomial in r, then 2^n through the exponent bits; <= 1.4 ulp).
-// Below -87, exp(x) < 1.7e-38 is returned as 0 so that 2^n stays a normal float.
-inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;
+// a * b + c, fused where the target has FMA (one rounding, one instruction); the build turns
+// implicit contraction off, so this is the only place it happens.
+template <typename T>
+inline T multiply_add(T a, T b, T c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// exp(x) for x <= 0, branch-free so that the lane loops vectorize (Cephes' expf: x = n ln2 + r
+// with |r| <= ln2 / 2, a degree-6 polynomial in r, then 2^n through the exponent bits; < 1.5
+// ulp, measured). Below -87, exp(x) < 1.7e-38 is returned as 0 so that 2^n stays a normal float.
+// Vectorization needs: always inlined (GCC otherwise keeps an out-of-line scalar call in some
+// instantiations), and every floating-point operation unconditional with the result selected
+// at the end (with the default trapping math, a multiply inside a conditional arm is not
+// if-converted).
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  const bool underflow = x < -87.0f;
+  const float clamped = underflow ? -87.0f : x;
   // Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n and leaves n in the low bits.
   const float shift = 12582912.0f;
   const float shifted = clamped * 1.44269504088896341f + shift;
   const float n = shifted - shift;
   // ln2 in two parts (Cody-Waite) so that r = x - n ln2 is exact to float precision.
-  float r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+  float r = multiply_add(n, -0.693359375f, clamped);
+  r = multiply_add(n, 2.12194440e-4f, r);
   float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * (r * r) + r + 1.0f;
+  poly = multiply_add(poly, r, 1.3981999507e-3f);
+  poly = multiply_add(poly, r, 8.3334519073e-3f);
+  poly = multiply_add(poly, r, 4.1665795894e-2f);
+  poly = multiply_add(poly, r, 1.6666665459e-1f);
+  poly = multiply_add(poly, r, 5.0000001201e-1f);
+  poly = multiply_add(poly, r * r, r) + 1.0f;
   int32_t shifted_bits, shift_bits;
   std::memcpy(&shifted_bits, &shifted, sizeof(float));
   std::memcpy(&shift_bits, &shift, sizeof(float));
   const int32_t scale_bits = (shifted_bits - shift_bits + 127) << 23;
   float scale;
   std::memcpy(&scale, &scale_bits, sizeof(float));
-  return x < -87.0f ? 0.0f : poly * scale;
+  const float value = poly * scale;
+  return underflow ? 0.0f : value;
 }
 
-// The double version (Cephes' exp: the same reduction, a (3, 4) Pade form in r; <= 1.2 ulp);
+// The double version (Cephes' exp: the same reduction, a (3, 4) Pade form in r; < 1.5 ulp);
 // below -708 the result is returned as 0.
-inline double exp_nonpositive(double x) {
-  const double clamped = x < -708.0 ? -708.0 : x;
+__attribute__((always_inline)) inline double exp_nonpositive(double x) {
+  const bool underflow = x < -708.0;
+  const double clamped = underflow ? -708.0 : x;
   const double shift = 6755399441055744.0;  // 1.5 * 2^52
   const double shifted = clamped * 1.4426950408889634074 + shift;
   const double n = shifted - shift;
@@ -73,7 +91,8 @@ inline double exp_nonpositive(double x) {
   const int64_t scale_bits = (shifted_bits - shift_bits + 1023) << 52;
   double scale;
   std::memcpy(&scale, &scale_bits, sizeof(double));
-  return x < -708.0 ? 0.0 : poly * scale;
+  const double value = poly * scale;
+  return underflow ? 0.0 : value;
 }
 
 // One group of SIMD lanes: a 64-byte AVX-512 register (two AVX2 ones).
@@ -184,7 +203,8 @@ void forward_block(const scalar_t* X, int64_t stride, int64_t dim, int64_t i0, i
       lane_distances<scalar_t, kDim>(X, stride, dim, i0 + r, j, dist);
 #pragma omp simd
       for (int l = 0; l < L; ++l) {
-        const scalar_t e = l < valid ? exp_nonpositive(-dist[l]) : scalar_t(0);
+        const scalar_t term = exp_nonpositive(-dist[l]);   // every lane, then masked
+        const scalar_t e = l < valid ? term : scalar_t(0);
         row_acc[r][l] += e;
         col[l] += e;
       }
@@ -252,7 +272,12 @@ void backward_block(const scalar_t* X, const scalar_t* G, int64_t stride, int64_
       const scalar_t gi = G[i];
 #pragma omp simd
       for (int l = 0; l < L; ++l)
-        weight[l] = l < valid ? (gi + G[j + l]) * exp_nonpositive(-dist[l]) : scalar_t(0);
+      {
+        // Computed for every lane (the padding is readable) and then masked: a load or a
+        // multiply under a condition would keep the loop from vectorizing.
+        const scalar_t w = (gi + G[j + l]) * exp_nonpositive(-dist[l]);
+        weight[l] = l < valid ? w : scalar_t(0);
+      }
       for (int cc = 0; cc < kGradDims; ++cc) {
         const scalar_t xi = X[(c0 + cc) * stride + i];
         const scalar_t* xj = X + (c0 + cc) * stride + j;
