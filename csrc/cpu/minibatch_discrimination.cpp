@@ -101,13 +101,13 @@ constexpr int kLanes = 64 / sizeof(scalar_t);
 // Rows per block: each column group loaded from L1 serves kRowBlock rows, and the row
 // accumulators of a block still fit in registers.
 constexpr int kRowBlock = 4;
-// Kernel dimensions up to this are compile-time constants (fully unrolled); larger C runs the
-// distance loop at run time and the gradient in passes of kMaxFixedDim coordinates.
-constexpr int kMaxFixedDim = 8;
 // With at least this many kernels, one kernel per work item keeps 8-16 threads busy and the
 // symmetric scheme pays; below it, rows are split across threads (see the file comment).
 constexpr int64_t kMinKernelsForSymmetry = 8;
 constexpr int64_t kRowChunk = 64;  // rows per work item in the row-split scheme
+// Below about this many pair-coordinates (N^2 B C, ~0.5 ms of work) one thread does it all:
+// waking a thread team costs more than it saves (results do not depend on the thread count).
+constexpr int64_t kMinParallelWork = int64_t(1) << 21;
 static_assert(kRowChunk % kRowBlock == 0, "row chunks hold whole row blocks");
 
 template <typename scalar_t>
@@ -116,23 +116,6 @@ inline scalar_t sign_times(scalar_t difference, scalar_t weight) {
   // Two selects rather than nested branches, so that the lane loops if-convert and vectorize.
   const scalar_t positive = difference > 0 ? weight : scalar_t(0);
   return difference < 0 ? -weight : positive;
-}
-
-// Call body(std::integral_constant<int, K>) with K = dim for 1 <= dim <= kMaxFixedDim, else K = 0
-// (dimension known only at run time).
-template <typename Body>
-void dispatch_dim(int64_t dim, Body&& body) {
-  switch (dim) {
-    case 1: body(std::integral_constant<int, 1>{}); break;
-    case 2: body(std::integral_constant<int, 2>{}); break;
-    case 3: body(std::integral_constant<int, 3>{}); break;
-    case 4: body(std::integral_constant<int, 4>{}); break;
-    case 5: body(std::integral_constant<int, 5>{}); break;
-    case 6: body(std::integral_constant<int, 6>{}); break;
-    case 7: body(std::integral_constant<int, 7>{}); break;
-    case 8: body(std::integral_constant<int, 8>{}); break;
-    default: body(std::integral_constant<int, 0>{}); break;
-  }
 }
 
 // One kernel's coordinates, transposed and padded with kLanes zeros so that a lane group may
@@ -323,8 +306,8 @@ void backward_within_block(const scalar_t* X, const scalar_t* G, int64_t stride,
   }
 }
 
-// Columns of one row block, gradient coordinates in passes of at most kMaxFixedDim (one pass
-// when C <= kMaxFixedDim; a larger C recomputes e_ij once per pass).
+// Columns of one row block, gradient coordinates in passes of at most kMaxFixedKernelDim (one
+// pass when C <= kMaxFixedKernelDim; a larger C recomputes e_ij once per pass).
 template <typename scalar_t, int kDim, bool kScatter>
 void backward_columns(const scalar_t* X, const scalar_t* G, int64_t stride, int64_t dim,
                       int64_t i0, int rows, int64_t j0, int64_t j1, scalar_t* grads) {
@@ -332,9 +315,10 @@ void backward_columns(const scalar_t* X, const scalar_t* G, int64_t stride, int6
   if constexpr (kDim > 0) {
     backward_block<scalar_t, kDim, kDim, kScatter>(X, G, stride, dim, 0, i0, rows, j0, j1, grads);
   } else {
-    for (int64_t c0 = 0; c0 < dim; c0 += kMaxFixedDim) {
-      dispatch_dim(std::min<int64_t>(kMaxFixedDim, dim - c0), [&](auto grad_dims) {
-        // dim - c0 is in [1, kMaxFixedDim] here, so grad_dims is never the run-time case 0.
+    for (int64_t c0 = 0; c0 < dim; c0 += kMaxFixedKernelDim) {
+      const int64_t count = std::min<int64_t>(kMaxFixedKernelDim, dim - c0);
+      dispatch_kernel_dim(count, [&](auto grad_dims) {
+        // count is in [1, kMaxFixedKernelDim], so grad_dims is never the run-time case 0.
         constexpr int kGradDims = decltype(grad_dims)::value;
         if constexpr (kGradDims > 0) {
           backward_block<scalar_t, 0, kGradDims, kScatter>(X, G, stride, dim, c0, i0, rows, j0,
@@ -366,14 +350,17 @@ struct WorkSplit {
   bool symmetric;
   int64_t chunks_per_kernel;
   int64_t items;
+  int threads;
 };
 
-WorkSplit split_work(int64_t num_samples, int64_t num_kernels) {
+WorkSplit split_work(int64_t num_samples, int64_t num_kernels, int64_t dim, int num_threads) {
   WorkSplit split;
   split.symmetric = num_kernels >= kMinKernelsForSymmetry;
   split.chunks_per_kernel =
       split.symmetric ? 1 : (num_samples + kRowChunk - 1) / kRowChunk;
   split.items = num_kernels * split.chunks_per_kernel;
+  const int64_t work = num_samples * num_samples * num_kernels * std::max<int64_t>(dim, 1);
+  split.threads = work < kMinParallelWork ? 1 : num_threads;
   return split;
 }
 
@@ -383,8 +370,8 @@ template <typename scalar_t>
 void minibatch_discrimination_forward_cpu(const MinibatchDiscriminationParams<scalar_t>& p) {
   const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
   if (n == 0 || kernels == 0) return;
-  const WorkSplit split = split_work(n, kernels);
-#pragma omp parallel num_threads(p.num_threads)
+  const WorkSplit split = split_work(n, kernels, dim, p.num_threads);
+#pragma omp parallel num_threads(split.threads)
   {
     KernelSlice<scalar_t> slice = make_slice<scalar_t>(n, dim);
     std::vector<scalar_t> sums(slice.stride);
@@ -395,7 +382,7 @@ void minibatch_discrimination_forward_cpu(const MinibatchDiscriminationParams<sc
       const int64_t row_end = split.symmetric ? n : std::min(n, row_begin + kRowChunk);
       slice.load(p.M, kernels, b);
       std::fill(sums.begin(), sums.end(), scalar_t(0));
-      dispatch_dim(dim, [&](auto fixed_dim) {
+      dispatch_kernel_dim(dim, [&](auto fixed_dim) {
         forward_kernel<scalar_t, decltype(fixed_dim)::value>(slice, row_begin, row_end,
                                                              split.symmetric, sums.data());
       });
@@ -409,8 +396,8 @@ void minibatch_discrimination_backward_cpu(
     const MinibatchDiscriminationBackwardParams<scalar_t>& p) {
   const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
   if (n == 0 || kernels == 0 || dim == 0) return;
-  const WorkSplit split = split_work(n, kernels);
-#pragma omp parallel num_threads(p.num_threads)
+  const WorkSplit split = split_work(n, kernels, dim, p.num_threads);
+#pragma omp parallel num_threads(split.threads)
   {
     KernelSlice<scalar_t> slice = make_slice<scalar_t>(n, dim);
     std::vector<scalar_t> grad_column(slice.stride, scalar_t(0));  // g_jb, zero-padded
@@ -425,7 +412,7 @@ void minibatch_discrimination_backward_cpu(
       }
       slice.load(p.M, kernels, b);
       std::fill(grads.begin(), grads.end(), scalar_t(0));
-      dispatch_dim(dim, [&](auto fixed_dim) {
+      dispatch_kernel_dim(dim, [&](auto fixed_dim) {
         backward_kernel<scalar_t, decltype(fixed_dim)::value>(
             slice, grad_column.data(), row_begin, row_end, split.symmetric, grads.data());
       });

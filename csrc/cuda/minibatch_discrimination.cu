@@ -9,17 +9,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <type_traits>
-
 #include "../kernels/minibatch_discrimination.h"
 
 namespace gmk {
 namespace {
 
 constexpr int kThreads = 128;
-// Coordinates of the own row (and gradient accumulators) held in registers: C up to this is a
-// compile-time constant; a larger C is read from memory and its gradient made in passes.
-constexpr int kMaxFixedDim = 8;
 
 template <typename T>
 struct Accumulate {
@@ -144,22 +139,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// body(std::integral_constant<int, K>) with K = dim for 1 <= dim <= kMaxFixedDim, else K = 0.
-template <typename Body>
-void dispatch_dim(int64_t dim, Body&& body) {
-  switch (dim) {
-    case 1: body(std::integral_constant<int, 1>{}); break;
-    case 2: body(std::integral_constant<int, 2>{}); break;
-    case 3: body(std::integral_constant<int, 3>{}); break;
-    case 4: body(std::integral_constant<int, 4>{}); break;
-    case 5: body(std::integral_constant<int, 5>{}); break;
-    case 6: body(std::integral_constant<int, 6>{}); break;
-    case 7: body(std::integral_constant<int, 7>{}); break;
-    case 8: body(std::integral_constant<int, 8>{}); break;
-    default: body(std::integral_constant<int, 0>{}); break;
-  }
-}
-
 }  // namespace
 
 template <typename T>
@@ -169,7 +148,7 @@ void minibatch_discrimination_forward_cuda(const MinibatchDiscriminationParams<T
   const int64_t row_blocks = (p.num_samples + kThreads - 1) / kThreads;
   const unsigned blocks = static_cast<unsigned>(p.num_kernels * row_blocks);
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  dispatch_dim(p.kernel_dim, [&](auto fixed_dim) {
+  dispatch_kernel_dim(p.kernel_dim, [&](auto fixed_dim) {
     constexpr int kDim = decltype(fixed_dim)::value;
     forward_kernel<T, kDim><<<blocks, kThreads, 0, cuda_stream>>>(p, row_blocks);
   });
@@ -182,16 +161,17 @@ void minibatch_discrimination_backward_cuda(const MinibatchDiscriminationBackwar
   const int64_t row_blocks = (p.num_samples + kThreads - 1) / kThreads;
   const unsigned blocks = static_cast<unsigned>(p.num_kernels * row_blocks);
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
-  dispatch_dim(p.kernel_dim, [&](auto fixed_dim) {
+  dispatch_kernel_dim(p.kernel_dim, [&](auto fixed_dim) {
     constexpr int kDim = decltype(fixed_dim)::value;
     if constexpr (kDim > 0) {
       backward_kernel<T, kDim, kDim><<<blocks, kThreads, 0, cuda_stream>>>(p, row_blocks, 0);
     } else {
-      // C > kMaxFixedDim: the gradient in passes of at most kMaxFixedDim coordinates, each
-      // recomputing e_ij, so that the accumulators stay in registers.
-      for (int64_t c0 = 0; c0 < p.kernel_dim; c0 += kMaxFixedDim) {
-        const int64_t count = p.kernel_dim - c0 < kMaxFixedDim ? p.kernel_dim - c0 : kMaxFixedDim;
-        dispatch_dim(count, [&](auto grad_dims) {
+      // C > kMaxFixedKernelDim: the gradient in passes of at most kMaxFixedKernelDim
+      // coordinates, each recomputing e_ij, so that the accumulators stay in registers.
+      for (int64_t c0 = 0; c0 < p.kernel_dim; c0 += kMaxFixedKernelDim) {
+        const int64_t left = p.kernel_dim - c0;
+        const int64_t count = left < kMaxFixedKernelDim ? left : kMaxFixedKernelDim;
+        dispatch_kernel_dim(count, [&](auto grad_dims) {
           constexpr int kGradDims = decltype(grad_dims)::value;
           if constexpr (kGradDims > 0) {
             backward_kernel<T, 0, kGradDims><<<blocks, kThreads, 0, cuda_stream>>>(p, row_blocks,

@@ -6,6 +6,7 @@
 // All tensors are contiguous row-major; no torch types appear here.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace gmk {
 
@@ -17,6 +18,28 @@ struct Float16Bits {
 struct BFloat16Bits {
   uint16_t bits;
 };
+
+// Kernel dimensions C up to this are compile-time constants in the kernels (unrolled, the own
+// row and the gradient accumulators in registers); a larger C is handled at run time.
+constexpr int kMaxFixedKernelDim = 8;
+
+// body(std::integral_constant<int, K>) with K = dim for 1 <= dim <= kMaxFixedKernelDim, else
+// K = 0 (dimension known only at run time). Shared by the CPU and CUDA launchers.
+template <typename Body>
+void dispatch_kernel_dim(int64_t dim, Body&& body) {
+  switch (dim) {
+    case 1: body(std::integral_constant<int, 1>{}); break;
+    case 2: body(std::integral_constant<int, 2>{}); break;
+    case 3: body(std::integral_constant<int, 3>{}); break;
+    case 4: body(std::integral_constant<int, 4>{}); break;
+    case 5: body(std::integral_constant<int, 5>{}); break;
+    case 6: body(std::integral_constant<int, 6>{}); break;
+    case 7: body(std::integral_constant<int, 7>{}); break;
+    case 8: body(std::integral_constant<int, 8>{}); break;
+    default: body(std::integral_constant<int, 0>{}); break;
+  }
+}
+static_assert(kMaxFixedKernelDim == 8, "dispatch_kernel_dim lists the fixed dimensions");
 
 template <typename scalar_t>
 struct MinibatchDiscriminationParams {

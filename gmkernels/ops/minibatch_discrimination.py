@@ -36,8 +36,9 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, B) in M's dtype with o_ib = sum over j != i of exp(-||M_ib - M_jb||_1). The self term
         (exactly 1, zero gradient) is excluded; add 1 to include it. The L1 subgradient at ties
-        is 0 (as torch.abs). Differentiable once in M (the backward is not itself
-        differentiable on the kernel backends).
+        is 0 (as torch.abs). Differentiable once in M on the kernel backends (a second
+        derivative, e.g. a gradient penalty through this op, raises; the reference backend has
+        all orders).
     """
     _check(M)
     name = backend.resolve("minibatch_discrimination", IMPLEMENTED, M.device)
@@ -48,7 +49,24 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
     return torch.ops.gmkernels.minibatch_discrimination(M)
 
 
+def _no_double_backward(ctx, grad):
+    raise NotImplementedError(
+        "minibatch_discrimination is differentiable once on the kernel backends; use "
+        "gmkernels.use_backend('reference') for higher-order gradients (e.g. gradient penalties)")
+
+
+def _register_no_double_backward(backward_op: str) -> None:
+    # Without this, torch would treat the backward op as constant under double backward and
+    # silently drop its contribution.
+    torch.library.register_autograd(
+        backward_op, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+if _TRITON_BACKENDS:
+    _register_no_double_backward("gmkernels_triton::minibatch_discrimination_backward")
+
 if _C is not None:
+    _register_no_double_backward("gmkernels::minibatch_discrimination_backward")
 
     @torch.library.register_fake("gmkernels::minibatch_discrimination")
     def _fake(M):

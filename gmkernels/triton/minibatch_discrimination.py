@@ -39,13 +39,26 @@ def _load_rows(M, rows, b, stride_n, stride_b, stride_c, num_samples, kernel_dim
 
 
 @triton.jit
+def _program_rows(num_samples, BLOCK_I: tl.constexpr):
+    """The kernel b and the rows i of this program (programs run over kernels x row blocks)."""
+    row_blocks = tl.cdiv(num_samples, BLOCK_I)
+    b = tl.program_id(0) // row_blocks
+    rows = (tl.program_id(0) % row_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    return b, rows
+
+
+@triton.jit
+def _other_pairs(rows, cols, num_samples):
+    """(BLOCK_I, BLOCK_J) mask of the pairs that count: j in range and j != i."""
+    return (cols[None, :] < num_samples) & (cols[None, :] != rows[:, None])
+
+
+@triton.jit
 def _forward_kernel(M, out, num_samples, num_kernels, kernel_dim,
                     stride_n, stride_b, stride_c,
                     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
                     ACC: tl.constexpr):
-    row_blocks = tl.cdiv(num_samples, BLOCK_I)
-    b = tl.program_id(0) // row_blocks
-    rows = (tl.program_id(0) % row_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    b, rows = _program_rows(num_samples, BLOCK_I)
     x_i = _load_rows(M, rows, b, stride_n, stride_b, stride_c, num_samples, kernel_dim,
                      BLOCK_C, ACC)
     total = tl.zeros([BLOCK_I], dtype=ACC)
@@ -54,7 +67,7 @@ def _forward_kernel(M, out, num_samples, num_kernels, kernel_dim,
         x_j = _load_rows(M, cols, b, stride_n, stride_b, stride_c, num_samples, kernel_dim,
                          BLOCK_C, ACC)
         distance = tl.sum(tl.abs(x_i[:, None, :] - x_j[None, :, :]), axis=2)
-        pair = (cols[None, :] < num_samples) & (cols[None, :] != rows[:, None])
+        pair = _other_pairs(rows, cols, num_samples)
         total += tl.sum(tl.where(pair, tl.exp(-distance), 0.0), axis=1)
     tl.store(out + rows * num_kernels + b, total.to(out.dtype.element_ty),
              mask=rows < num_samples)
@@ -65,9 +78,7 @@ def _backward_kernel(grad_out, M, grad_M, num_samples, num_kernels, kernel_dim,
                      stride_n, stride_b, stride_c, stride_gn, stride_gb,
                      BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr,
                      ACC: tl.constexpr):
-    row_blocks = tl.cdiv(num_samples, BLOCK_I)
-    b = tl.program_id(0) // row_blocks
-    rows = (tl.program_id(0) % row_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    b, rows = _program_rows(num_samples, BLOCK_I)
     x_i = _load_rows(M, rows, b, stride_n, stride_b, stride_c, num_samples, kernel_dim,
                      BLOCK_C, ACC)
     g_i = tl.load(grad_out + rows * stride_gn + b * stride_gb, mask=rows < num_samples,
@@ -81,7 +92,7 @@ def _backward_kernel(grad_out, M, grad_M, num_samples, num_kernels, kernel_dim,
                       other=0.0).to(ACC)
         difference = x_j[None, :, :] - x_i[:, None, :]
         distance = tl.sum(tl.abs(difference), axis=2)
-        pair = (cols[None, :] < num_samples) & (cols[None, :] != rows[:, None])
+        pair = _other_pairs(rows, cols, num_samples)
         weight = tl.where(pair, (g_i[:, None] + g_j[None, :]) * tl.exp(-distance), 0.0)
         # sign(x_j - x_i), 0 at ties: the L1 subgradient torch.abs uses.
         sign = tl.where(difference > 0, 1.0, tl.where(difference < 0, -1.0, 0.0)).to(ACC)
