@@ -3,8 +3,6 @@ torch.compile, forward and forward + backward; a large batch that only O(N B C) 
 and a whole discriminator step with the layer (samples/s)."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -16,20 +14,12 @@ from gmkernels.reference.minibatch_discrimination import minibatch_discriminatio
 from bench.common import Case, Variant
 
 # (N, B, C). The first is the issue's target: >= 10x eager and faster than torch.compile.
-COMPARED_SIZES = [(1024, 100, 5)]
-QUICK_COMPARED_SIZES = [(256, 50, 5)]
-# The reference would hold N^2 B C floats (16.8 GB at N=4096, B=50, C=5): fused kernels only.
-LARGE_SIZES = [(4096, 50, 5)]
-QUICK_LARGE_SIZES = [(1024, 20, 5)]
-D_STEP_BATCH = 1024
-QUICK_D_STEP_BATCH = 128
-
-
-def make_case(**fields) -> Case:
-    """A Case from the fields this checkout's bench/common.py knows: `items` (samples/s), `peer`
-    and `note` are newer fields, dropped where the harness predates them."""
-    known = {field.name for field in dataclasses.fields(Case)}
-    return Case(**{name: value for name, value in fields.items() if name in known})
+# Each table: full, quick, smoke.
+COMPARED_SIZES = ([(1024, 100, 5)], [(256, 50, 5)], [(64, 10, 5)])
+# The reference would hold N^2 B C floats (16.8 GB at N=4096, B=50, C=5): fused kernels only,
+# with their peak memory in the report.
+LARGE_SIZES = ([(4096, 50, 5)], [(1024, 20, 5)], [(256, 8, 5)])
+D_STEP_BATCH = (1024, 128, 16)
 
 
 def fused_backends(backends: tuple, device: torch.device) -> list:
@@ -108,15 +98,16 @@ def _d_step_variants(batch, names, device):
                        Variant("reference compile", step(compiled_loss, "reference"))]
 
 
-def cases(quick: bool, backends: tuple) -> list:
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     device = bench_device(backends)
     names = fused_backends(backends, device)
+    kind = 2 if smoke else 1 if quick else 0
     result = []
-    for N, B, C in QUICK_COMPARED_SIZES if quick else COMPARED_SIZES:
+    for N, B, C in COMPARED_SIZES[kind]:
         M = torch.randn(N, B, C, device=device, requires_grad=True)
         grad_out = torch.randn(N, B, device=device)
         for backward in (False, True):
-            result.append(make_case(
+            result.append(Case(
                 op="minibatch_discrimination", size=f"N={N} B={B} C={C}",
                 mode="forward+backward" if backward else "forward",
                 variants=_op_variants(M, grad_out, backward, names, with_reference=True),
@@ -126,17 +117,17 @@ def cases(quick: bool, backends: tuple) -> list:
                 peer="reference compile",
                 peer_targets={f"gmkernels[{name}]": 1.0 for name in names} if backward else {},
             ))
-    for N, B, C in QUICK_LARGE_SIZES if quick else LARGE_SIZES:
+    for N, B, C in LARGE_SIZES[kind]:
         M = torch.randn(N, B, C, device=device, requires_grad=True)
         grad_out = torch.randn(N, B, device=device)
-        result.append(make_case(
+        result.append(Case(
             op="minibatch_discrimination", size=f"N={N} B={B} C={C}", mode="forward+backward",
             variants=_op_variants(M, grad_out, True, names, with_reference=False),
             baseline=f"gmkernels[{names[0]}]" if names else "reference eager",
             note=f"reference would hold N^2 B C floats ({4 * N * N * B * C / 1e9:.1f} GB): not run",
         ))
-    batch = QUICK_D_STEP_BATCH if quick else D_STEP_BATCH
-    result.append(make_case(
+    batch = D_STEP_BATCH[kind]
+    result.append(Case(
         op="minibatch_discrimination", size=f"D step N={batch} 784-512-256-MBD(100x5)-1",
         mode="train step", variants=_d_step_variants(batch, names, device),
         items=2 * batch,   # a real and a fake minibatch per step
