@@ -297,6 +297,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
         raise ConfigError(f"beta1 and beta2 must lie in [0, 1), got {config.beta1}, {config.beta2}")
+    import gmkernels
+
+    _choice(config, "backend", ("auto",) + gmkernels.backends())
     if config.is_2d and config.arch == "conv":
         raise ConfigError(f"arch conv needs image data; {config.dataset} is 2-D points (use arch mlp)")
     if not config.g_hidden or not config.d_hidden or min(config.g_hidden + config.d_hidden) < 1:

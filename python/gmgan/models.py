@@ -50,17 +50,20 @@ def _mlp(widths: list[int], activation) -> list[nn.Module]:
 
 
 class MLPGenerator(nn.Module):
-    """z (+ one-hot label) -> hidden ReLU layers -> output_scale * tanh (MD-GAN: 6 tanh on grid25)."""
+    """z (+ one-hot label) -> hidden ReLU layers -> output_scale * tanh (MD-GAN: 6 tanh on grid25),
+    reshaped to the sample shape (images may use MLPs too)."""
 
-    def __init__(self, z_dim: int, hidden: list[int], out_dim: int, output_scale: float, condition_dim: int = 0):
+    def __init__(self, z_dim: int, hidden: list[int], shape: tuple, output_scale: float, condition_dim: int = 0):
         super().__init__()
-        self.body = nn.Sequential(*_mlp([z_dim + condition_dim] + hidden, nn.ReLU), nn.Linear(hidden[-1], out_dim))
+        self.shape = tuple(shape)
+        self.body = nn.Sequential(*_mlp([z_dim + condition_dim] + hidden, nn.ReLU),
+                                  nn.Linear(hidden[-1], math.prod(shape)))
         self.output_scale = output_scale
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if condition is not None:
             z = torch.cat([z, condition], 1)
-        return self.output_scale * torch.tanh(self.body(z))
+        return (self.output_scale * torch.tanh(self.body(z))).view(z.shape[0], *self.shape)
 
 
 class ConvGenerator(nn.Module):
@@ -98,7 +101,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """x (+ label) -> features -> [minibatch discrimination] -> Linear(out_dim)."""
+    """x (+ label) -> features -> [minibatch discrimination] -> Linear(out_dim). Non-image
+    discriminators (MLPs) see x flattened."""
 
     def __init__(self, body: nn.Module, feature_dim: int, out_dim: int, *, num_classes: int = 0,
                  image: bool = False, minibatch: MinibatchDiscrimination | None = None):
@@ -109,6 +113,8 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(head_in, out_dim)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        if not self.image:
+            x = x.flatten(1)
         if self.num_classes:
             condition = one_hot(labels, self.num_classes, x.dtype)
             if self.image:  # one constant map per class, as conditional DCGANs do
@@ -133,9 +139,7 @@ def build_networks(config: Config, sample_shape: tuple, prior: nn.Module, d_out:
     condition_dim = num_classes if config.conditional else 0
     if config.arch == "mlp":
         out_dim = math.prod(sample_shape)
-        if len(sample_shape) != 1:
-            raise ConfigError(f"arch mlp expects flat samples, got shape {sample_shape}; use arch conv for images")
-        net = MLPGenerator(config.z_dim, config.g_hidden, out_dim, config.output_scale, condition_dim)
+        net = MLPGenerator(config.z_dim, config.g_hidden, sample_shape, config.output_scale, condition_dim)
         body = nn.Sequential(*_mlp([out_dim + condition_dim] + config.d_hidden, lambda: nn.LeakyReLU(0.2)))
         feature_dim = config.d_hidden[-1]
     else:

@@ -20,6 +20,7 @@ import math
 import os
 
 import torch
+from safetensors.torch import save_file
 
 from . import evaluation
 from .classifier import metrics_classifier
@@ -207,4 +208,5 @@ def evaluate_generator(trainer, *, plots: bool = True, write: bool = False, temp
                                                           os.path.join(trainer.run_dir, "neighbours.png"))
     if write:
         write_metrics(trainer.run_dir, metrics)
+        save_file({"samples": samples.contiguous()}, os.path.join(trainer.run_dir, "samples.safetensors"))
     return metrics
