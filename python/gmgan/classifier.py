@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 FEATURES = 128
+# Training length: ~15 epochs, clamped to [MIN_STEPS, MAX_STEPS] batches.
+MIN_STEPS, MAX_STEPS = 500, 3000
 
 
 class Classifier(nn.Module):
@@ -58,14 +60,14 @@ def fit(x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, seed: int = 
         batch_size: int = 128, lr: float = 1e-3, device: torch.device | str = "cpu",
         progress: bool = False) -> Classifier:
     """A Classifier trained with Adam on (x, labels); ``steps`` defaults to ~15 epochs, at least
-    500 and at most 3,000 batches."""
+    MIN_STEPS and at most MAX_STEPS batches."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = Classifier(tuple(x.shape[1:]), num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = steps or int(min(3000, max(500, 15 * math.ceil(x.shape[0] / batch_size))))
+    steps = steps or int(min(MAX_STEPS, max(MIN_STEPS, 15 * math.ceil(x.shape[0] / batch_size))))
     model.train()
     for _ in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
         index = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)

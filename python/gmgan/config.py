@@ -168,8 +168,10 @@ PRESETS = {
 }
 
 
-def _coerce(name: str, value):
+def coerce(name: str, value):
     """Turn a string (flag or file value) into the field's type."""
+    if name not in FIELD_TYPES:
+        raise ConfigError(f"unknown setting {name!r}")
     kind = FIELD_TYPES[name]
     if value is None:
         return None
@@ -236,7 +238,7 @@ def build_config(overrides: dict | None = None, *, preset: str | None = None,
     unknown = sorted(set(explicit) - set(FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-    values = {name: _coerce(name, value) for name, value in explicit.items()}
+    values = {name: coerce(name, value) for name, value in explicit.items()}
     config = Config(**{k: v for k, v in values.items()})
     if config.variant not in VARIANTS:
         raise ConfigError(f"unknown variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -263,7 +265,7 @@ def config_from_dict(values: dict) -> Config:
     unknown = sorted(set(values) - set(FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} in saved config")
-    config = Config(**{k: _coerce(k, v) for k, v in values.items()})
+    config = Config(**{k: coerce(k, v) for k, v in values.items()})
     validate(config)
     return config
 

@@ -70,6 +70,18 @@ def average_gradients(module: nn.Module, world: World) -> None:
         offset += count
 
 
+def check_replicas(module: nn.Module, world: World) -> None:
+    """Raise if the ranks' copies of module differ (they must stay bit-identical: every rank applies
+    the same averaged gradients)."""
+    if not world.active:
+        return
+    checksum = torch.stack([t.detach().double().sum() for t in module.state_dict().values()
+                            if t.is_floating_point()]).sum().reshape(1)
+    everyone = gather_rows(checksum, world)
+    if not bool((everyone == everyone[0]).all()):
+        raise RuntimeError(f"replicas diverged across ranks: parameter checksums {everyone.tolist()}")
+
+
 def gather_rows(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Concatenate equally shaped tensors from every rank along dim 0 (rank order)."""
     if not world.active:

@@ -11,9 +11,10 @@ import torch  # noqa: E402
 
 
 def _scatter(axes, samples: torch.Tensor, modes: torch.Tensor, title: str = "") -> None:
+    samples, modes = samples.detach().cpu().numpy(), modes.detach().cpu().numpy()
     axes.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.35, color="tab:blue", linewidths=0)
     axes.scatter(modes[:, 0], modes[:, 1], s=30, marker="x", color="tab:red")
-    span = float(modes.abs().max()) * 1.5 + 0.5
+    span = float(abs(modes).max()) * 1.5 + 0.5
     axes.set_xlim(-span, span)
     axes.set_ylim(-span, span)
     axes.set_aspect("equal")
@@ -61,7 +62,8 @@ def _tile(images: torch.Tensor, columns: int) -> torch.Tensor:
 def image_grid(images: torch.Tensor, path: str, columns: int = 10, title: str = "") -> str:
     canvas = _tile(images, columns)
     figure, axes = plt.subplots(figsize=(max(3, canvas.shape[1] / 12), max(3, canvas.shape[0] / 12)))
-    axes.imshow(canvas.squeeze(-1) if canvas.shape[-1] == 1 else canvas, cmap="gray", interpolation="nearest")
+    canvas = canvas.numpy()
+    axes.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", interpolation="nearest")
     axes.axis("off")
     axes.set_title(title, fontsize=8)
     figure.tight_layout()

@@ -21,13 +21,14 @@ import gmkernels
 from . import checkpoint
 from .config import Config, ConfigError
 from .data import Dataset, load_dataset
-from .distributed import (World, average_gradients, broadcast_parameters, gather_rows, init_world,
-                          mean_over_ranks)
+from .distributed import (World, average_gradients, broadcast_parameters, check_replicas, gather_rows,
+                          init_world, mean_over_ranks)
 from .models import build_networks
 from .variants import Batch, make_variant
 
 HISTORY_FIELDS = ("step", "d_loss", "g_loss", "samples_per_s", "lr_g", "lr_d")
-# Settings a resumed run may change: they do not alter what the run computes.
+# Settings a resumed run may change: they do not change the model, the data or the schedule.
+# (Results stay bit-exact across a resume when backend, device and threads are also unchanged.)
 RESUMABLE = ("steps", "checkpoint_every", "log_every", "eval_every", "progress", "threads", "out_dir",
              "backend", "device", "eval_samples")
 # The noise generator of rank r starts from seed * _RANK_STRIDE + r.
@@ -104,14 +105,15 @@ class Trainer:
     def from_run_dir(cls, run_dir: str, overrides: dict | None = None, *, world: World | None = None,
                      resume: bool = True) -> "Trainer":
         """The run saved in run_dir (its config.json), with only RESUMABLE settings changed."""
-        from .config import config_from_dict, replace
+        from .config import coerce, config_from_dict, replace
 
         path = os.path.join(run_dir, "config.json")
         if not os.path.isfile(path):
             raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
         with open(path) as handle:
             config = config_from_dict(json.load(handle))
-        changes = {k: v for k, v in (overrides or {}).items() if v is not None and v != getattr(config, k)}
+        overrides = {k: coerce(k, v) for k, v in (overrides or {}).items() if v is not None}
+        changes = {k: v for k, v in overrides.items() if v != getattr(config, k)}
         fixed = sorted(set(changes) - set(RESUMABLE))
         if fixed:
             name = fixed[0]
@@ -277,7 +279,10 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Rank 0 writes; every rank's noise generator state is gathered first."""
+        """Rank 0 writes; every rank's noise generator state is gathered first, and the replicas
+        are checked to be identical."""
+        check_replicas(self.G, self.world)
+        check_replicas(self.D, self.world)
         noise_states = gather_rows(self.noise_rng.get_state().to(self.device)[None], self.world).cpu()
         if not self.world.is_main:
             return

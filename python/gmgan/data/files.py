@@ -65,9 +65,10 @@ def load_idx_dataset(data_dir: str):
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Admits only what a CIFAR batch holds: dicts, lists, bytes, numbers and numpy arrays."""
+    """Admits only what a CIFAR batch holds: dicts, lists, bytes, numbers and numpy arrays
+    (``_codecs.encode`` is how protocol-2 pickles written by Python 3 spell bytes)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("_codecs", "encode"), ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                ("numpy._core.multiarray", "scalar")}
 
@@ -81,6 +82,8 @@ def _read_cifar_batch(path: str):
     with open(path, "rb") as handle:
         try:
             batch = _ArrayUnpickler(io.BytesIO(handle.read()), encoding="bytes").load()
+        except DataError:
+            raise
         except (pickle.UnpicklingError, EOFError, ValueError) as error:
             raise DataError(f"{path} is not a CIFAR-10 python batch: {error}") from None
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
