@@ -12,6 +12,7 @@ from bench.common import Case, Variant
 
 SIZES = [(100, 512, 65536), (10, 64, 8192)]
 QUICK_SIZES = [(100, 512, 8192)]
+SMOKE_SIZES = [(4, 16, 64)]
 
 
 def plain_formula(mu, sigma, component):
@@ -47,9 +48,9 @@ def _variants(mu, sigma, component, seed, backward, backends):
     return out
 
 
-def cases(quick: bool, backends: tuple) -> list:
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     result = []
-    for num_components, dim, n in QUICK_SIZES if quick else SIZES:
+    for num_components, dim, n in SMOKE_SIZES if smoke else QUICK_SIZES if quick else SIZES:
         mu = torch.randn(num_components, dim, requires_grad=True)
         sigma = (torch.rand(num_components, dim) + 0.1).requires_grad_()
         component = torch.randint(num_components, (n,))
