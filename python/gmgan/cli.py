@@ -173,7 +173,7 @@ def command_compare(args) -> int:
         raise ConfigError("--variants and --seeds must each name at least one")
     command = "gmgan " + " ".join(shlex.quote(a) for a in (args.argv or []))
     outcome = run_compare(variants, seeds, overrides_of(args, skip=("variant", "seed")), preset=args.preset,
-                          file=args.config_file, name=args.name, command=command)
+                          file=args.config_file, name=args.name, command=command, jobs=args.jobs)
     if outcome:
         print(outcome["table"])
         print(f"table: {os.path.join(outcome['folder'], 'compare.md')}")
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(compare, skip=("variant", "seed"))
     compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan")
     compare.add_argument("--seeds", default="0,1,2")
+    compare.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (worker processes)")
     compare.add_argument("--name", help="folder name under out_dir (default compare-<dataset>[-<preset>])")
     compare.set_defaults(handler=command_compare)
     return parser

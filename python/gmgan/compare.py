@@ -54,36 +54,78 @@ def _finished_metrics(run_dir: str, config) -> dict | None:
             metrics = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return None
-    same = saved == config.to_dict() and metrics.get("step") == config.steps
+    from .trainer import RESUMABLE
+
+    wanted = config.to_dict()
+    same = (all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE or k == "steps")
+            and metrics.get("step") == config.steps)
     return metrics if same else None
 
 
+def _train(config_values: dict) -> str:
+    """Train one run in a worker process; the parent reads its metrics.json."""
+    from .config import config_from_dict
+
+    trainer = Trainer(config_from_dict(config_values))
+    trainer.run()
+    return trainer.run_dir
+
+
+def _describe(metrics: dict) -> str:
+    if "modes" in metrics:
+        return f"{metrics['modes']} modes, {metrics['high_quality']:.1f}% hq"
+    shown = [f"{k} {metrics[k]:.3g}" for k in ("is", "mis", "fid", "stacked_modes") if isinstance(metrics.get(k), (int, float))]
+    return ", ".join(shown) or "done"
+
+
+def _train_all(configs: list, jobs: int) -> None:
+    """Train the configs, ``jobs`` at a time in worker processes (1: in this process)."""
+    if jobs <= 1:
+        for index, config in enumerate(configs, 1):
+            trainer = Trainer(config)
+            metrics = trainer.run()
+            if trainer.world.is_main:
+                print(f"[{index}/{len(configs)}] {config.run_name}: {_describe(metrics)}", flush=True)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    values = [dict(c.to_dict(), progress=False, threads=c.threads or threads) for c in configs]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train, v): v for v in values}
+        for index, future in enumerate(as_completed(futures), 1):
+            run_dir = future.result()
+            with open(os.path.join(run_dir, "metrics.json")) as handle:
+                print(f"[{index}/{len(configs)}] {futures[future]['run_name']}: {_describe(json.load(handle))}",
+                      flush=True)
+
+
 def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | None = None,
-                file: str | None = None, name: str | None = None, command: str = "") -> dict:
-    """Train (or re-use) every variant x seed; write compare.{md,csv,json} and compare.png."""
+                file: str | None = None, name: str | None = None, command: str = "", jobs: int = 1) -> dict:
+    """Train (or re-use) every variant x seed; write compare.{md,csv,json} and compare.png.
+    A finished run with the same config is re-used, so an interrupted compare picks up where it
+    stopped (an unfinished run restarts from scratch)."""
     first = build_config(dict(overrides, variant=variants[0]), preset=preset, file=file)
     folder = os.path.join(first.out_dir, name or f"compare-{first.dataset}" + (f"-{preset}" if preset else ""))
+    configs = {(variant, seed): build_config(dict(overrides, variant=variant, seed=seed, out_dir=folder,
+                                                  run_name=f"{variant}-s{seed}"), preset=preset, file=file)
+               for variant in variants for seed in seeds}
+    pending = [c for c in configs.values() if _finished_metrics(os.path.join(folder, c.run_name), c) is None]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _train_all(pending, 1 if distributed else jobs)
+    if distributed and int(os.environ.get("RANK", "0")) != 0:
+        return {}
     results: dict = {}
     panels, images = [], []
-    trainer = None
-    for variant in variants:
-        for seed in seeds:
-            config = build_config(dict(overrides, variant=variant, seed=seed, out_dir=folder,
-                                       run_name=f"{variant}-s{seed}"), preset=preset, file=file)
-            run_dir = os.path.join(folder, config.run_name)
-            metrics = _finished_metrics(run_dir, config)
-            if metrics is None:
-                trainer = Trainer(config)
-                metrics = trainer.run()
-                if not trainer.world.is_main:
-                    continue
-            results.setdefault(variant, []).append(metrics)
-            if first.is_2d:
-                panels.append((run_dir, f"{variant} s{seed}: {metrics['modes']} modes, {metrics['high_quality']:.0f}% hq"))
-            elif seed == seeds[0]:
-                images.append(run_dir)
-    if trainer is not None and not trainer.world.is_main:
-        return {}
+    for (variant, seed), config in configs.items():
+        run_dir = os.path.join(folder, config.run_name)
+        metrics = _finished_metrics(run_dir, config)
+        results.setdefault(variant, []).append(metrics)
+        if first.is_2d:
+            panels.append((run_dir, f"{variant} s{seed}: {_describe(metrics)}"))
+        elif seed == seeds[0]:
+            images.append(run_dir)
     header = ["method"] + [title for _, title in columns_for(first.dataset)]
     rows = summarize(results, first.dataset)
     table = markdown_table(header, rows)
