@@ -32,6 +32,22 @@ def test_variant_trains_with_finite_loss_on_backend(tmp_path, variant, backend):
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
 
 
+def test_trainer_uses_its_backend_without_changing_the_process_choice(tmp_path):
+    before = gmkernels.get_backend()
+    trainer = Trainer(tiny_config(tmp_path, variant="deligan", backend="reference"))
+    seen = []
+    original = trainer.G.prior.sample
+
+    def spy(*args, **kwargs):
+        seen.append(gmkernels.get_backend())
+        return original(*args, **kwargs)
+
+    trainer.G.prior.sample = spy
+    trainer.train_step()
+    assert seen and set(seen) == {"reference"}
+    assert gmkernels.get_backend() == before
+
+
 @pytest.mark.parametrize("variant", ["gan", "deligan", "gmgan-supervised", "mdgan", "wgan-gp"])
 def test_variant_trains_conv_nets_on_images(tmp_path, variant):
     _, losses = train_losses(tiny_config(tmp_path, variant=variant, dataset="digits", mixture="dynamic"), steps=2)

@@ -112,17 +112,12 @@ def command_sample(args) -> int:
     from .trainer import Trainer
 
     trainer = Trainer.from_run_dir(args.run_dir, {"progress": False})
-    temperature = float(args.temperature) if args.temperature else trainer.config.temperature
+    temperature = _parse_floats(args.temperature, "--temperature")[0] if args.temperature else trainer.config.temperature
     if args.component is not None:
-        prior = trainer.G.prior
-        if not hasattr(prior, "num_components") or not 0 <= args.component < prior.num_components:
-            raise ConfigError(f"--component needs a mixture prior and 0 <= k < K; this run has "
-                              f"{getattr(prior, 'num_components', 'no')} components")
         with torch.no_grad():
             generator = torch.Generator(device=trainer.device).manual_seed(args.seed)
             trainer.G.eval()
-            samples = trainer.G(prior.sample_component(args.component, args.n, generator=generator,
-                                                       temperature=temperature)).cpu()
+            samples = trainer.sample_component(args.component, args.n, generator, temperature).cpu()
     else:
         samples, _, _ = generate(trainer, args.n, temperature)
     out = args.out or os.path.join(args.run_dir, f"sample-t{temperature:g}" +

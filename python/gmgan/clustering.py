@@ -50,8 +50,7 @@ def generate_per_component(trainer, per_component: int, temperature: float = 1.0
     trainer.G.eval()
     xs, ks = [], []
     for k in range(prior.num_components):
-        z = prior.sample_component(k, per_component, generator=generator, temperature=temperature)
-        xs.append(trainer.G(z).cpu())
+        xs.append(trainer.sample_component(k, per_component, generator, temperature).cpu())
         ks.append(torch.full((per_component,), k, dtype=torch.int64))
     trainer.G.train()
     return torch.cat(xs), torch.cat(ks)

@@ -11,6 +11,8 @@ import json
 import os
 from dataclasses import dataclass, fields
 
+import gmkernels
+
 VARIANTS = ("gan", "wgan", "wgan-gp", "deligan", "gmgan", "gmgan-supervised", "mdgan")
 DATASETS = ("grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10")
 FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
@@ -304,8 +306,6 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
         raise ConfigError(f"beta1 and beta2 must lie in [0, 1), got {config.beta1}, {config.beta2}")
-    import gmkernels
-
     _choice(config, "backend", ("auto",) + gmkernels.backends())
     if config.is_2d and config.arch == "conv":
         raise ConfigError(f"arch conv needs image data; {config.dataset} is 2-D points (use arch mlp)")

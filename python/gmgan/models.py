@@ -34,9 +34,6 @@ class SimplePrior(nn.Module):
             z = torch.randn(n, self.dim, generator=generator, device=device)
         return z * temperature, None
 
-    def penalty(self, reduction: str = "mean") -> torch.Tensor:
-        return self.anchor * 0
-
 
 def one_hot(labels: torch.Tensor | None, num_classes: int, dtype) -> torch.Tensor | None:
     return None if labels is None else F.one_hot(labels, num_classes).to(dtype)

@@ -65,7 +65,6 @@ class Trainer:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
-        gmkernels.set_backend(config.backend)
         self.world = world or init_world("cuda" if config.device.startswith("cuda") or
                                          (config.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(config, self.world)
@@ -144,11 +143,23 @@ class Trainer:
     def sample_fake(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Batch:
         """n generated samples with their latent components and (when conditional) labels."""
         generator = self.noise_rng if generator is None else generator
-        z, component = self.G.prior.sample(n, generator=generator, temperature=temperature)
+        with gmkernels.use_backend(self.config.backend):
+            z, component = self.G.prior.sample(n, generator=generator, temperature=temperature)
         labels = None
         if self.config.conditional:
             labels = torch.randint(0, self.dataset.num_classes, (n,), generator=generator, device=self.device)
         return Batch(self.G(z, labels), labels, component)
+
+    def sample_component(self, k: int, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """n samples G(z), z from Gaussian k of the mixture prior (GM-GAN: generate per Gaussian)."""
+        prior = self.G.prior
+        if not hasattr(prior, "sample_component"):
+            raise ConfigError(f"variant {self.config.variant} has no mixture prior to sample a component of")
+        if not 0 <= k < prior.num_components:
+            raise ConfigError(f"component must lie in [0, {prior.num_components}), got {k}")
+        with gmkernels.use_backend(self.config.backend):
+            z = prior.sample_component(k, n, generator=generator, temperature=temperature)
+        return self.G(z)
 
     # ---- one step ------------------------------------------------------------------------
     def _set_learning_rates(self) -> tuple:
@@ -162,7 +173,12 @@ class Trainer:
         return lr_g, lr_d
 
     def train_step(self):
-        """One step; returns detached (d_loss, g_loss) of this rank."""
+        """One step on the configured gmkernels backend (the process-wide choice is restored
+        afterwards); returns detached (d_loss, g_loss) of this rank."""
+        with gmkernels.use_backend(self.config.backend):
+            return self._train_step()
+
+    def _train_step(self):
         variant, config = self.variant, self.config
         self.G.train()
         self.D.train()
