@@ -5,7 +5,7 @@ import pytest
 from train_support import run_cli
 
 TINY_FLAGS = ["--steps", "4", "--batch-size", "64", "--g-hidden", "16", "--d-hidden", "16", "--no-progress",
-              "--eval-samples", "300", "--threads", "1"]
+              "--eval-samples", "300"]
 
 
 def assert_one_clear_line(result, expected):
@@ -19,7 +19,6 @@ def assert_one_clear_line(result, expected):
 @pytest.mark.parametrize("flags,expected", [
     (["--variant", "vae"], "unknown variant 'vae'"),
     (["--arch", "conv"], "arch conv needs image data"),                      # mismatched sizes
-    (["--batch-size", "20000"], "batch_size 20000 exceeds the 10000 training samples"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "data dir /nonexistent/mnist does not exist"),
 ])
 def test_bad_config_gives_one_error_line_without_traceback(tmp_path, flags, expected):
@@ -31,6 +30,7 @@ def test_bad_settings_in_process_are_config_errors(tmp_path, capsys):
 
     cases = [(["train", "--z-dim", "two"], "z_dim must be int"),
              (["train", "--dataset", "mnist"], "pass --data-dir"),
+             (["train", "--batch-size", "20000"], "batch_size 20000 exceeds the 10000 training samples"),
              (["train", "--config", str(tmp_path / "missing.yaml")], "does not exist"),
              (["train", "--dataset", "digits", "--arch", "conv", "--g-hidden", "0"], "positive widths"),
              (["compare", "--seeds", "x"], "--seeds must be comma-separated integers"),
@@ -50,7 +50,9 @@ def test_config_file_yaml_is_read_and_flags_override_it(tmp_path):
     assert config.batch_size == 500 and config.output_scale == 6.0       # grid25 defaults filled in
 
 
-def test_train_evaluate_and_sample_write_the_run_folder(tmp_path):
+def test_train_evaluate_and_sample_write_the_run_folder(tmp_path, capsys):
+    from gmgan.cli import main
+
     trained = run_cli("train", *TINY_FLAGS, "--variant", "deligan", "--out-dir", str(tmp_path), "--run-name", "r")
     assert trained.returncode == 0, trained.stderr
     run = tmp_path / "r"
@@ -58,20 +60,40 @@ def test_train_evaluate_and_sample_write_the_run_folder(tmp_path):
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["variant"] == "deligan"
     assert list((run / "checkpoints").glob("*.safetensors")) and not list(run.rglob("*.pt"))
-    evaluated = run_cli("evaluate", str(run), "--temperature", "0.5,1", "--quiet")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert "| temperature |" in evaluated.stdout and (run / "tradeoff.md").is_file()
-    sampled = run_cli("sample", str(run), "--component", "2", "--n", "50", "--save")
-    assert sampled.returncode == 0, sampled.stderr
+    assert main(["evaluate", str(run), "--temperature", "0.5,1", "--quiet"]) == 0
+    assert "| temperature |" in capsys.readouterr().out and (run / "tradeoff.md").is_file()
+    assert main(["sample", str(run), "--component", "2", "--n", "50", "--save"]) == 0
     assert (run / "sample-t1-k2.png").is_file() and (run / "sample-t1-k2.safetensors").is_file()
 
 
-def test_compare_prints_a_mean_std_table_and_the_plot_path(tmp_path):
-    result = run_cli("compare", "--variants", "gan,mdgan", "--seeds", "0,1", *TINY_FLAGS, "--out-dir", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "| method | modes (25) | % hq (<= 3 std) | reverse KL |" in result.stdout
-    assert "| gan |" in result.stdout and "| mdgan |" in result.stdout and " ± " in result.stdout
+def test_compare_prints_a_mean_std_table_and_the_plot_path(tmp_path, capsys):
+    from gmgan.cli import main
+
+    assert main(["compare", "--variants", "gan,mdgan", "--seeds", "0,1", *TINY_FLAGS, "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| method | modes (25) | % hq (<= 3 std) | reverse KL |" in out
+    assert "| gan |" in out and "| mdgan |" in out and " ± " in out
     folder = tmp_path / "compare-grid25"
-    assert f"plot: {folder / 'compare.png'}" in result.stdout
+    assert f"plot: {folder / 'compare.png'}" in out
     assert (folder / "compare.md").read_text().count("±") >= 4 and (folder / "compare.png").is_file()
     assert len((folder / "compare.csv").read_text().splitlines()) == 5     # header + 2 variants x 2 seeds
+
+
+def test_cluster_command_scores_seeds_and_reuses_finished_runs(tmp_path, capsys, monkeypatch):
+    import gmgan.classifier
+    from gmgan.cli import _trained, main
+    from gmgan.config import build_config
+
+    monkeypatch.setattr(gmgan.classifier, "MIN_STEPS", 50)
+    flags = dict(dataset="ring8", steps=3, batch_size=64, g_hidden=[16], d_hidden=[16], progress=False,
+                 out_dir=str(tmp_path), variant="gmgan")
+    argv = ["cluster", "--seeds", "0,1", "--per-component", "20"] + [
+        f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in flags.items() if k != "progress"] + ["--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| GM-GAN (K = 8) |" in out and "| k-means (K = 8) |" in out and "mean ± std over 2 run(s)" in out
+    checkpoint = tmp_path / "ring8-gmgan-s1" / "checkpoints" / "step_0000003.json"
+    stamp = checkpoint.stat().st_mtime_ns
+    trainer = _trained(build_config(dict(flags, seed=1)))
+    assert trainer.step == 3 and checkpoint.stat().st_mtime_ns == stamp   # re-used, not retrained

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import run_cli, tiny_config
+from train_support import tiny_config
 
 from gmgan import ConfigError, Trainer
 from gmgan.checkpoint import latest
@@ -87,15 +87,15 @@ def test_resume_refuses_a_changed_model(tmp_path):
 
 
 def test_cli_resume_continues_to_the_same_weights(tmp_path):
+    from gmgan.cli import main
+
     common = dict(steps=6, batch_size=64, g_hidden=[16], d_hidden=[16], variant="gmgan", mixture="dynamic")
     straight = Trainer(tiny_config(tmp_path, run_name="straight", **common))
     straight.run(evaluate_end=False)
     flags = ["--batch-size", "64", "--g-hidden", "16", "--d-hidden", "16", "--variant", "gmgan", "--mixture",
-             "dynamic", "--threads", "1", "--log-every", "2", "--checkpoint-every", "1000", "--eval-samples", "200"]
-    first = run_cli("train", *flags, "--steps", "3", "--no-progress", "--out-dir", str(tmp_path), "--run-name", "split")
-    assert first.returncode == 0, first.stderr
-    second = run_cli("train", "--resume", str(tmp_path / "split"), "--steps", "6")   # extend the finished run
-    assert second.returncode == 0, second.stderr
+             "dynamic", "--log-every", "2", "--checkpoint-every", "1000", "--eval-samples", "200"]
+    assert main(["train", *flags, "--steps", "3", "--no-progress", "--out-dir", str(tmp_path), "--run-name", "split"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "6"]) == 0   # extend the finished run
     resumed = load_file(latest(str(tmp_path / "split" / "checkpoints")) + ".safetensors")
     expected = load_file(latest(straight.checkpoint_dir) + ".safetensors")
     assert_identical(expected, resumed)

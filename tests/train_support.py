@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    import gmgan  # noqa: F401
-except ImportError:  # not installed: the package lives in python/ (setup.py's package_dir)
-    sys.path.insert(0, str(ROOT / "python"))
+# Test this checkout's gmgan (python/, setup.py's package_dir), even when another checkout is
+# installed in editable mode: sys.path entries take precedence over the editable finder.
+sys.path.insert(0, str(ROOT / "python"))
 
 import gmkernels  # noqa: E402
 import pytest  # noqa: E402
@@ -17,7 +16,7 @@ from gmgan import build_config  # noqa: E402
 
 # Small nets and batches: every test trains in well under a second per step.
 TINY = dict(steps=4, batch_size=64, g_hidden=[32, 32], d_hidden=[32, 32], progress=False, eval_samples=500,
-            checkpoint_every=1000, log_every=2, threads=1)
+            checkpoint_every=1000, log_every=2)
 TINY_IMAGES = dict(TINY, dataset="digits", batch_size=32, g_channels=8, d_channels=8, g_hidden=[32],
                    d_hidden=[32], z_dim=8, components=10, stacked_size=2000)
 
@@ -39,6 +38,7 @@ def skip_if_op_missing(error: NotImplementedError):
 def run_cli(*args, env_extra=None, timeout=240):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "python"),
                                                          os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)   # conftest's test switch; the CLI does not need Triton
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "gmgan", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=str(ROOT))
