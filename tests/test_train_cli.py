@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from train_support import run_cli
+from train_support import one_thread, run_cli  # noqa: F401 (autouse fixture)
 
 TINY_FLAGS = ["--steps", "4", "--batch-size", "64", "--g-hidden", "16", "--d-hidden", "16", "--no-progress",
               "--eval-samples", "300"]

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from train_support import tiny_config
+from train_support import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from gmgan.config import ConfigError
 from gmgan.data import DataError, load_dataset

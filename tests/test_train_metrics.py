@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from train_support import tiny_config
+from train_support import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from gmgan import Trainer, evaluation
 from gmgan.classifier import metrics_classifier

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import tiny_config
+from train_support import one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from gmgan import ConfigError, Trainer
 from gmgan.checkpoint import latest

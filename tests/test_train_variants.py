@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from train_support import skip_if_op_missing, tiny_config, usable_backends
+from train_support import one_thread, skip_if_op_missing, tiny_config, usable_backends  # noqa: F401 (autouse fixture)
 
 import gmkernels
 from gmgan import Trainer

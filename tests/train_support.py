@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 import gmkernels  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from gmgan import build_config  # noqa: E402
 
@@ -19,6 +20,16 @@ TINY = dict(steps=4, batch_size=64, g_hidden=[32, 32], d_hidden=[32, 32], progre
             checkpoint_every=1000, log_every=2)
 TINY_IMAGES = dict(TINY, dataset="digits", batch_size=32, g_channels=8, d_channels=8, g_hidden=[32],
                    d_hidden=[32], z_dim=8, components=10, stacked_size=2000)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets train fastest on one thread (and the shared machine stays usable); the previous
+    count is restored. Autouse in every module that imports it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(tmp_path, **changes):
