@@ -331,6 +331,9 @@ def test_float32_gradients_within_float_rounding_of_the_float64_truth(backend, f
     """Long per-component sums (2500 samples per component): the float32 kernels' error against
     the float64 truth is at most twice that of plain float32 PyTorch given the same eps."""
     require_backend(op)
+    if gmkernels.get_backend() == "reference":
+        pytest.skip("the reference is the plain float32 computation itself (its index_put_ "
+                    "accumulation order varies run to run, so it cannot bound itself)")
     mu32, scale32 = make_inputs(2, 9, full, torch.float32, backend, seed=3)
     component = torch.arange(5000, device=backend) % 2
     seed = torch.tensor(4242)
