@@ -152,12 +152,12 @@ def test_gradcheck_float64(backend, path, var_kind):
 
 
 def test_cpp_tiles_over_rows_and_components():
-    """More rows than one tile holds (4096 at 1024 columns) and three column tiles, the last one
+    """More rows than one tile holds (4096 at 1024 columns) and two column tiles, the last one
     partial: the online logsumexp across tiles and the accumulation of the backward's products."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    x, means, var, log_weights = make_inputs(4100, 2100, 2, "(C,)", seed=5)
-    log_weights[1500:] = -math.inf   # the whole last tile switched off
+    x, means, var, log_weights = make_inputs(4100, 1100, 2, "(C,)", seed=5)
+    log_weights[1024:] = -math.inf   # the whole last tile switched off
     got, grads = value_and_grads("cpp", x, means, var, log_weights)
     want, want_grads = value_and_grads("reference", x, means, var, log_weights)
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -185,6 +185,17 @@ def test_tiled_backward_with_peaked_and_flat_responsibilities(backend, spread):
         assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-8 * w.abs().max().item())
 
 
+def test_cpp_tiled_path_never_allocates_a_rows_by_components_buffer():
+    """Forward and backward allocate at most one tile (1024 components wide), never B x C."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = leaves(*make_inputs(2000, 3000, 8, "(C,)", torch.float32, seed=14))
+    with gmkernels.use_backend("cpp"), torch.profiler.profile(profile_memory=True) as profile:
+        gmkernels.mixture_log_likelihood(x, means, var, log_weights).sum().backward()
+    largest = max(event.cpu_memory_usage for event in profile.events())
+    assert 2000 * 1024 * 4 <= largest < 2000 * 3000 * 4 / 2
+
+
 def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
     x, means, var, log_weights = make_inputs(11, PATHS[path], 4, var_kind, dtype, seed=6)
     var = var.expand(PATHS[path]) if var.dim() == 0 else var
@@ -193,8 +204,9 @@ def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
 
 @pytest.mark.parametrize("namespace", ["gmkernels", "gmkernels_triton"])
 @pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
-def test_opcheck(namespace, path, var_kind):
+@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, True)),
+                                              ("(C,)", (True, False)), ("(C,d)", (False, True))])
+def test_opcheck(namespace, path, var_kind, wanted):
     if namespace == "gmkernels" and "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     if namespace == "gmkernels_triton" and "triton" not in op.IMPLEMENTED:
@@ -206,7 +218,7 @@ def test_opcheck(namespace, path, var_kind):
     grad = torch.randn(11)
     torch.library.opcheck(ops.mixture_log_likelihood_backward.default,
                           (grad, x.detach(), means.detach(), var.detach(), log_weights.detach(),
-                           log_likelihood, True, True))
+                           log_likelihood, *wanted))
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

@@ -2,8 +2,10 @@
 the real target, against the best plain O(N C) formulation (``index_add_`` class means of
 log p, then gather and dot) eager and under torch.compile, forward and forward + backward.
 
-``bytes_moved`` is the bytes of P read once, so ``gb_per_s`` reads as the fraction of copy
-bandwidth a single pass over P would reach (the fused forward makes two passes).
+The fused forward reads P twice (class means, then the row dot products) and allocates O(K C + N);
+the plain formulation allocates several N x C temporaries (log p, the gathered class means, the
+product), its compiled form one (log p, kept for the second pass). ``bytes_moved`` is the bytes
+of P read once, so the reported fraction is of one pass over P at copy bandwidth.
 """
 from __future__ import annotations
 
@@ -17,6 +19,14 @@ from bench.common import Case, Variant
 
 EPS = 1e-12
 CLASS_MEANS_EAGER = "class-means eager"
+CLASS_MEANS_COMPILE = "class-means compile"
+
+# (N, C, forward targets?) per mode; N = 10^6, C = 10: many samples, few classes, where the fused
+# op needs O(K C + N) extra memory and the plain formulation several N x C temporaries.
+SIZES = [(200000, 1000, True), (1000000, 10, False)]
+QUICK_SIZES = [(20000, 100, False)]
+SMOKE_SIZES = [(64, 5, False)]
+PAIRWISE_SIZE = {"full": 20000, "quick": 2000, "smoke": 32}
 
 
 def _inputs(num_samples, num_categories, seed=0):
@@ -56,8 +66,8 @@ def _fused_variants(backends, num_classes, labels, probs, backward):
     return out
 
 
-def _class_means_case(probs, labels, backends, backward, targets):
-    """Fused vs the O(N C) eager formulation and its torch.compile (the baseline)."""
+def _class_means_case(probs, labels, backends, backward, with_targets):
+    """Fused vs the O(N C) eager formulation (the baseline) and its torch.compile (the peer)."""
     num_samples, num_categories = probs.shape
     num_classes = num_categories
 
@@ -65,15 +75,22 @@ def _class_means_case(probs, labels, backends, backward, targets):
         return reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_classes)
 
     compiled = torch.compile(reference.class_pairwise_kl_by_class_means)
-    compiled_step = _step(lambda p: compiled(p, labels, EPS, num_classes), probs, backward)
     variants = _fused_variants(backends, num_classes, labels, probs, backward) + [
         Variant(CLASS_MEANS_EAGER, _step(class_means, probs, backward)),
-        Variant("class-means compile", compiled_step),
+        Variant(CLASS_MEANS_COMPILE, _step(lambda p: compiled(p, labels, EPS, num_classes), probs,
+                                           backward)),
     ]
-    return Case(op="class_pairwise_kl", size=f"N={num_samples} C={num_categories}",
-                mode="forward+backward" if backward else "forward", variants=variants,
-                bytes_moved=None if backward else probs.numel() * probs.element_size(),
-                baseline=CLASS_MEANS_EAGER, targets=targets)
+    fused = [f"gmkernels[{name}]" for name in ("cpp", "cuda", "triton")]
+    return Case(
+        op="class_pairwise_kl", size=f"N={num_samples} C={num_categories}",
+        mode="forward+backward" if backward else "forward", variants=variants,
+        bytes_moved=None if backward else probs.numel() * probs.element_size(),
+        baseline=CLASS_MEANS_EAGER, peer=CLASS_MEANS_COMPILE,
+        targets={name: 3.0 for name in fused} if with_targets else {},
+        peer_targets={name: 1.0 for name in fused} if with_targets else {},
+        note="" if not backward else
+        "the backward recomputes log p (no N x C buffer is kept); the compiled formula keeps one"
+        " from its forward and reuses it")
 
 
 def _pairwise_case(num_samples, num_categories, backends):
@@ -90,13 +107,12 @@ def _pairwise_case(num_samples, num_categories, backends):
                 bytes_moved=probs.numel() * probs.element_size())
 
 
-def cases(quick: bool, backends: tuple) -> list:
-    fused_target = {f"gmkernels[{name}]": 3.0 for name in ("cpp", "cuda", "triton")}
-    # (N, C, targets of the forward); N = 10^6, C = 10: the fused op needs O(K C + N) extra memory.
-    sizes = [(20000, 100, {})] if quick else [(200000, 1000, fused_target), (1000000, 10, {})]
-    result = [_pairwise_case(2000 if quick else 20000, 10, backends)]
-    for num_samples, num_categories, targets in sizes:
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
+    kind = "smoke" if smoke else "quick" if quick else "full"
+    sizes = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": SIZES}[kind]
+    result = [_pairwise_case(PAIRWISE_SIZE[kind], 10, backends)]
+    for num_samples, num_categories, with_targets in sizes:
         probs, labels = _inputs(num_samples, num_categories)
-        result += [_class_means_case(probs, labels, backends, False, targets),
-                   _class_means_case(probs, labels, backends, True, {})]
+        result += [_class_means_case(probs, labels, backends, False, with_targets),
+                   _class_means_case(probs, labels, backends, True, False)]
     return result

@@ -64,22 +64,29 @@ bool is_diagonal(const at::Tensor& var) { return var.dim() == 2; }
 
 // ---- direct path -------------------------------------------------------------------------
 
+// The fields both direct-path params structs share.
+template <typename scalar_t, typename Params>
+void fill_inputs(Params& p, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+                 const at::Tensor& log_weights) {
+  p.x = x.data_ptr<scalar_t>();
+  p.means = means.data_ptr<scalar_t>();
+  p.var = var.data_ptr<scalar_t>();
+  p.log_weights = log_weights.data_ptr<scalar_t>();
+  p.num_rows = x.size(0);
+  p.num_components = means.size(0);
+  p.dim = x.size(1);
+  p.diagonal = is_diagonal(var);
+  p.num_threads = cpu_threads();
+}
+
 template <typename scalar_t>
 MixtureLogLikelihoodParams<scalar_t> direct_params(const at::Tensor& x, const at::Tensor& means,
                                                    const at::Tensor& var,
                                                    const at::Tensor& log_weights,
                                                    const at::Tensor& out) {
   MixtureLogLikelihoodParams<scalar_t> p;
-  p.x = x.data_ptr<scalar_t>();
-  p.means = means.data_ptr<scalar_t>();
-  p.var = var.data_ptr<scalar_t>();
-  p.log_weights = log_weights.data_ptr<scalar_t>();
+  fill_inputs<scalar_t>(p, x, means, var, log_weights);
   p.log_likelihood = out.data_ptr<scalar_t>();
-  p.num_rows = x.size(0);
-  p.num_components = means.size(0);
-  p.dim = x.size(1);
-  p.diagonal = is_diagonal(var);
-  p.num_threads = cpu_threads();
   return p;
 }
 
@@ -109,11 +116,8 @@ MixtureLogLikelihoodBackwardParams<scalar_t> direct_backward_params(
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, Gradients& out,
     bool x_grad, bool component_grads) {
   MixtureLogLikelihoodBackwardParams<scalar_t> p;
+  fill_inputs<scalar_t>(p, x, means, var, log_weights);
   p.grad = grad.data_ptr<scalar_t>();
-  p.x = x.data_ptr<scalar_t>();
-  p.means = means.data_ptr<scalar_t>();
-  p.var = var.data_ptr<scalar_t>();
-  p.log_weights = log_weights.data_ptr<scalar_t>();
   p.log_likelihood = log_likelihood.data_ptr<scalar_t>();
   p.grad_x = out.x.data_ptr<scalar_t>();
   p.grad_means = out.means.data_ptr<scalar_t>();
@@ -122,11 +126,6 @@ MixtureLogLikelihoodBackwardParams<scalar_t> direct_backward_params(
   p.x_grad = x_grad;
   p.component_grads = component_grads;
   p.weights_scratch = nullptr;
-  p.num_rows = x.size(0);
-  p.num_components = means.size(0);
-  p.dim = x.size(1);
-  p.diagonal = is_diagonal(var);
-  p.num_threads = cpu_threads();
   return p;
 }
 

@@ -30,6 +30,8 @@ TORCH_LIBRARY(gmkernels, m) {
   m.def(
       "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
       " Tensor class_mean_log, float eps) -> Tensor");
+  m.def("minibatch_discrimination(Tensor M) -> Tensor");
+  m.def("minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor");
 }
 
 namespace {

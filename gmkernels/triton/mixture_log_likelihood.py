@@ -52,10 +52,15 @@ def _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows, num_c
 
 
 @triton.jit
-def _weights(exponent, grad, log_likelihood, live):
-    """W = grad exp(E - log p); 0 for rows with zero gradient or likelihood 0."""
-    shifted = exponent - tl.where(live, log_likelihood, 0.0)[:, None]
-    return tl.where(live[:, None], grad[:, None] * tl.exp(shifted), 0.0)
+def _weights(exponent, grad, log_likelihood, rows, num_rows):
+    """W = grad exp(E - log p) for the given rows; 0 for rows outside the matrix, with zero
+    gradient or with likelihood 0."""
+    row_mask = rows < num_rows
+    g = tl.load(grad + rows, mask=row_mask, other=0.0)
+    ll = tl.load(log_likelihood + rows, mask=row_mask, other=float("-inf"))
+    live = (g != 0.0) & (ll != float("-inf"))
+    shifted = exponent - tl.where(live, ll, 0.0)[:, None]
+    return tl.where(live[:, None], g[:, None] * tl.exp(shifted), 0.0)
 
 
 @triton.jit
@@ -84,21 +89,17 @@ def _backward_rows_kernel(left, right, row_norm, scale, offset, grad, log_likeli
                           BLOCK_F: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    row_mask = rows < num_rows
-    g = tl.load(grad + rows, mask=row_mask, other=0.0)
-    ll = tl.load(log_likelihood + rows, mask=row_mask, other=float("-inf"))
-    live = (g != 0.0) & (ll != float("-inf"))
     acc = tl.zeros([BLOCK_B, BLOCK_F], dtype=left.dtype.element_ty)
     for c0 in range(0, num_cols, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         exponent = _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows,
                               num_cols, K, BLOCK_B, BLOCK_C, BLOCK_K)
-        w = _weights(exponent, g, ll, live)
+        w = _weights(exponent, grad, log_likelihood, rows, num_rows)
         f = tl.load(factors + cols[:, None] * F + fs[None, :],
                     mask=(cols[:, None] < num_cols) & (fs[None, :] < F), other=0.0)
         acc += tl.dot(w, f, input_precision="ieee")
     tl.store(out + rows[:, None] * F + fs[None, :], acc,
-             mask=row_mask[:, None] & (fs[None, :] < F))
+             mask=(rows[:, None] < num_rows) & (fs[None, :] < F))
 
 
 @triton.jit
@@ -111,15 +112,11 @@ def _backward_cols_kernel(left, right, row_norm, scale, offset, grad, log_likeli
     acc = tl.zeros([BLOCK_C, BLOCK_F], dtype=left.dtype.element_ty)
     for r0 in range(0, num_rows, BLOCK_B):
         rows = r0 + tl.arange(0, BLOCK_B)
-        row_mask = rows < num_rows
-        g = tl.load(grad + rows, mask=row_mask, other=0.0)
-        ll = tl.load(log_likelihood + rows, mask=row_mask, other=float("-inf"))
-        live = (g != 0.0) & (ll != float("-inf"))
         exponent = _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows,
                               num_cols, K, BLOCK_B, BLOCK_C, BLOCK_K)
-        w = _weights(exponent, g, ll, live)
+        w = _weights(exponent, grad, log_likelihood, rows, num_rows)
         f = tl.load(factors + rows[:, None] * F + fs[None, :],
-                    mask=row_mask[:, None] & (fs[None, :] < F), other=0.0)
+                    mask=(rows[:, None] < num_rows) & (fs[None, :] < F), other=0.0)
         acc += tl.dot(tl.trans(w), f, input_precision="ieee")
     tl.store(out + cols[:, None] * F + fs[None, :], acc,
              mask=(cols[:, None] < num_cols) & (fs[None, :] < F))
