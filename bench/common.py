@@ -1,8 +1,17 @@
-"""The one timer and the case description shared by every benchmark section."""
+"""The one timer, the one memory probe and the case description shared by every benchmark section.
+
+A section (`bench/ops/<op>.py`) returns `Case`s; each case is one op at one size in one mode with
+the `Variant`s to run side by side. `bench/run.py` times every variant with `measure`, judges it
+against the machine's limits (`bench/machine.py`) and writes the results (`bench/report.py`).
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import os
 import statistics
+import sys
 import time
 from typing import Callable, Optional
 
@@ -11,21 +20,51 @@ import torch
 
 @dataclasses.dataclass
 class Variant:
-    name: str                      # e.g. "gmkernels[cpp]", "reference eager", "plain compile"
-    run: Callable[[], object]      # one full call (forward, or forward + backward)
+    name: str                      # e.g. "gmkernels[cpp]", "reference eager", "plain compile", "pykeops"
+    run: Callable[[], object]      # one full call (forward, or forward + backward); return the output
     setup: Optional[Callable[[], None]] = None  # untimed, e.g. torch.compile warm-up
+    # Whether the first call compiles (torch.compile, KeOps): `--smoke` leaves these out. None: a
+    # name containing "compile", or the pykeops variant.
+    jit: Optional[bool] = None
+
+    @property
+    def compiles(self) -> bool:
+        return self.jit if self.jit is not None else ("compile" in self.name or self.name == "pykeops")
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The backend this variant stands for ("cpp" for "gmkernels[cpp]", "pykeops"), None for the
+        reference and plain-PyTorch variants (which `--backend` never filters out)."""
+        if self.name.startswith("gmkernels[") and self.name.endswith("]"):
+            return self.name[len("gmkernels["):-1]
+        return "pykeops" if self.name == "pykeops" else None
 
 
 @dataclasses.dataclass
 class Case:
     op: str
-    size: str                      # e.g. "N=100 K=512 n=65536"
-    mode: str                      # "forward" or "forward+backward"
+    size: str                      # e.g. "N=100 K=512 n=65536" (`--sizes` matches on this label)
+    mode: str                      # "forward", "forward+backward" (a training step: "train step")
     variants: list
-    bytes_moved: Optional[float] = None   # minimal bytes a forward must touch (bandwidth fraction)
-    flops: Optional[float] = None         # useful FLOPs (FLOP-rate fraction)
+    bytes_moved: Optional[float] = None   # minimal bytes a call must read + write (bandwidth fraction)
+    flops: Optional[float] = None         # useful FLOPs of a call (FLOP-rate fraction)
     baseline: str = "reference eager"    # speed-ups are reported against this variant
     targets: dict = dataclasses.field(default_factory=dict)  # variant -> min speed-up vs baseline
+    # A plain fp32 matmul of this shape, (M, K, N) or (B, M, K, N), is timed in the same run and
+    # `flops` is judged against its rate: the honest roof for an op whose work is a contraction of
+    # that shape (a huge square matmul's rate is out of reach for a skinny one).
+    matmul_shape: Optional[tuple] = None
+    # The variant to beat besides the baseline (default: the baseline's compiled twin, e.g.
+    # "reference compile" for "reference eager"), and min speed-ups vs that peer.
+    peer: Optional[str] = None
+    peer_targets: dict = dataclasses.field(default_factory=dict)
+    note: str = ""                        # why a row misses its target (shown with the miss)
+    items: Optional[int] = None           # samples per call (training steps): reported as items/s
+    device: Optional[str] = None          # "cpu" / "cuda"; None: the device of the variants' output
+
+    @property
+    def peer_name(self) -> str:
+        return self.peer or self.baseline.replace("eager", "compile")
 
 
 def synchronize() -> None:
@@ -33,19 +72,154 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0) -> dict:
-    """Median wall time of `fn` over `repeats` runs after `warmup` runs (fewer repeats when one run
-    is slow, so a quick run stays quick)."""
-    for _ in range(warmup):
-        fn()
+def output_device(value) -> Optional[str]:
+    """Device type of the first tensor in a call's output (tensors, tuples, lists, dicts)."""
+    if isinstance(value, torch.Tensor):
+        return value.device.type
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else ()
+    for item in items:
+        found = output_device(item)
+        if found:
+            return found
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_flush_buffer(device_index: int) -> torch.Tensor:
+    """A buffer larger than the GPU's L2 (>= 256 MiB, as triton.testing.do_bench uses): zeroing it
+    before each timed call evicts what the previous call left in L2."""
+    l2_bytes = getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0) or 0
+    size = max(256 << 20, 2 * l2_bytes)
+    return torch.empty(size // 4, dtype=torch.int32, device=f"cuda:{device_index}")
+
+
+def _timed_cuda(fn: Callable[[], object]) -> float:
+    flush = _l2_flush_buffer(torch.cuda.current_device())
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    flush.zero_()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _timed_wall(fn: Callable[[], object]) -> float:
+    begin = time.perf_counter()
+    fn()
     synchronize()
+    return time.perf_counter() - begin
+
+
+CPU_MEMORY_METHOD = ("high-water mark of live torch CPU-allocator bytes over one call (torch.profiler "
+                     "memory events; allocations outside torch's allocator are not seen)")
+CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was allocated before"
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences file descriptor 2: Kineto logs a line at every profiler start and stop, whatever
+    KINETO_LOG_LEVEL says once torch is loaded. Only wraps the start and stop, never the call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
+    """Bytes allocated during one call of `fn` above what was live before it, at the worst moment
+    (outputs included). None when the probe is unavailable."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        output = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del output
+        return peak
+    from torch.profiler import ProfilerActivity, profile
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    try:
+        with _quiet_stderr():
+            prof.start()
+    except RuntimeError:   # another profiler is already running (the suite run under a profiler)
+        return None
+    try:
+        output = fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
+    del output
+    try:
+        events = prof.profiler.kineto_results.events()
+        changes = sorted((event.start_ns(), event.nbytes()) for event in events
+                         if event.name() == "[memory]" and event.device_type().name == "CPU")
+    except AttributeError:   # the profiler's result objects differ on this torch build
+        return None
+    live = peak = 0
+    for _, nbytes in changes:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0,
+            min_repeats: int = 3, device: Optional[str] = None, track_memory: bool = False) -> dict:
+    """Median time of `fn` over `repeats` runs after `warmup` runs (fewer repeats, but at least
+    `min_repeats`, once `max_seconds` is spent, so a quick run stays quick).
+
+    GPU work (`device` "cuda", or None and the output lives on a GPU) is timed with CUDA events
+    with the L2 flushed before each run; CPU work with a wall clock. The first call is timed on
+    its own (it holds compile time). With `track_memory` the last warm-up runs under the memory
+    probe (`peak_memory`)."""
+    calls = max(warmup, 2 if track_memory else 1)
+    begin = time.perf_counter()
+    output = fn()
+    synchronize()
+    first_call_s = time.perf_counter() - begin
+    device = torch.device(device).type if device else output_device(output) or "cpu"
+    del output
+    peak = None
+    for call in range(1, calls):
+        if track_memory and call == calls - 1:
+            peak = peak_memory(fn, device)
+        else:
+            fn()
+    synchronize()
+    timer = _timed_cuda if device == "cuda" else _timed_wall
     times = []
     started = time.perf_counter()
     for _ in range(repeats):
-        begin = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - begin)
-        if time.perf_counter() - started > max_seconds and len(times) >= 3:
+        times.append(timer(fn))
+        if time.perf_counter() - started > max_seconds and len(times) >= min_repeats:
             break
-    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
+    result = {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
+              "first_call_s": first_call_s, "device": device,
+              "timer": "cuda events, L2 flushed" if device == "cuda" else "wall clock"}
+    if track_memory:
+        result["peak_bytes"] = peak
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def pykeops_lazy_tensor():
+    """pykeops.torch.LazyTensor when KeOps is installed and loads, else None (an optional extra)."""
+    try:
+        from pykeops.torch import LazyTensor
+    except Exception:   # not installed, or no compiler / CUDA toolkit it can use
+        return None
+    return LazyTensor
+
+
+def pykeops_variants(make_run: Callable[[type], Callable[[], object]]) -> list:
+    """[Variant("pykeops", make_run(LazyTensor))] when KeOps is importable, else []: a section adds
+    KeOps's lazy-tensor formulation of its op as a peer this way. KeOps compiles a formula on its
+    first call (cached on disk), so the variant counts as compiling."""
+    lazy_tensor = pykeops_lazy_tensor()
+    return [] if lazy_tensor is None else [Variant("pykeops", make_run(lazy_tensor), jit=True)]

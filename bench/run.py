@@ -1,19 +1,28 @@
 """gmkernels benchmark suite: every op against the eager reference and torch.compile, side by side
-in one run.
+in one run, judged against the machine's limits measured in the same run.
 
-    python bench/run.py [--quick] [--op mixture_sample ...] [--backend cpp ...] [--threads 2]
+    python bench/run.py [--quick | --smoke] [--op mixture_sample ...] [--backend cpp ...]
+                        [--sizes "n=8192" ...] [--threads 2] [--repeats 10] [--out DIR] [--no-save]
 
-Prints a table and writes JSON and Markdown under bench/results/ named by device and date.
+Prints a table and writes JSON, Markdown and a PNG speed-up plot under bench/results/, named by
+device, date and kind (full / quick / smoke). Rows below their target are listed first in the
+Markdown, with the reason.
+
+Sections: each bench/ops/<name>.py exposes `cases(quick, backends) -> list[Case]` (see
+bench/common.py), optionally with a `smoke=False` keyword for tiny sizes. A training-step section
+is one more such file (bench/ops/training_step.py): its cases set `mode="train step"` and
+`items=<batch size>`, so rows report samples/s.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import importlib
-import json
+import inspect
 import os
-import platform
 import sys
+import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -21,128 +30,254 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import gmkernels  # noqa: E402
+from bench import report  # noqa: E402
 from bench.common import measure  # noqa: E402
+from bench.machine import Limits, device_facts, device_label, judge  # noqa: E402
 
 OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(ROOT, "bench", "ops"))
                     if name.endswith(".py") and not name.startswith("_")))
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# repeats, warm-up calls (the last one under the memory probe), seconds after which a variant
+# stops repeating, the fewest repeats before it may stop, and the size of the limit measurements.
+MODES = {
+    "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, limit_scale=1.0),
+    "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, limit_scale=1.0),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
+}
 
 
-def device_facts() -> dict:
-    facts = {
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "gmkernels": gmkernels.build_info(),
-        "backends": list(gmkernels.backends()),
-        "python": platform.python_version(),
-    }
-    try:
-        import triton
-        facts["triton"] = triton.__version__
-    except ImportError:
-        facts["triton"] = None
-    if torch.cuda.is_available():
-        facts["gpu"] = torch.cuda.get_device_name()
-    return facts
+def load_cases(op: str, quick: bool, smoke: bool) -> list:
+    module = importlib.import_module(f"bench.ops.{op}")
+    if smoke and "smoke" in inspect.signature(module.cases).parameters:
+        return module.cases(True, gmkernels.backends(), smoke=True)
+    return module.cases(quick or smoke, gmkernels.backends())
 
 
-def device_label(facts: dict) -> str:
-    name = facts.get("gpu") or facts["cpu"]
-    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower()[:40]
+def supports_smoke(op: str) -> bool:
+    module = importlib.import_module(f"bench.ops.{op}")
+    return "smoke" in inspect.signature(module.cases).parameters
 
 
-def run_case(case, repeats: int, only_backends) -> list:
-    rows = []
-    for variant in case.variants:
-        if only_backends and variant.name.startswith("gmkernels[") and \
-                variant.name[len("gmkernels["):-1] not in only_backends:
-            continue
-        if variant.setup:
-            variant.setup()
-        timing = measure(variant.run, repeats)
-        rows.append({"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name, **timing})
+def select_variants(case, only_backends, smoke: bool) -> list:
+    """The variants to run: `--backend` drops other gmkernels/pykeops backends (never the
+    reference and plain-PyTorch variants the speed-ups are measured against); `--smoke` drops
+    every variant that compiles on its first call."""
+    return [variant for variant in case.variants
+            if not (smoke and variant.compiles)
+            and not (only_backends and variant.backend is not None and variant.backend not in only_backends)]
+
+
+def select_cases(cases: list, sizes) -> list:
+    """`--sizes`: the cases whose size label contains one of the given texts."""
+    return [case for case in cases if not sizes or any(text in case.size for text in sizes)]
+
+
+def _roof_reason(row: dict, reference: dict, target: float, against: str):
+    """Why a target may be out of reach, from the limits: the roofline bounds the speed-up over
+    `reference` by 1 / (the fraction of the limit `reference` already reaches)."""
+    fraction = reference.get("limit_fraction")
+    if fraction and target > 1 / fraction:
+        return (f"target above the roofline: {against} already runs at {100 * fraction:.0f}% of "
+                f"{reference['limit']}, so at most {1 / fraction:.2f}x is possible")
+    if row.get("limit_fraction") is not None:
+        return f"runs at {100 * row['limit_fraction']:.0f}% of {row['limit']}"
+    return None
+
+
+def compare(rows: list, case, dropped=frozenset()) -> None:
+    """Speed-ups over the baseline and the peer, and the verdict on each target, in place. A
+    target whose reference variant was `dropped` by the filters gets no verdict; one whose
+    reference is missing otherwise (it failed, or the case names a variant it lacks) is a miss."""
     by_name = {row["variant"]: row for row in rows}
-    baseline = by_name.get(case.baseline)
-    compiled = by_name.get(case.baseline.replace("eager", "compile"))
+    baseline, peer = by_name.get(case.baseline), by_name.get(case.peer_name)
     for row in rows:
+        row["baseline"] = case.baseline
         if baseline:
             row["speedup_vs_baseline"] = baseline["median_s"] / row["median_s"]
-        if compiled:
-            row["speedup_vs_compile"] = compiled["median_s"] / row["median_s"]
-        if case.bytes_moved:
-            row["gb_per_s"] = case.bytes_moved / row["median_s"] / 1e9
-        if case.flops:
-            row["gflop_per_s"] = case.flops / row["median_s"] / 1e9
-        target = case.targets.get(row["variant"])
-        if target is not None:
-            row["target_speedup"] = target
-            row["meets_target"] = row.get("speedup_vs_baseline", 0) >= target
+        if peer:
+            row["speedup_vs_compile"] = peer["median_s"] / row["median_s"]
+            row["peer"] = case.peer_name
+        checks = [(case.targets.get(row["variant"]), "speedup_vs_baseline", baseline, case.baseline),
+                  (case.peer_targets.get(row["variant"]), "speedup_vs_compile", peer, case.peer_name)]
+        misses, reasons = [], []
+        for target, key, reference, against in checks:
+            if target is None:
+                continue
+            if reference is None and against in dropped:
+                continue
+            row.setdefault("targets", {})[against] = target
+            if reference is None:
+                misses.append(f"no {against} row to compare with")
+                continue
+            if row[key] < target:
+                misses.append(f"{row[key]:.2f}x < {target}x vs {against}")
+                reasons.append(_roof_reason(row, reference, target, against))
+        if "targets" in row:
+            row["meets_target"] = not misses
+        if misses:
+            row["missed"] = "; ".join(misses)
+            found = [case.note] + reasons
+            row["reason"] = "; ".join(dict.fromkeys(reason for reason in found if reason)) or \
+                "no reason recorded (the case has no note and declares no bytes_moved/flops)"
+
+
+def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
+    rows = []
+    selected = select_variants(case, only_backends, settings["smoke"])
+    for variant in selected:
+        where = {"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name}
+        try:
+            if variant.setup:
+                variant.setup()
+            timing = measure(variant.run, settings["repeats"], warmup=settings["warmup"],
+                             max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"],
+                             device=case.device, track_memory=True)
+        except Exception as error:   # one broken variant must not cost the rest of the run
+            errors.append({**where, "error": f"{type(error).__name__}: {error}",
+                           "traceback": traceback.format_exc()})
+            print(f"  FAILED {case.op} {case.size} {case.mode} {variant.name}: {error}", flush=True)
+            continue
+        row = {**where, **timing}
+        judge(row, case, limits)
+        if case.note:
+            row["note"] = case.note
+        rows.append(row)
+    compare(rows, case, dropped={variant.name for variant in case.variants} - {variant.name for variant in selected})
     return rows
 
 
-def format_table(rows: list) -> str:
-    header = f"{'op':<26} {'size':<28} {'mode':<17} {'variant':<22} {'ms':>10} {'x base':>8} {'x comp':>8}"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['op']:<26} {row['size']:<28} {row['mode']:<17} {row['variant']:<22} "
-            f"{1e3 * row['median_s']:>10.3f} {row.get('speedup_vs_baseline', float('nan')):>8.2f} "
-            f"{row.get('speedup_vs_compile', float('nan')):>8.2f}")
-    return "\n".join(lines)
+def result_basename(facts: dict, settings: dict) -> str:
+    name = f"{device_label(facts)}-{settings['date']}-{settings['kind']}"
+    filters = settings["filters"]
+    if filters["op"]:
+        name += "-" + "+".join(filters["op"])
+    if filters["backend"] or filters["sizes"]:
+        name += "-filtered"
+    return name
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--quick", action="store_true", help="small sizes, few repeats (a demo; < 2 min on 2 CPU cores)")
+    kind.add_argument("--smoke", action="store_true",
+                      help="tiny sizes, 1 repeat, no compiling variants, tiny limit runs: checks the machinery only")
+    parser.add_argument("--op", action="append", choices=OPS, help="only these op sections (repeatable)")
+    parser.add_argument("--backend", action="append",
+                        help="only these gmkernels backends (or pykeops); reference/plain variants always run")
+    parser.add_argument("--sizes", action="append",
+                        help="only cases whose size label contains this text, e.g. 'n=8192' (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (reported)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results folder")
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--list", action="store_true", help="list the cases and variants, run nothing")
+    return parser.parse_args(argv)
+
+
+def measure_limits(limits: Limits) -> Limits:
+    """Measures the limits of every device here before any case runs, and prints them."""
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        measured = limits.for_device(device)
+        print(f"# limits {device}: copy {measured['copy_gb_per_s']:.1f} GB/s, read {measured['read_gb_per_s']:.1f} GB/s, "
+              f"fp32 matmul {measured['fp32_matmul_gflop_per_s']:.1f} GFLOP/s (n={measured['matmul_size']})"
+              + "".join(f", {dtype} {measured[f'{dtype}_matmul_gflop_per_s']:.1f}" for dtype in ("tf32", "bf16")
+                        if f"{dtype}_matmul_gflop_per_s" in measured), flush=True)
+    return limits
+
+
+def save(result: dict, folder: str) -> None:
+    """JSON, Markdown and PNG under `folder`, named by device, date and kind."""
+    facts, settings = result["device"], result["settings"]
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, result_basename(facts, settings))
+    plot_problem = report.write_plot(base + ".png", result["rows"], f"gmkernels {settings['kind']}: {facts['cpu']}"
+                                     + (f" / {facts['gpu']['name']}" if facts["gpu"] else ""))
+    report.write_json(base + ".json", result)
+    report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
+    print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
+
+
+QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI smoke run)")
-    parser.add_argument("--op", action="append", choices=OPS, help="only these op families")
-    parser.add_argument("--backend", action="append", help="only these gmkernels backends")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (reported)")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results folder")
-    parser.add_argument("--no-save", action="store_true", help="print only")
-    args = parser.parse_args(argv)
+    run_started = time.perf_counter()
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 10)
+    kind = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = MODES[kind]
+    settings = {
+        "kind": kind, "quick": args.quick, "smoke": args.smoke, "date": datetime.date.today().isoformat(),
+        "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
+        "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
+        "filters": {"op": args.op or [], "backend": args.backend or [], "sizes": args.sizes or []},
+    }
+    unknown = set(args.backend or ()) - set(gmkernels.backends()) - {"pykeops"}
+    if unknown:
+        print(f"# note: backend(s) {sorted(unknown)} not usable here ({gmkernels.backends()})", flush=True)
+
+    ops, errors, sections = args.op or list(OPS), [], {}
+    for op in ops:
+        try:
+            cases = load_cases(op, args.quick, args.smoke)
+        except Exception as error:   # a section that cannot even list its cases is reported, not fatal
+            errors.append({"op": op, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+            print(f"# section {op} failed to load: {error}", flush=True)
+            continue
+        sections[op] = select_cases(cases, args.sizes)
+    if args.list:
+        for op, cases in sections.items():
+            for case in cases:
+                names = [variant.name for variant in select_variants(case, args.backend, args.smoke)]
+                print(f"{op:<24} {case.size:<28} {case.mode:<17} {', '.join(names)}")
+        return 1 if errors else 0
+
     facts = device_facts()
     print(f"# device: {facts['cpu']} | threads {facts['threads']} | torch {facts['torch']} | "
-          f"backends {facts['backends']}", flush=True)
-    rows = []
-    for op in args.op or OPS:
-        module = importlib.import_module(f"bench.ops.{op}")
-        for case in module.cases(args.quick, gmkernels.backends()):
-            case_rows = run_case(case, repeats, args.backend)
-            print(format_table(case_rows).split("\n", 2)[-1] if rows else format_table(case_rows), flush=True)
+          f"backends {facts['backends']}" + (f" | gpu {facts['gpu']['name']}" if facts["gpu"] else ""), flush=True)
+    limits = measure_limits(Limits(repeats=1 if args.smoke else max(3, settings["repeats"]),
+                                   scale=mode["limit_scale"]))
+
+    rows, seconds, header = [], {}, True
+    for op, cases in sections.items():
+        started = time.perf_counter()
+        for case in cases:
+            case_rows = run_case(case, settings, limits, args.backend, errors)
+            if case_rows:
+                print(report.format_table(case_rows, header=header), flush=True)
+                header = False
             rows += case_rows
-    missed = [r for r in rows if r.get("meets_target") is False]
+        seconds[op] = time.perf_counter() - started
+    print("\n# seconds per section: " + ", ".join(f"{op} {value:.1f}" for op, value in seconds.items()))
+    total_s = time.perf_counter() - run_started
+    if args.quick and total_s > QUICK_BUDGET_S:
+        print(f"# note: this quick run took {total_s:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget: "
+              "shrink the QUICK sizes of the slowest sections above")
+    missed = report.below_target(rows)
     if missed:
-        print("\nBelow target:")
+        print("\nBelow target" + (" (smoke run: single runs of tiny sizes, the verdicts mean nothing):"
+                                   if args.smoke else ":"))
         for row in missed:
-            print(f"  {row['op']} {row['size']} {row['mode']} {row['variant']}: "
-                  f"{row['speedup_vs_baseline']:.2f}x < {row['target_speedup']}x")
+            print("  " + report.miss_line(row))
+    if errors:
+        print(f"\n{len(errors)} failure(s): " + "; ".join(
+            " ".join(str(error[key]) for key in ("op", "size", "mode", "variant") if key in error) + f": {error['error']}"
+            for error in errors))
+
+    try:
+        facts["load_average_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    settings["timers"] = ", ".join(sorted({row["timer"] for row in rows})) or "none"
+    settings["seconds_per_section"] = seconds
+    settings["seconds_total"] = total_s
+    result = {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
+              "rows": rows, "below_target": missed, "errors": errors}
     if not args.no_save:
-        os.makedirs(args.out, exist_ok=True)
-        stamp = datetime.date.today().isoformat()
-        kind = "quick" if args.quick else "full"
-        base = os.path.join(args.out, f"{device_label(facts)}-{stamp}-{kind}")
-        with open(base + ".json", "w") as handle:
-            json.dump({"device": facts, "quick": args.quick, "rows": rows}, handle, indent=1)
-        with open(base + ".md", "w") as handle:
-            handle.write(f"# gmkernels benchmark ({kind}), {stamp}\n\nDevice: {facts['cpu']}, "
-                         f"{facts['threads']} threads, torch {facts['torch']}\n\n```\n{format_table(rows)}\n```\n")
-        print(f"\nresults: {base}.json, {base}.md")
-    return 0
+        save(result, args.out)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

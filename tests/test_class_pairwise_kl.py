@@ -1,4 +1,6 @@
-"""class_pairwise_kl: values against an independent loop over pairs, gradients, bad input."""
+"""class_pairwise_kl on every backend: the O(N C) identity against the literal pairwise float64
+reference (values and gradients; exact zeros, one class, every sample its own class, empty
+classes), float32 within float rounding, gradcheck, opcheck, determinism, bad input, compile."""
 import math
 
 import pytest
@@ -8,11 +10,16 @@ from hypothesis import strategies as st
 
 import gmkernels
 from gmkernels.ops import class_pairwise_kl as op
+from gmkernels.reference.class_pairwise_kl import (class_pairwise_kl as pairwise,
+                                                   class_pairwise_kl_by_class_means)
 
-from conftest import require_backend
+from conftest import assert_float_rounding, backend_device, require_backend
+
+EPS = 1e-12
 
 
 def loop_over_pairs(probs, labels, eps):
+    """The definition, one pair at a time: an independent check of the pairwise reference."""
     out = []
     for i in range(probs.shape[0]):
         same = [j for j in range(probs.shape[0]) if labels[j] == labels[i]]
@@ -22,39 +29,324 @@ def loop_over_pairs(probs, labels, eps):
     return torch.tensor(out, dtype=torch.float64)
 
 
-@given(n=st.integers(0, 12), classes=st.integers(1, 5), zeros=st.booleans(), seed=st.integers(0, 999))
-def test_values_match_a_loop_over_pairs(n, classes, zeros, seed):
+def make_probs(num_samples, num_categories, seed, zeros=False, dtype=torch.float64, sharpness=3.0):
     gen = torch.Generator().manual_seed(seed)
-    probs = torch.softmax(3 * torch.randn(n, classes, generator=gen, dtype=torch.float64), 1)
-    if zeros and n:
+    probs = torch.softmax(sharpness * torch.randn(num_samples, num_categories, generator=gen,
+                                                  dtype=torch.float64), 1)
+    if zeros and num_samples and num_categories > 1:
+        # Exact zeros, in a whole column and scattered: log max(0, eps) = log eps.
         probs[:, 0] = 0
+        probs[torch.rand(num_samples, num_categories, generator=gen) < 0.2] = 0
+        probs[:, -1] += 1e-3
         probs = probs / probs.sum(1, keepdim=True)
-    got = gmkernels.class_pairwise_kl(probs)
-    assert got.shape == (n,)
-    assert torch.allclose(got, loop_over_pairs(probs, probs.argmax(1), 1e-12), rtol=1e-10, atol=1e-10)
-    labels = torch.randint(classes, (n,), generator=gen)
-    assert torch.allclose(gmkernels.class_pairwise_kl(probs, labels), loop_over_pairs(probs, labels, 1e-12),
-                          rtol=1e-10, atol=1e-10)
+    return probs.to(dtype)
+
+
+LABEL_KINDS = ("argmax", "random", "one_class", "own_class", "empty_classes")
+
+
+def make_labels(kind, probs, seed):
+    """(labels or None, num_classes or None) for one labelling scheme."""
+    num_samples, num_categories = probs.shape
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "argmax":
+        return None, None
+    if kind == "random":
+        return torch.randint(num_categories, (num_samples,), generator=gen), None
+    if kind == "one_class":
+        return torch.zeros(num_samples, dtype=torch.int64), 1
+    if kind == "own_class":
+        return torch.arange(num_samples), max(1, num_samples)
+    # Labels drawn from a few of many classes: most classes are empty.
+    return 3 * torch.randint(2, (num_samples,), generator=gen) + 1, num_categories + 7
+
+
+def usable_backends():
+    return [name for name in gmkernels.backends() if name in op.IMPLEMENTED]
+
+
+def values_and_grad(probs, labels, num_classes, grad_kl, eps=EPS):
+    probs = probs.detach().requires_grad_()
+    kl = gmkernels.class_pairwise_kl(probs, labels, eps, num_classes=num_classes)
+    (grad,) = torch.autograd.grad(kl, probs, grad_kl) if probs.shape[0] else (torch.zeros_like(probs),)
+    return kl.detach(), grad
+
+
+def pairwise_truth(probs, labels, grad_kl, eps=EPS):
+    probs = probs.detach().double().requires_grad_()
+    labels = probs.argmax(1) if labels is None else labels
+    kl = pairwise(probs, labels, eps)
+    (grad,) = torch.autograd.grad(kl, probs, grad_kl.double()) if probs.shape[0] else (torch.zeros_like(probs),)
+    return kl.detach(), grad
+
+
+def assert_close64(got, want, scale=1.0):
+    tolerance = 1e-10 * (1 + want.abs().max().item() if want.numel() else 1) * scale
+    assert (got.double() - want).abs().max().item() <= tolerance if want.numel() else got.numel() == 0
+
+
+def test_pairwise_reference_equals_the_definition_pair_by_pair():
+    probs = make_probs(9, 4, 0, zeros=True)
+    labels = torch.tensor([0, 1, 1, 0, 2, 2, 2, 3, 0])
+    assert torch.allclose(pairwise(probs, labels, EPS), loop_over_pairs(probs, labels, EPS),
+                          rtol=1e-12, atol=1e-12)
+
+
+@given(n=st.integers(0, 24), categories=st.integers(1, 6), zeros=st.booleans(),
+       kind=st.sampled_from(LABEL_KINDS), seed=st.integers(0, 2**31 - 1))
+def test_class_means_identity_equals_pairwise_in_value_and_gradient(n, categories, zeros, kind, seed):
+    probs = make_probs(n, categories, seed, zeros)
+    labels, num_classes = make_labels(kind, probs, seed)
+    labels_used = probs.argmax(1) if labels is None else labels
+    grad_kl = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    leaf = probs.clone().requires_grad_()
+    kl = class_pairwise_kl_by_class_means(leaf, labels_used, EPS, num_classes)
+    grad = torch.autograd.grad(kl, leaf, grad_kl)[0] if n else torch.zeros_like(probs)
+    truth, truth_grad = pairwise_truth(probs, labels, grad_kl)
+    assert_close64(kl.detach(), truth)
+    # Gradients scale like 1/p near eps; compare relative to their size.
+    assert_close64(grad, truth_grad)
+
+
+@given(n=st.integers(0, 24), categories=st.integers(1, 6), zeros=st.booleans(),
+       kind=st.sampled_from(LABEL_KINDS), seed=st.integers(0, 2**31 - 1))
+def test_every_backend_equals_pairwise_float64_in_value_and_gradient(n, categories, zeros, kind, seed):
+    probs = make_probs(n, categories, seed, zeros)
+    labels, num_classes = make_labels(kind, probs, seed)
+    grad_kl = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    truth, truth_grad = pairwise_truth(probs, labels, grad_kl)
+    for name in usable_backends():
+        device = backend_device(name)
+        with gmkernels.use_backend(name):
+            kl, grad = values_and_grad(probs.to(device), None if labels is None else labels.to(device),
+                                       num_classes, grad_kl.to(device))
+        assert kl.shape == (n,) and kl.dtype == torch.float64, name
+        assert_close64(kl.cpu(), truth)
+        assert_close64(grad.cpu(), truth_grad)
+
+
+@pytest.mark.parametrize("kind", LABEL_KINDS)
+@pytest.mark.parametrize("zeros", [False, True])
+def test_float32_within_float_rounding_of_the_float64_truth(backend, kind, zeros):
+    """Error vs the float64 pairwise truth at most 2x that of the plain float32 pairwise formula."""
+    require_backend(op)
+    probs = make_probs(160, 7, 11, zeros)
+    labels, num_classes = make_labels(kind, probs, 11)
+    grad_kl = torch.randn(160, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    truth, truth_grad = pairwise_truth(probs, labels, grad_kl)
+    probs32 = probs.float()
+    with gmkernels.use_backend("reference"):
+        plain, plain_grad = values_and_grad(probs32, labels, num_classes, grad_kl.float())
+    kl, grad = values_and_grad(probs32.to(backend), None if labels is None else labels.to(backend),
+                               num_classes, grad_kl.float().to(backend))
+    assert kl.dtype == torch.float32
+    assert_float_rounding(kl.cpu(), truth, plain)
+    assert_float_rounding(grad.cpu(), truth_grad, plain_grad)
+
+
+def test_many_rows_per_class_and_several_threads_match_the_float64_identity():
+    """Sizes that use several accumulation slots and the float-to-double flushes (cpp)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = make_probs(6000, 40, 5, zeros=True)
+    labels = torch.randint(5, (6000,), generator=torch.Generator().manual_seed(0))
+    grad_kl = torch.rand(6000, dtype=torch.float64)
+    leaf = probs.clone().requires_grad_()
+    truth = class_pairwise_kl_by_class_means(leaf, labels, EPS, 5)
+    truth_grad = torch.autograd.grad(truth, leaf, grad_kl)[0]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with gmkernels.use_backend("cpp"):
+            for dtype, tolerance in ((torch.float64, 1e-11), (torch.float32, 3e-5)):
+                kl, grad = values_and_grad(probs.to(dtype), labels, 5, grad_kl.to(dtype))
+                assert (kl.double() - truth.detach()).abs().max() <= tolerance * truth.abs().max()
+                relative = (grad.double() - truth_grad).abs() / (truth_grad.abs() + 1)
+                assert relative.max() <= tolerance
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_cpp_is_identical_across_runs_and_within_rounding_for_any_thread_count():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = make_probs(5000, 30, 2)
+    labels = probs.argmax(1)
+    grad_kl = torch.randn(5000, dtype=torch.float64)
+    truth = values_and_grad(probs, labels, None, grad_kl)
+    with gmkernels.use_backend("reference"):
+        plain = values_and_grad(probs.float(), labels, None, grad_kl.float())
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2, 2, 1):
+            torch.set_num_threads(count)
+            with gmkernels.use_backend("cpp"):
+                results.setdefault(count, []).append(
+                    values_and_grad(probs.float(), labels, None, grad_kl.float()))
+    finally:
+        torch.set_num_threads(threads)
+    for runs in results.values():
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+        for got, want, plain32 in zip(runs[0], truth, plain):
+            assert_float_rounding(got, want, plain32)
 
 
 def test_gradcheck_float64(backend):
     require_backend(op)
-    gen = torch.Generator().manual_seed(1)
-    probs = torch.softmax(torch.randn(8, 4, generator=gen, dtype=torch.float64), 1).to(backend).requires_grad_()
-    labels = torch.tensor([0, 1, 1, 0, 2, 2, 2, 3], device=backend)
-    assert torch.autograd.gradcheck(lambda p: gmkernels.class_pairwise_kl(p, labels), (probs,))
+    # Mild probabilities: finite differences of log p are accurate only where p >> 1e-6.
+    probs = make_probs(8, 4, 1, sharpness=1.0).to(backend).requires_grad_()
+    labels = torch.tensor([0, 1, 1, 0, 2, 2, 2, 5], device=backend)   # classes 3 and 4 empty
+    assert torch.autograd.gradcheck(
+        lambda p: gmkernels.class_pairwise_kl(p, labels, num_classes=6), (probs,))
+
+
+def test_gradcheck_float64_through_normalize(backend):
+    require_backend(op)
+    gen = torch.Generator().manual_seed(4)
+    weights = (torch.rand(6, 3, generator=gen, dtype=torch.float64) + 0.1).to(backend).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w: gmkernels.class_pairwise_kl(w, normalize=True), (weights,))
+
+
+def compiled_namespaces():
+    names = []
+    if "cpp" in op.IMPLEMENTED and "cpp" in gmkernels.backends():
+        names.append("gmkernels")
+    if "triton" in op.IMPLEMENTED:
+        names.append("gmkernels_triton")
+    return names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_forward_and_backward_ops(dtype):
+    namespaces = compiled_namespaces()
+    if not namespaces:
+        pytest.skip("no compiled or Triton ops here")
+    probs = make_probs(13, 5, 7, zeros=True, dtype=dtype).requires_grad_()
+    labels = torch.tensor([0, 1, 1, 4, 0, 1, 1, 4, 4, 0, 1, 1, 0])   # classes 2 and 3 empty
+    for namespace in namespaces:
+        ops = getattr(torch.ops, namespace)
+        torch.library.opcheck(ops.class_pairwise_kl.default, (probs, labels, EPS, 6))
+        _, class_mean_log = ops.class_pairwise_kl(probs.detach(), labels, EPS, 6)
+        torch.library.opcheck(ops.class_pairwise_kl_backward.default,
+                              (torch.randn(13, dtype=dtype), probs.detach(), labels, class_mean_log, EPS))
+
+
+def test_class_mean_log_output_is_the_class_mean_and_zero_for_empty_classes():
+    namespaces = compiled_namespaces()
+    if not namespaces:
+        pytest.skip("no compiled or Triton ops here")
+    probs = make_probs(10, 3, 9, zeros=True)
+    labels = torch.tensor([0, 0, 2, 2, 2, 0, 4, 4, 0, 2])
+    log_probs = torch.log(probs.clamp(min=EPS))
+    for namespace in namespaces:
+        _, class_mean_log = getattr(torch.ops, namespace).class_pairwise_kl(probs, labels, EPS, 5)
+        for k in range(5):
+            expected = log_probs[labels == k].mean(0) if (labels == k).any() else torch.zeros(3, dtype=torch.float64)
+            assert torch.allclose(class_mean_log[k], expected, rtol=1e-12, atol=1e-12), (namespace, k)
+
+
+def test_non_contiguous_inputs_give_the_contiguous_result(backend):
+    require_backend(op)
+    probs = make_probs(12, 5, 3).to(backend)
+    wide = torch.zeros(12, 10, dtype=torch.float64, device=backend)
+    wide[:, ::2] = probs
+    strided = wide[:, ::2]
+    labels = torch.randint(5, (12, 2), device=backend)[:, 1]
+    assert not (strided.is_contiguous() or labels.is_contiguous())
+    expected = gmkernels.class_pairwise_kl(probs, labels.contiguous())
+    assert torch.equal(gmkernels.class_pairwise_kl(strided, labels), expected)
+
+
+def test_zero_samples_give_an_empty_result_and_gradient(backend):
+    require_backend(op)
+    probs = torch.empty(0, 4, device=backend, requires_grad=True)
+    kl = gmkernels.class_pairwise_kl(probs)
+    assert kl.shape == (0,)
+    kl.sum().backward()
+    assert probs.grad is not None and probs.grad.shape == (0, 4)
+
+
+def test_default_labels_are_argmax_with_ties_to_the_lowest_index(backend):
+    require_backend(op)
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25], [0.4, 0.2, 0.4], [0.1, 0.1, 0.8]],
+                         dtype=torch.float64, device=backend)
+    labels = torch.tensor([0, 1, 0, 2], device=backend)
+    assert torch.equal(gmkernels.class_pairwise_kl(probs), gmkernels.class_pairwise_kl(probs, labels))
+
+
+def test_identical_rows_in_a_class_give_zero_and_a_sample_alone_gives_zero(backend):
+    require_backend(op)
+    row = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    probs = torch.stack([row, row, row, torch.tensor([0.1, 0.1, 0.8], dtype=torch.float64)]).to(backend)
+    kl = gmkernels.class_pairwise_kl(probs)
+    assert kl.abs().max() <= 1e-15
+
+
+def test_two_samples_give_half_their_kl_divergence(backend):
+    require_backend(op)
+    p, q = torch.tensor([0.6, 0.4], dtype=torch.float64), torch.tensor([0.9, 0.1], dtype=torch.float64)
+    kl = gmkernels.class_pairwise_kl(torch.stack([p, q]).to(backend)).cpu()
+    assert torch.allclose(kl, torch.stack([(p * (p / q).log()).sum(), (q * (q / p).log()).sum()]) / 2,
+                          rtol=1e-13, atol=0)
+
+
+def test_normalize_renormalizes_rows(backend):
+    require_backend(op)
+    weights = torch.rand(20, 4, dtype=torch.float64, device=backend) + 0.01
+    probs = weights / weights.sum(1, keepdim=True)
+    assert torch.allclose(gmkernels.class_pairwise_kl(3 * weights, normalize=True),
+                          gmkernels.class_pairwise_kl(probs), rtol=1e-12, atol=1e-14)
+
+
+def test_works_under_torch_compile_fullgraph(backend):
+    require_backend(op)
+    if backend.type == "cpu" and gmkernels.get_backend() == "triton":
+        pytest.skip("Triton interpreter ops are exercised in eager mode")
+    probs = make_probs(30, 5, 8, dtype=torch.float32).to(backend).requires_grad_()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def mean_kl(p):
+        return gmkernels.class_pairwise_kl(p).mean()
+
+    loss = mean_kl(probs)
+    loss.backward()
+    expected = gmkernels.class_pairwise_kl(probs.detach()).mean()
+    assert torch.allclose(loss.detach(), expected) and probs.grad is not None
+
+
+def test_works_under_inductor_fullgraph():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = make_probs(30, 5, 8, dtype=torch.float32)
+    labels = torch.randint(3, (30,))
+    with gmkernels.use_backend("cpp"):
+        compiled = torch.compile(lambda p: gmkernels.class_pairwise_kl(p, labels, num_classes=3).exp(),
+                                 fullgraph=True)
+        assert torch.allclose(compiled(probs), gmkernels.class_pairwise_kl(probs, labels, num_classes=3).exp())
 
 
 BAD_INPUTS = [
     (dict(probs=torch.full((3,), 1 / 3)), ValueError, r"probs must be \(N, C\)"),
     (dict(probs=torch.zeros(3, 0)), ValueError, "at least one class"),
+    (dict(probs=torch.tensor([[1, 0], [0, 1]])), TypeError, "probs must have dtype"),
     (dict(probs=torch.tensor([[0.5, 0.6], [0.5, 0.5]])), ValueError, "sum to 1"),
     (dict(probs=torch.tensor([[1.5, -0.5], [0.5, 0.5]])), ValueError, "probs must be >= 0"),
     (dict(probs=torch.tensor([[math.nan, 1.0], [0.5, 0.5]])), ValueError, "probs must be finite"),
+    (dict(probs=torch.tensor([[math.inf, 1.0], [0.5, 0.5]])), ValueError, "probs must be finite"),
+    (dict(probs=torch.tensor([[0.0, 0.0], [0.5, 0.5]]), normalize=True), ValueError, "positive sum"),
     (dict(labels=torch.tensor([0, 2])), ValueError, r"labels must lie in \[0, 2\)"),
+    (dict(labels=torch.tensor([0, 2]), num_classes=2), ValueError, r"labels must lie in \[0, 2\)"),
+    (dict(labels=torch.tensor([-1, 0]), num_classes=5), ValueError, r"labels must lie in \[0, 5\)"),
     (dict(labels=torch.tensor([0])), ValueError, r"labels must have shape \(N,\)"),
     (dict(labels=torch.tensor([0.0, 1.0])), TypeError, "labels must have dtype int64"),
+    (dict(labels=torch.tensor([0, 1], dtype=torch.int32)), TypeError, "labels must have dtype int64"),
     (dict(eps=0.0), ValueError, "eps must be a float > 0"),
+    (dict(eps="1e-12"), ValueError, "eps must be a float > 0"),
+    (dict(eps=1e-45), ValueError, "eps must be >= "),
+    (dict(num_classes=0, labels=torch.tensor([0, 0])), ValueError, "num_classes must be >= 1"),
+    (dict(num_classes=2.0), TypeError, "num_classes must be a Python int"),
+    (dict(num_classes=1), ValueError, "num_classes must be >= C = 2 when labels default"),
 ]
 
 
@@ -64,3 +356,11 @@ def test_bad_input_raises_a_clear_error(override, error, message):
     args.update(override)
     with pytest.raises(error, match=message):
         gmkernels.class_pairwise_kl(**args)
+
+
+def test_binding_guards_direct_calls_with_out_of_range_labels():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 2\)"):
+        torch.ops.gmkernels.class_pairwise_kl(probs, torch.tensor([0, 2]), EPS, 2)

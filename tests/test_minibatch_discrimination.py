@@ -1,4 +1,6 @@
-"""minibatch_discrimination: values against an independent loop, gradients, bad input."""
+"""minibatch_discrimination on every backend: values and gradients against the float64 reference
+(and an independent loop), gradcheck, opcheck, ties, non-contiguous and empty inputs, thread-count
+determinism, bad input, torch.compile."""
 import pytest
 import torch
 from hypothesis import given
@@ -6,8 +8,23 @@ from hypothesis import strategies as st
 
 import gmkernels
 from gmkernels.ops import minibatch_discrimination as op
+from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
 
-from conftest import require_backend
+from conftest import assert_float_rounding, backend_device, require_backend
+
+# float32 exp is within 1-2 ulp in every library (Cephes on the CPU, libdevice / ex2 on GPUs), so
+# where the plain float32 computation happens to be exact, a few ulp of the largest value remain.
+FLOAT32_FLOOR = 4 * torch.finfo(torch.float32).eps
+
+
+def assert_float32_rounding(actual, truth, plain32):
+    assert actual.shape == truth.shape
+    if truth.numel():
+        assert_float_rounding(actual.cpu(), truth, plain32, floor=FLOAT32_FLOOR)
+
+
+def kernel_backends():
+    return [name for name in gmkernels.backends() if name in op.IMPLEMENTED and name != "reference"]
 
 
 def loop_over_pairs(M):
@@ -20,28 +37,229 @@ def loop_over_pairs(M):
     return out
 
 
+def value_and_grad(M, grad_out):
+    M = M.detach().requires_grad_()
+    out = gmkernels.minibatch_discrimination(M)
+    (grad,) = torch.autograd.grad(out, M, grad_out)
+    return out.detach(), grad
+
+
+def truth_and_plain32(M, grad_out):
+    """The float64 reference (truth) and the plain float32 reference on the same inputs."""
+    with gmkernels.use_backend("reference"):
+        truth = value_and_grad(M.double(), grad_out.double())
+        plain32 = value_and_grad(M.float(), grad_out.float())
+    return truth, plain32
+
+
 @given(n=st.integers(0, 7), kernels=st.integers(1, 4), kernel_dim=st.integers(1, 5), seed=st.integers(0, 999))
-def test_values_match_a_loop_over_pairs(n, kernels, kernel_dim, seed):
+def test_reference_matches_a_loop_over_pairs(n, kernels, kernel_dim, seed):
     M = torch.randn(n, kernels, kernel_dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    got = gmkernels.minibatch_discrimination(M)
+    got = reference(M)
     assert got.shape == (n, kernels)
     assert torch.allclose(got, loop_over_pairs(M), rtol=1e-12, atol=1e-12)
 
 
-def test_single_sample_has_no_neighbours():
-    assert torch.equal(gmkernels.minibatch_discrimination(torch.randn(1, 3, 2)), torch.zeros(1, 3))
+# N crosses the CPU kernel's lane groups (16 floats, 8 doubles) and row blocks (4); B crosses the
+# switch between the row-split (B < 8) and symmetric schemes; C crosses the compile-time
+# dimensions (<= 8) into the run-time path and its gradient passes.
+@given(n=st.integers(0, 40), kernels=st.integers(1, 10), kernel_dim=st.integers(0, 12),
+       scale=st.sampled_from([0.05, 0.5, 3.0]), seed=st.integers(0, 2**31))
+def test_values_and_gradients_match_float64_reference_on_every_backend(n, kernels, kernel_dim, scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    M = scale * torch.randn(n, kernels, kernel_dim, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(n, kernels, generator=gen, dtype=torch.float64)
+    (truth, truth_grad), (plain, plain_grad) = truth_and_plain32(M, grad_out)
+    for name in kernel_backends():
+        device = backend_device(name)
+        with gmkernels.use_backend(name):
+            out64, grad64 = value_and_grad(M.to(device), grad_out.to(device))
+            out32, grad32 = value_and_grad(M.float().to(device), grad_out.float().to(device))
+        assert out64.dtype == torch.float64 and out32.dtype == torch.float32
+        assert out32.shape == (n, kernels) and grad32.shape == M.shape
+        assert torch.allclose(out64.cpu(), truth, rtol=1e-12, atol=1e-12), name
+        assert torch.allclose(grad64.cpu(), truth_grad, rtol=1e-12, atol=1e-12), name
+        assert_float32_rounding(out32, truth, plain)
+        assert_float32_rounding(grad32, truth_grad, plain_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_on_gpu_accumulate_in_float32(backend, dtype):
+    require_backend(op)
+    if backend.type != "cuda":
+        pytest.skip("float16 / bfloat16 run on GPU backends only")
+    gen = torch.Generator().manual_seed(4)
+    M = (0.3 * torch.randn(300, 20, 5, generator=gen)).to(dtype)
+    grad_out = torch.randn(300, 20, generator=gen).to(dtype)
+    out, grad = value_and_grad(M.to(backend), grad_out.to(backend))
+    assert out.dtype == dtype and grad.dtype == dtype
+    with gmkernels.use_backend("reference"):
+        truth, truth_grad = value_and_grad(M.double(), grad_out.double())
+    # Inputs are exactly representable in float64, so only float32 accumulation and the final
+    # rounding to `dtype` remain: a half-precision ulp of each value, plus float32 sums of N terms.
+    eps = torch.finfo(dtype).eps
+    assert ((out.cpu().double() - truth).abs() <= eps * truth.abs() + 1e-4 * truth.abs().max()).all()
+    assert ((grad.cpu().double() - truth_grad).abs() <= eps * truth_grad.abs()
+            + 1e-4 * truth_grad.abs().max()).all()
+
+
+def test_large_distances_underflow_to_zero_without_nan(backend):
+    require_backend(op)
+    M = torch.tensor([[[0.0, 0.0]], [[60.0, 50.0]], [[0.0, 400.0]], [[0.0, 0.5]]],
+                     dtype=torch.float32, device=backend)
+    out, grad = value_and_grad(M, torch.ones(4, 1, device=backend))
+    with gmkernels.use_backend("reference"):
+        truth, truth_grad = value_and_grad(M.double().cpu(), torch.ones(4, 1, dtype=torch.float64))
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert torch.allclose(out.cpu().double(), truth, rtol=1e-6, atol=1e-30)
+    assert torch.allclose(grad.cpu().double(), truth_grad, rtol=1e-6, atol=1e-30)
+
+
+def interpreted():
+    """The Triton interpreter costs ~0.1 s a call: gradcheck then uses its fast mode (a random
+    projection of the Jacobian instead of one column per input)."""
+    return gmkernels.get_backend() == "triton" and backend_device("triton").type == "cpu"
 
 
 def test_gradcheck_float64(backend):
     require_backend(op)
-    M = torch.randn(6, 3, 4, dtype=torch.float64, device=backend, requires_grad=True)
-    assert torch.autograd.gradcheck(gmkernels.minibatch_discrimination, (M,))
+    M = torch.randn(9, 3, 4, dtype=torch.float64, device=backend, requires_grad=True)
+    assert torch.autograd.gradcheck(gmkernels.minibatch_discrimination, (M,), fast_mode=interpreted())
+
+
+def test_gradcheck_float64_runtime_dimension_and_row_split(backend):
+    require_backend(op)
+    # C = 11 > 8 takes the run-time dimension path; B = 2 < 8 the row-split scheme on the CPU.
+    M = torch.randn(6, 2, 11, dtype=torch.float64, device=backend, requires_grad=True)
+    assert torch.autograd.gradcheck(gmkernels.minibatch_discrimination, (M,), fast_mode=interpreted())
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5), (20, 9, 2), (1, 2, 3), (0, 2, 3)])
+def test_opcheck_cpp(shape):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    M = torch.randn(*shape, requires_grad=True)
+    torch.library.opcheck(torch.ops.gmkernels.minibatch_discrimination.default, (M,))
+    torch.library.opcheck(torch.ops.gmkernels.minibatch_discrimination_backward.default,
+                          (torch.randn(shape[:2]), M.detach()))
+
+
+@pytest.mark.parametrize("shape", [(7, 3, 5), (1, 2, 3)])
+def test_opcheck_triton(shape):
+    if "triton" not in gmkernels.backends():
+        pytest.skip("triton not usable here")
+    device = backend_device("triton")
+    M = torch.randn(*shape, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.gmkernels_triton.minibatch_discrimination.default, (M,))
+    torch.library.opcheck(torch.ops.gmkernels_triton.minibatch_discrimination_backward.default,
+                          (torch.randn(shape[:2], device=device), M.detach()))
+
+
+def test_ties_get_the_zero_subgradient_like_the_reference(backend):
+    require_backend(op)
+    gen = torch.Generator().manual_seed(3)
+    M = torch.randn(10, 9, 3, generator=gen, dtype=torch.float64)
+    M[3] = M[7]                 # two identical rows: every coordinate tied
+    M[1] = M[5]
+    M[0, :, 1] = M[2, :, 1]     # single tied coordinates
+    M[4:, 2, 0] = 0.25          # one coordinate tied across six rows
+    grad_out = torch.randn(10, 9, generator=gen, dtype=torch.float64)
+    with gmkernels.use_backend("reference"):
+        truth, truth_grad = value_and_grad(M, grad_out)
+    out, grad = value_and_grad(M.to(backend), grad_out.to(backend))
+    assert torch.allclose(out.cpu(), truth, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad.cpu(), truth_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_all_rows_identical_give_n_minus_1_and_zero_gradient(backend):
+    require_backend(op)
+    M = torch.full((6, 2, 3), 0.7, device=backend)
+    out, grad = value_and_grad(M, torch.randn(6, 2, device=backend))
+    assert torch.equal(out.cpu(), torch.full((6, 2), 5.0))
+    assert torch.equal(grad.cpu(), torch.zeros(6, 2, 3))
+
+
+def test_non_contiguous_input_gives_the_contiguous_result(backend):
+    require_backend(op)
+    base = torch.randn(5, 9, 13, device=backend)
+    M = base.permute(2, 0, 1)[:, :, ::2]     # (13, 5, 5) view with odd strides
+    assert not M.is_contiguous()
+    grad_out = torch.randn(5, 13, device=backend).T
+    assert not grad_out.is_contiguous()
+    out, grad = value_and_grad(M, grad_out)
+    expected_out, expected_grad = value_and_grad(M.contiguous(), grad_out.contiguous())
+    assert torch.equal(out, expected_out) and torch.equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 5), (1, 4, 5), (3, 0, 5), (1, 1, 1)])
+def test_empty_and_single_sample_batches(backend, shape):
+    require_backend(op)
+    M = torch.randn(*shape, device=backend)
+    out, grad = value_and_grad(M, torch.randn(shape[:2], device=backend))
+    assert out.shape == shape[:2] and grad.shape == shape
+    assert not out.any() and not grad.any()
+
+
+def test_zero_kernel_dim_counts_every_other_sample(backend):
+    require_backend(op)
+    out = gmkernels.minibatch_discrimination(torch.empty(5, 3, 0, device=backend))
+    assert torch.equal(out.cpu(), torch.full((5, 3), 4.0))
+
+
+@pytest.mark.parametrize("kernels", [3, 12])   # row-split and symmetric schemes
+def test_cpp_is_identical_across_runs_and_thread_counts(kernels):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(8)
+    # N^2 B C >= 2^21: large enough for the kernel to use more than one thread.
+    M = torch.randn(400, kernels, 5, generator=gen)
+    grad_out = torch.randn(400, kernels, generator=gen)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 1):
+            torch.set_num_threads(count)
+            with gmkernels.use_backend("cpp"):
+                results.append(value_and_grad(M, grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_second_derivative_raises_instead_of_dropping_terms(backend):
+    require_backend(op)
+    M = torch.randn(5, 3, 2, dtype=torch.float64, device=backend, requires_grad=True)
+    (grad,) = torch.autograd.grad(gmkernels.minibatch_discrimination(M).sum(), M, create_graph=True)
+    penalty = (grad**2).sum() + (M**2).sum()     # another path to M, as in a gradient penalty
+    if gmkernels.get_backend() == "reference":
+        assert torch.autograd.grad(penalty, M)[0].shape == M.shape
+    else:
+        with pytest.raises(NotImplementedError, match="differentiable once"):
+            torch.autograd.grad(penalty, M)
+
+
+def test_works_under_torch_compile_fullgraph(backend):
+    require_backend(op)
+    if backend.type == "cpu" and gmkernels.get_backend() == "triton":
+        pytest.skip("Triton interpreter ops are exercised in eager mode")
+    M = torch.randn(12, 4, 5, device=backend, requires_grad=True)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(m):
+        return (gmkernels.minibatch_discrimination(m) ** 2).sum()
+
+    value = loss(M)
+    value.backward()
+    out, grad = value_and_grad(M, 2 * gmkernels.minibatch_discrimination(M).detach())
+    assert torch.allclose(value, (out**2).sum()) and torch.allclose(M.grad, grad)
 
 
 @pytest.mark.parametrize("M, error, message", [
     (torch.zeros(3, 4), ValueError, r"M must be \(N, B, C\)"),
     (torch.zeros(3, 4, 2, dtype=torch.int32), TypeError, "M must have dtype"),
     (torch.zeros(3, 4, 2, dtype=torch.float16), TypeError, "M must have dtype"),
+    ([[[0.0]]], TypeError, "M must be a torch.Tensor"),
 ])
 def test_bad_input_raises_a_clear_error(M, error, message):
     with pytest.raises(error, match=message):

@@ -1,6 +1,9 @@
 """mixture_sample on every backend: the Philox stream, values and gradients against the float64
 reference, gradcheck, opcheck, statistics, RNG rules, bad input, torch.compile."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,9 @@ from gmkernels.ops.mixture_sample import mixture_sample_with_seed
 from gmkernels.reference.mixture_sample import mixture_sample_given_eps
 from gmkernels.reference.philox import normal_rows, philox4x32_10
 
-from conftest import require_backend
+from conftest import assert_float_rounding, backend_device, require_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_inputs(num_components, dim, full, dtype=torch.float64, device="cpu", seed=0):
@@ -89,24 +94,40 @@ def test_gradcheck_float64(backend, full):
     mu, scale = make_inputs(3, 4, full, torch.float64, backend)
     component = torch.tensor([0, 2, 2, 1, 0, 2], device=backend)
     seed = torch.tensor(99)
+    # The Triton interpreter costs ~20 ms per program: the fast mode's random projections keep
+    # the check (analytical vs numerical Jacobian) at a few dozen calls.
+    interpreted = gmkernels.get_backend() == "triton" and backend.type == "cpu"
     assert torch.autograd.gradcheck(
-        lambda m, s: mixture_sample_with_seed(m, s, component, seed), (mu, scale))
+        lambda m, s: mixture_sample_with_seed(m, s, component, seed), (mu, scale),
+        fast_mode=interpreted)
+
+
+OP_NAMESPACES = {"cpp": "gmkernels", "triton": "gmkernels_triton"}
 
 
 @pytest.mark.parametrize("full", [False, True])
-def test_opcheck(full):
-    if "cpp" not in gmkernels.backends():
-        pytest.skip("compiled ops not built")
-    mu, scale = make_inputs(3, 5, full, torch.float32)
-    component = torch.randint(3, (17,))
-    torch.library.opcheck(torch.ops.gmkernels.mixture_sample.default,
-                          (mu, scale, component, torch.tensor(5)))
+@pytest.mark.parametrize("name", ["cpp", "triton"])
+def test_opcheck_forward_and_backward_ops(name, full):
+    if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
+        pytest.skip(f"{name} ops not available here")
+    namespace = getattr(torch.ops, OP_NAMESPACES[name])
+    device = backend_device(name)
+    mu, scale = make_inputs(3, 5, full, torch.float32, device)
+    component = torch.randint(3, (17,), device=device)
+    seed = torch.tensor(5)
+    torch.library.opcheck(namespace.mixture_sample.default, (mu, scale, component, seed))
+    torch.library.opcheck(namespace.mixture_sample_backward.default,
+                          (torch.randn(17, 5, device=device), scale.detach(), component, seed))
 
 
-def test_non_contiguous_inputs_give_the_contiguous_result(backend):
+@pytest.mark.parametrize("full", [False, True])
+def test_non_contiguous_inputs_give_the_contiguous_result(backend, full):
     require_backend(op)
     mu = torch.randn(3, 6, device=backend, dtype=torch.float64).T
-    scale = torch.rand(3, 6, device=backend, dtype=torch.float64).T
+    if full:
+        scale = torch.randn(6, 3, 3, device=backend, dtype=torch.float64).transpose(1, 2)
+    else:
+        scale = torch.rand(3, 6, device=backend, dtype=torch.float64).T
     component = torch.randint(6, (20, 2), device=backend)[:, 0]
     assert not (mu.is_contiguous() or scale.is_contiguous() or component.is_contiguous())
     seed = torch.tensor(3)
@@ -114,9 +135,10 @@ def test_non_contiguous_inputs_give_the_contiguous_result(backend):
     assert torch.equal(mixture_sample_with_seed(mu, scale, component, seed), expected)
 
 
-def test_zero_samples_give_empty_z_and_zero_gradients(backend):
+@pytest.mark.parametrize("full", [False, True])
+def test_zero_samples_give_empty_z_and_zero_gradients(backend, full):
     require_backend(op)
-    mu, scale = make_inputs(3, 4, False, torch.float32, backend)
+    mu, scale = make_inputs(3, 4, full, torch.float32, backend)
     z, component = gmkernels.mixture_sample(mu, scale, 0)
     assert z.shape == (0, 4) and component.shape == (0,) and component.dtype == torch.int64
     grads = torch.autograd.grad(z.sum(), (mu, scale), allow_unused=True)
@@ -207,32 +229,42 @@ def test_caller_given_components_are_used():
     assert torch.equal(z.round(), mu[component])
 
 
-def test_cpp_backward_is_identical_across_runs_and_thread_counts():
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("num_components", [1, 5])
+def test_cpp_is_identical_across_runs_thread_counts_and_deterministic_mode(num_components, full):
+    """The CPU kernels are deterministic by construction (one writer per gradient entry, sums
+    in sample order), so torch.use_deterministic_algorithms changes nothing there."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    mu, scale = make_inputs(5, 33, False, torch.float32)
-    component = torch.randint(5, (4000,))
+    # 4500 samples of one component: the diagonal backward cuts them into runs of 2048 and the
+    # full one into row blocks that follow the thread count.
+    mu, scale = make_inputs(num_components, 33, full, torch.float32)
+    component = torch.randint(num_components, (4500,))
     seed = torch.tensor(17)
-    grad_z = torch.randn(4000, 33)
+    grad_z = torch.randn(4500, 33)
     results = []
     threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        for count in (1, 2, 1):
+        for count, strict in ((1, False), (2, False), (3, True), (1, True)):
             torch.set_num_threads(count)
+            torch.use_deterministic_algorithms(strict)
             with gmkernels.use_backend("cpp"):
                 z = mixture_sample_with_seed(mu, scale, component, seed)
-                results.append(torch.autograd.grad(z, (mu, scale), grad_z))
+                results.append((z,) + torch.autograd.grad(z, (mu, scale), grad_z))
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
-def test_works_under_torch_compile_fullgraph(backend):
+@pytest.mark.parametrize("full", [False, True])
+def test_works_under_torch_compile_fullgraph(backend, full):
     require_backend(op)
     if backend.type == "cpu" and gmkernels.get_backend() == "triton":
         pytest.skip("Triton interpreter ops are exercised in eager mode")
-    mu, scale = make_inputs(3, 4, False, torch.float32, backend)
+    mu, scale = make_inputs(3, 4, full, torch.float32, backend)
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def sample_loss(m, s):
@@ -242,3 +274,166 @@ def test_works_under_torch_compile_fullgraph(backend):
     loss = sample_loss(mu, scale)
     loss.backward()
     assert torch.isfinite(loss) and mu.grad is not None and scale.grad is not None
+
+
+def kernel_backends():
+    """(name, device) of every usable backend that implements the op."""
+    return [(name, backend_device(name)) for name in gmkernels.backends() if name in op.IMPLEMENTED]
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("dim", [1, 5, 33, 70])
+def test_every_backend_gives_the_same_z_within_1e5(dim, full):
+    """One seed, one z: each backend's normals (CPU polynomials, libdevice, numpy in the Triton
+    interpreter, torch in the reference) agree to a few float32 ulp, so z agrees within 1e-5
+    for scales of order one."""
+    gen = torch.Generator().manual_seed(dim)
+    mu = torch.randn(3, dim, generator=gen)
+    if full:
+        scale = torch.randn(3, dim, dim, generator=gen) / math.sqrt(dim)
+    else:
+        scale = torch.rand(3, dim, generator=gen) + 0.1
+    component = torch.randint(3, (100,), generator=gen)
+    seed = torch.tensor(2**50 + 3)
+    results = {}
+    for name, device in kernel_backends():
+        with gmkernels.use_backend(name):
+            results[name] = mixture_sample_with_seed(
+                mu.to(device), scale.to(device), component.to(device), seed).cpu()
+    assert len(results) >= 2
+    for name, z in results.items():
+        assert (z - results["reference"]).abs().max() <= 1e-5, name
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("num_components, dim, n", [(1, 70, 300), (4, 33, 257), (2, 130, 40)])
+def test_gradients_equal_reference_given_same_eps_across_tile_boundaries(
+        backend, num_components, dim, n, full):
+    """Shapes that cross the kernels' SIMD blocks, register tiles and sample tiles (the
+    hypothesis test above keeps dim <= 9)."""
+    require_backend(op)
+    mu, scale = make_inputs(num_components, dim, full, torch.float64, backend)
+    component = torch.randint(num_components, (n,), generator=torch.Generator().manual_seed(n)).to(backend)
+    seed = torch.tensor(31337)
+    z = mixture_sample_with_seed(mu, scale, component, seed)
+    grad_z = torch.randn_like(z)
+    grads = torch.autograd.grad(z, (mu, scale), grad_z)
+    eps = kernel_eps(component, dim, seed, torch.float64, backend)
+    truth = mixture_sample_given_eps(mu, scale, component, eps)
+    expected = torch.autograd.grad(truth, (mu, scale), grad_z)
+    assert torch.allclose(z, truth, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_float32_gradients_within_float_rounding_of_the_float64_truth(backend, full):
+    """Long per-component sums (2500 samples per component): the float32 kernels' error against
+    the float64 truth is at most twice that of plain float32 PyTorch given the same eps."""
+    require_backend(op)
+    mu32, scale32 = make_inputs(2, 9, full, torch.float32, backend, seed=3)
+    component = torch.arange(5000, device=backend) % 2
+    seed = torch.tensor(4242)
+    z = mixture_sample_with_seed(mu32, scale32, component, seed)
+    grad_z = torch.randn(z.shape, generator=torch.Generator().manual_seed(5)).to(backend)
+    grads = torch.autograd.grad(z, (mu32, scale32), grad_z)
+    eps = kernel_eps(component, 9, seed, torch.float32, backend)
+    mu64, scale64 = (t.detach().double().requires_grad_() for t in (mu32, scale32))
+    truth = torch.autograd.grad(mixture_sample_given_eps(mu64, scale64, component, eps.double()),
+                                (mu64, scale64), grad_z.double())
+    plain = torch.autograd.grad(mixture_sample_given_eps(mu32, scale32, component, eps),
+                                (mu32, scale32), grad_z)
+    for got, want, plain32 in zip(grads, truth, plain):
+        assert_float_rounding(got, want, plain32)
+
+
+def test_same_seed_gives_bitwise_identical_results_in_deterministic_mode(backend):
+    """torch.use_deterministic_algorithms(True): every gradient entry has one writer and a fixed
+    summation order (CUDA and Triton leave their atomic path), so runs repeat bit for bit."""
+    require_backend(op)
+    mu, scale = make_inputs(2, 9, True, torch.float32, backend, seed=6)
+    diag_scale = torch.rand(2, 9, device=backend, requires_grad=True)
+    component = torch.randint(2, (3000,), generator=torch.Generator().manual_seed(7)).to(backend)
+    seed = torch.tensor(99)
+    grad_z = torch.randn(3000, 9, generator=torch.Generator().manual_seed(8)).to(backend)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            run = []
+            for s in (scale, diag_scale):
+                z = mixture_sample_with_seed(mu, s, component, seed)
+                run += [z, *torch.autograd.grad(z, (mu, s), grad_z)]
+            runs.append(run)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_atomic_and_deterministic_backward_paths_agree(backend, full):
+    """Outside deterministic mode the CUDA and Triton backwards split a large component over
+    several programs that add atomically; the sums equal the ordered ones up to rounding."""
+    require_backend(op)
+    if gmkernels.get_backend() not in ("cuda", "triton"):
+        pytest.skip("only the CUDA and Triton backwards have an atomic path")
+    mu, scale = make_inputs(1, 6, full, torch.float64, backend, seed=9)
+    component = torch.zeros(2100, dtype=torch.int64, device=backend)  # > 2 x 1024 samples
+    seed = torch.tensor(5)
+    grad_z = torch.randn(2100, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(backend)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    results = []
+    try:
+        for strict in (False, True):
+            torch.use_deterministic_algorithms(strict)
+            z = mixture_sample_with_seed(mu, scale, component, seed)
+            results.append(torch.autograd.grad(z, (mu, scale), grad_z))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    for atomic, ordered in zip(*results):
+        assert torch.allclose(atomic, ordered, rtol=1e-12, atol=1e-12)
+
+
+PEAK_MEMORY_SCRIPT = r"""
+import re, sys, torch
+import gmkernels
+from gmkernels.ops.mixture_sample import mixture_sample_with_seed
+
+def peak_kib():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+torch.set_num_threads(1)
+for full, (num_components, dim, n) in ((False, (8, 256, 32768)), (True, (4, 64, 65536))):
+    mu = torch.randn(num_components, dim, requires_grad=True)
+    shape = (num_components, dim, dim) if full else (num_components, dim)
+    scale = (torch.rand(shape) / dim).requires_grad_()
+    component = torch.randint(num_components, (n,))
+    grad_z = torch.randn(n, dim)
+    with gmkernels.use_backend("cpp"):
+        warm = mixture_sample_with_seed(mu, scale, component[:64], torch.tensor(1))
+        warm.backward(torch.ones_like(warm))
+        reset_peak()
+        before = peak_kib()
+        z = mixture_sample_with_seed(mu, scale, component, torch.tensor(2))
+        z.backward(grad_z)
+        print(full, (peak_kib() - before) / 1024, z.numel() * 4 / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self peak RSS")
+def test_cpp_forward_and_backward_keep_no_n_by_k_buffer_besides_z():
+    """Peak memory of forward + backward (grad_z given): z, plus less than one more (n, K)
+    float32 buffer (eps is regenerated, never stored; the reference needs several)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    result = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in result.stdout.strip().splitlines():
+        full, growth_mib, z_mib = line.split()
+        assert float(growth_mib) < 1.5 * float(z_mib), line

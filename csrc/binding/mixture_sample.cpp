@@ -2,6 +2,8 @@
 // gmkernels::mixture_sample and gmkernels::mixture_sample_backward (schemas in registry.cpp).
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../kernels/mixture_sample.h"
 #include "checks.h"
 
@@ -67,6 +69,9 @@ MixtureSampleBackwardParams<scalar_t> backward_params(const at::Tensor& grad_z,
   p.full_scale = scale.dim() == 3;
   p.seed = seed;
   p.num_threads = cpu_threads();
+  // The CPU kernels are deterministic whatever this says; the CUDA ones read it.
+  p.deterministic = at::globalContext().deterministicAlgorithms();
+  p.splits = 1;
   return p;
 }
 
@@ -104,6 +109,36 @@ std::tuple<at::Tensor, at::Tensor> cpu_mixture_sample_backward(const at::Tensor&
 }
 
 #ifdef GMKERNELS_WITH_CUDA
+// Samples grouped by component on the device (see ComponentGrouping): a stable sort keeps sample
+// order inside a component, which fixes the order of the deterministic backward's sums.
+struct DeviceGrouping {
+  at::Tensor sorted_samples;
+  at::Tensor component_begin;
+
+  ComponentGrouping view() const {
+    ComponentGrouping grouping;
+    grouping.sorted_samples = sorted_samples.data_ptr<int64_t>();
+    grouping.component_begin = component_begin.data_ptr<int64_t>();
+    return grouping;
+  }
+};
+
+DeviceGrouping group_by_component(const at::Tensor& component, int64_t num_components) {
+  const auto sorted = at::sort(component, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  DeviceGrouping grouping;
+  grouping.sorted_samples = std::get<1>(sorted).contiguous();
+  const at::Tensor boundaries = at::arange(num_components + 1, component.options());
+  grouping.component_begin = at::searchsorted(std::get<0>(sorted), boundaries).contiguous();
+  return grouping;
+}
+
+// Blocks per component on the atomic path: about 1024 samples each, so that a few large
+// components still fill the GPU.
+int atomic_splits(int64_t num_samples, int64_t num_components) {
+  const int64_t per_component = (num_samples + num_components - 1) / num_components;
+  return static_cast<int>(std::min<int64_t>(64, std::max<int64_t>(1, per_component / 1024)));
+}
+
 at::Tensor cuda_mixture_sample(const at::Tensor& mu, const at::Tensor& scale,
                                const at::Tensor& component, const at::Tensor& seed) {
   check_mixture_sample_args(mu, scale, component);
@@ -113,9 +148,13 @@ at::Tensor cuda_mixture_sample(const at::Tensor& mu, const at::Tensor& scale,
   const at::Tensor component_c = component.contiguous();
   at::Tensor z = at::empty({component.size(0), mu.size(1)}, mu.options());
   if (z.numel() == 0) return z;
+  // Only the full-scale kernel works on samples grouped by component.
+  DeviceGrouping grouping;
+  if (scale.dim() == 3) grouping = group_by_component(component_c, mu.size(0));
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "mixture_sample_cuda", [&] {
-    mixture_sample_forward_cuda(forward_params<scalar_t>(mu_c, scale_c, component_c, z, seed_bits),
-                                at::cuda::getCurrentCUDAStream().stream());
+    auto params = forward_params<scalar_t>(mu_c, scale_c, component_c, z, seed_bits);
+    if (scale.dim() == 3) params.grouping = grouping.view();
+    mixture_sample_forward_cuda(params, at::cuda::getCurrentCUDAStream().stream());
   });
   return z;
 }
@@ -133,10 +172,15 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
   at::Tensor grad_mu = at::zeros({scale.size(0), scale.size(1)}, scale.options());
   at::Tensor grad_scale = at::zeros_like(scale_c);
   if (component.size(0) == 0 || scale.size(1) == 0) return {grad_mu, grad_scale};
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const DeviceGrouping grouping = group_by_component(component_c, scale.size(0));
   AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_backward_cuda", [&] {
-    mixture_sample_backward_cuda(backward_params<scalar_t>(grad_z_c, scale_c, component_c,
-                                                           grad_mu, grad_scale, seed_bits),
-                                 at::cuda::getCurrentCUDAStream().stream());
+    auto params = backward_params<scalar_t>(grad_z_c, scale_c, component_c, grad_mu, grad_scale,
+                                            seed_bits);
+    params.deterministic = deterministic;
+    params.splits = deterministic ? 1 : atomic_splits(component.size(0), scale.size(0));
+    params.grouping = grouping.view();
+    mixture_sample_backward_cuda(params, at::cuda::getCurrentCUDAStream().stream());
   });
   return {grad_mu, grad_scale};
 }

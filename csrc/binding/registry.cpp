@@ -24,6 +24,14 @@ TORCH_LIBRARY(gmkernels, m) {
       "mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
       " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
+      " Tensor class_mean_log, float eps) -> Tensor");
+  m.def("minibatch_discrimination(Tensor M) -> Tensor");
+  m.def("minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor");
 }
 
 namespace {

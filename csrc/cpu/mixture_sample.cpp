@@ -1,26 +1,66 @@
 // CPU kernels of mixture_sample (math in csrc/kernels/mixture_sample.h).
-// Forward: one pass over the samples, eps made in registers/L1 and never stored.
-// Backward: samples are bucketed by component (a counting sort, in sample order), and each work
-// item owns one component's slice of the gradient, so the reduction order is fixed: results are
-// identical run to run and for any thread count, without atomics.
+//
+// eps is never stored: every kernel regenerates it kLanes Philox counters at a time in SIMD
+// registers (philox_simd.h), and each normal is a pure function of its counter, so forward and
+// backward see the same eps bits whatever the tiling or thread count.
+//
+// Forward, diagonal: one pass over the flat stream of counters (row s owns counters
+//   s * ceil(K/4) ...), z written once, in order.
+// Forward, full: samples grouped by component; per component, tiles of samples times the packed
+//   transposed factor L^T (a register-blocked triangular mat-mat product), z rows written once.
+// Backward: samples grouped by component with a stable counting sort. Every gradient entry is a
+//   sum over its component's samples in sample order, accumulated by one writer (diagonal: per
+//   fixed-size chunk of samples, chunks then added in order): the bits are the same run to run
+//   and for any thread count, without atomics. torch.are_deterministic_algorithms_enabled() thus
+//   needs no special path on the CPU.
 #include "../kernels/mixture_sample.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../kernels/philox.h"
+#include "philox_simd.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace gmk {
 namespace {
 
-// eps of sample `sample` (all `dim` coordinates) into `eps`, which holds 4 * ceil(dim / 4) floats.
-inline void fill_eps_row(uint64_t seed, int64_t sample, int64_t dim, float* eps) {
-  const int64_t groups = philox_groups_per_row(dim);
-  const uint64_t first_counter = static_cast<uint64_t>(sample * groups);
-  for (int64_t g = 0; g < groups; ++g) randn4(seed, first_counter + g, eps + 4 * g);
+using simd::kLanes;
+constexpr int64_t kBlockFloats = 4 * kLanes;  // normals of one randn4_lanes call
+
+// Threads for `items` work items costing about `work_ns` nanoseconds in all: one per ~100 us
+// of work, since waking a thread (worse on a busy machine) costs more than a small call.
+int team_size(int max_threads, int64_t items, double work_ns) {
+  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / 1.0e5));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({max_threads, items, by_work})));
 }
 
-// Sample indices grouped by component; component c owns order[begin[c] .. begin[c + 1]).
+// Rough single-core costs (AVX-512 machine): ~1.5 ns per normal with its load/store, ~16
+// multiply-adds per ns in the register-blocked triangular products.
+double normals_ns(int64_t normals) { return 1.5 * static_cast<double>(normals); }
+double triangle_ns(int64_t samples, int64_t dim) {
+  return static_cast<double>(samples) * static_cast<double>(dim) * static_cast<double>(dim) / 32.0;
+}
+
+int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// The first `count` normals of row `sample` (count <= dim, rounded up to whole SIMD blocks) into
+// `eps`, which holds round_up(ceil(count / 4), kLanes) * 4 floats.
+void row_normals(uint64_t seed, int64_t sample, int64_t groups_per_row, int64_t count,
+                 float* eps) {
+  const uint64_t first = static_cast<uint64_t>(sample * groups_per_row);
+  const int64_t groups = (count + 3) / 4;
+  for (int64_t g = 0; g < groups; g += kLanes) simd::randn4_lanes(seed, first + g, eps + 4 * g);
+}
+
+// Sample indices grouped by component, in sample order within a component; component c owns
+// order[begin[c] .. begin[c + 1]).
 struct ComponentBuckets {
   std::vector<int64_t> begin;
   std::vector<int64_t> order;
@@ -38,42 +78,271 @@ ComponentBuckets bucket_by_component(const int64_t* component, int64_t num_sampl
   return buckets;
 }
 
-// Diagonal gradients are tiled over (component, block of coordinates) so that a few large
-// components still spread over all threads; 16 Philox groups = 64 coordinates per block.
-constexpr int64_t kGroupsPerBlock = 16;
+// A run of one component's samples: order[begin .. end).
+struct SampleRun {
+  int64_t component, begin, end;
+};
+
+// Each component's bucket cut into runs of at most `length` samples, in component order.
+std::vector<SampleRun> split_buckets(const ComponentBuckets& buckets, int64_t length) {
+  std::vector<SampleRun> runs;
+  const int64_t num_components = static_cast<int64_t>(buckets.begin.size()) - 1;
+  for (int64_t c = 0; c < num_components; ++c)
+    for (int64_t b = buckets.begin[c]; b < buckets.begin[c + 1]; b += length)
+      runs.push_back({c, b, std::min(b + length, buckets.begin[c + 1])});
+  return runs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diagonal forward: z[s, k] = mu[c, k] + sigma[c, k] eps[s, k], walking the flat counter stream.
+
+template <typename scalar_t>
+void forward_diagonal(const MixtureSampleParams<scalar_t>& p) {
+  const int64_t dim = p.dim;
+  const int64_t groups = philox_groups_per_row(dim);
+  const int64_t total = p.num_samples * groups;
+  const int64_t blocks = (total + kLanes - 1) / kLanes;
+  const int threads = team_size(p.num_threads, blocks, normals_ns(total * 4));
+  // Static schedule: each thread writes one contiguous stretch of z.
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t block = 0; block < blocks; ++block) {
+    alignas(64) float eps[kBlockFloats];
+    const int64_t first = block * kLanes;
+    simd::randn4_lanes(p.seed, static_cast<uint64_t>(first), eps);
+    const int64_t last = std::min(total, first + kLanes);
+    // The block's counters may span rows: one piece per row.
+    for (int64_t counter = first; counter < last;) {
+      const int64_t s = counter / groups;
+      const int64_t g = counter - s * groups;
+      const int64_t piece_end = std::min(last, (s + 1) * groups);
+      const int64_t k_begin = 4 * g;
+      const int64_t k_end = std::min(dim, 4 * (g + piece_end - counter));
+      const int64_t c = p.component[s];
+      const float* piece_eps = eps + 4 * (counter - first);
+      const scalar_t* mu = p.mu + c * dim + k_begin;
+      const scalar_t* sigma = p.scale + c * dim + k_begin;
+      scalar_t* z = p.z + s * dim + k_begin;
+      for (int64_t k = 0; k < k_end - k_begin; ++k)
+        z[k] = mu[k] + sigma[k] * static_cast<scalar_t>(piece_eps[k]);
+      counter = piece_end;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full forward: Z = E L^T + mu for a tile of samples of one component, L^T packed with zeros
+// above the diagonal so the upper triangle of scale is never read.
+
+// Register tiles of the full-scale products: kRows rows (forward: samples, backward: rows of
+// grad_L) x kCols columns (2 vectors), 2 kRows accumulators: 12 of AVX-512's 32 registers, 8 of
+// AVX2's 16.
+template <typename scalar_t>
+struct FullTile {
+  typedef typename simd::Vec<scalar_t>::type vec;
+  static constexpr int64_t kWidth = simd::Vec<scalar_t>::width;
+  static constexpr int64_t kCols = 2 * kWidth;
+  static constexpr int kRows = kLanes == 16 ? 6 : 4;
+  static constexpr int64_t kForwardSamples = 48;   // samples per forward work item
+  static constexpr int64_t kBackwardSamples = 64;  // samples per backward tile (eps in L2)
+};
+
+// lt[j * padded + i] = L[i, j] for j <= i < dim, else 0.
+template <typename scalar_t>
+void pack_transposed_tril(const scalar_t* tril, int64_t dim, int64_t padded, scalar_t* lt) {
+  std::fill(lt, lt + dim * padded, scalar_t(0));
+  for (int64_t i = 0; i < dim; ++i)
+    for (int64_t j = 0; j <= i; ++j) lt[j * padded + i] = tril[i * dim + j];
+}
+
+// z rows of `rows` samples (eps rows at eps, stride `padded`):
+// z[i] = mu[i] + sum_{j<=i} L[i,j] e[j].
+template <typename scalar_t, int rows>
+void full_forward_rows(const scalar_t* eps, const scalar_t* lt, const scalar_t* mu,
+                       int64_t dim, int64_t padded, scalar_t* const* z_rows) {
+  using Tile = FullTile<scalar_t>;
+  typedef typename Tile::vec vec;
+  for (int64_t i0 = 0; i0 < dim; i0 += Tile::kCols) {
+    vec acc[rows][2];
+    for (int r = 0; r < rows; ++r) acc[r][0] = acc[r][1] = vec{};
+    // L^T[j, i] is zero for j > i: the tile's columns need j < i0 + kCols only.
+    const int64_t j_end = std::min(dim, i0 + Tile::kCols);
+    for (int64_t j = 0; j < j_end; ++j) {
+      const scalar_t* lt_row = lt + j * padded + i0;
+      const vec l0 = simd::load<vec>(lt_row), l1 = simd::load<vec>(lt_row + Tile::kWidth);
+      for (int r = 0; r < rows; ++r) {
+        const scalar_t e = eps[r * padded + j];
+        acc[r][0] += e * l0;
+        acc[r][1] += e * l1;
+      }
+    }
+    const int64_t width = std::min<int64_t>(Tile::kCols, dim - i0);
+    for (int r = 0; r < rows; ++r) {
+      alignas(64) scalar_t out[Tile::kCols];
+      simd::store(out, acc[r][0]);
+      simd::store(out + Tile::kWidth, acc[r][1]);
+      scalar_t* z = z_rows[r] + i0;
+      for (int64_t i = 0; i < width; ++i) z[i] = mu[i0 + i] + out[i];
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_full(const MixtureSampleParams<scalar_t>& p) {
+  using Tile = FullTile<scalar_t>;
+  const int64_t dim = p.dim;
+  const int64_t groups = philox_groups_per_row(dim);
+  const int64_t padded = round_up(dim, Tile::kCols);
+  const int64_t eps_floats = 4 * round_up(groups, kLanes);
+  const ComponentBuckets buckets =
+      bucket_by_component(p.component, p.num_samples, p.num_components);
+  const std::vector<SampleRun> runs = split_buckets(buckets, Tile::kForwardSamples);
+  const int64_t items = static_cast<int64_t>(runs.size());
+  const int threads = team_size(p.num_threads, items,
+                                normals_ns(p.num_samples * dim) + triangle_ns(p.num_samples, dim));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<scalar_t> lt(dim * padded);
+    std::vector<scalar_t> eps(Tile::kForwardSamples * padded);
+    std::vector<float> row_eps(eps_floats);
+    int64_t packed = -1;
+    // Runs are in component order: a thread re-packs L^T only when its component changes.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const SampleRun run = runs[item];
+      if (run.component != packed) {
+        pack_transposed_tril(p.scale + run.component * dim * dim, dim, padded, lt.data());
+        packed = run.component;
+      }
+      const int64_t count = run.end - run.begin;
+      scalar_t* z_rows[Tile::kForwardSamples];
+      for (int64_t b = 0; b < count; ++b) {
+        const int64_t s = buckets.order[run.begin + b];
+        row_normals(p.seed, s, groups, dim, row_eps.data());
+        std::copy(row_eps.begin(), row_eps.begin() + dim, eps.begin() + b * padded);
+        z_rows[b] = p.z + s * dim;
+      }
+      const scalar_t* mu = p.mu + run.component * dim;
+      int64_t b = 0;
+      for (; b + Tile::kRows <= count; b += Tile::kRows)
+        full_forward_rows<scalar_t, Tile::kRows>(eps.data() + b * padded, lt.data(), mu, dim,
+                                                 padded, z_rows + b);
+      for (; b < count; ++b)
+        full_forward_rows<scalar_t, 1>(eps.data() + b * padded, lt.data(), mu, dim, padded,
+                                       z_rows + b);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diagonal backward. Work item = run of at most kRunSamples samples of one component, whole rows
+// (grad_z rows are read once, contiguously); a run's sums land in `partial`, and the runs of a
+// component are then added in order. The run length is a constant, so the summation order does
+// not depend on the thread count.
+constexpr int64_t kRunSamples = 2048;
+
+// sums[k] += grad[k], sums[dim + k] += grad[k] eps[k] for k < width.
+template <typename scalar_t, int64_t width>
+GMK_SIMD_INLINE void accumulate_diagonal(const scalar_t* grad, const float* eps, scalar_t* sums,
+                                         scalar_t* sums_eps) {
+  for (int64_t k = 0; k < width; ++k) {
+    sums[k] += grad[k];
+    sums_eps[k] += grad[k] * static_cast<scalar_t>(eps[k]);
+  }
+}
 
 template <typename scalar_t>
 void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
                        const ComponentBuckets& buckets) {
   const int64_t dim = p.dim;
   const int64_t groups = philox_groups_per_row(dim);
-  const int64_t blocks = (groups + kGroupsPerBlock - 1) / kGroupsPerBlock;
-  const int64_t items = p.num_components * blocks;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(p.num_threads)
-  for (int64_t item = 0; item < items; ++item) {
-    const int64_t c = item / blocks;
-    const int64_t group_begin = (item % blocks) * kGroupsPerBlock;
-    const int64_t group_end = std::min(groups, group_begin + kGroupsPerBlock);
-    const int64_t k_begin = 4 * group_begin;
-    const int64_t k_end = std::min(dim, 4 * group_end);
-    scalar_t sum_grad[4 * kGroupsPerBlock] = {};
-    scalar_t sum_grad_eps[4 * kGroupsPerBlock] = {};
-    float eps[4 * kGroupsPerBlock];
-    for (int64_t idx = buckets.begin[c]; idx < buckets.begin[c + 1]; ++idx) {
+  const int64_t full_blocks = dim / kBlockFloats;
+  const std::vector<SampleRun> runs = split_buckets(buckets, kRunSamples);
+  const int64_t num_runs = static_cast<int64_t>(runs.size());
+  // partial[run][0] = sum of grad_z, partial[run][1] = sum of grad_z * eps, (dim,) each.
+  std::vector<scalar_t> partial(num_runs * 2 * dim, scalar_t(0));
+  const int threads = team_size(p.num_threads, num_runs, normals_ns(p.num_samples * dim));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t run_index = 0; run_index < num_runs; ++run_index) {
+    const SampleRun run = runs[run_index];
+    scalar_t* sums = partial.data() + run_index * 2 * dim;
+    scalar_t* sums_eps = sums + dim;
+    alignas(64) float eps[kBlockFloats];
+    for (int64_t idx = run.begin; idx < run.end; ++idx) {
       const int64_t s = buckets.order[idx];
-      const uint64_t first_counter = static_cast<uint64_t>(s * groups);
-      for (int64_t g = group_begin; g < group_end; ++g)
-        randn4(p.seed, first_counter + g, eps + 4 * (g - group_begin));
-      const scalar_t* grad_row = p.grad_z + s * dim;
-      for (int64_t k = k_begin; k < k_end; ++k) {
-        const scalar_t grad = grad_row[k];
-        sum_grad[k - k_begin] += grad;
-        sum_grad_eps[k - k_begin] += grad * static_cast<scalar_t>(eps[k - k_begin]);
+      // Rows of a component are scattered over grad_z: fetch the next one while this one adds.
+      const scalar_t* next = p.grad_z + buckets.order[std::min(idx + 1, run.end - 1)] * dim;
+      const scalar_t* grad = p.grad_z + s * dim;
+      const uint64_t first = static_cast<uint64_t>(s * groups);
+      int64_t block = 0;
+      for (; block < full_blocks; ++block) {
+        const int64_t k = block * kBlockFloats;
+        for (int64_t line = 0; line < kBlockFloats; line += 64 / int64_t(sizeof(scalar_t)))
+          __builtin_prefetch(next + k + line);
+        simd::randn4_lanes(p.seed, first + block * kLanes, eps);
+        accumulate_diagonal<scalar_t, kBlockFloats>(grad + k, eps, sums + k, sums_eps + k);
+      }
+      const int64_t k = block * kBlockFloats;
+      if (k < dim) {
+        simd::randn4_lanes(p.seed, first + block * kLanes, eps);
+        for (int64_t j = 0; j < dim - k; ++j) {
+          sums[k + j] += grad[k + j];
+          sums_eps[k + j] += grad[k + j] * static_cast<scalar_t>(eps[j]);
+        }
       }
     }
-    for (int64_t k = k_begin; k < k_end; ++k) {
-      p.grad_mu[c * dim + k] = sum_grad[k - k_begin];
-      p.grad_scale[c * dim + k] = sum_grad_eps[k - k_begin];
+  }
+  // Runs of component c are consecutive in `runs`: add them in order.
+  std::vector<int64_t> first_run(p.num_components + 1, num_runs);
+  for (int64_t r = num_runs - 1; r >= 0; --r) first_run[runs[r].component] = r;
+  for (int64_t c = p.num_components - 1; c >= 0; --c)
+    if (first_run[c] == num_runs) first_run[c] = first_run[c + 1];  // empty bucket
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < p.num_components; ++c) {
+    scalar_t* grad_mu = p.grad_mu + c * dim;
+    scalar_t* grad_sigma = p.grad_scale + c * dim;
+    for (int64_t r = first_run[c]; r < first_run[c + 1]; ++r) {
+      const scalar_t* sums = partial.data() + r * 2 * dim;
+      for (int64_t k = 0; k < dim; ++k) {
+        grad_mu[k] += sums[k];
+        grad_sigma[k] += sums[dim + k];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full backward: grad_L[c] = tril(G^T E) over the component's samples, grad_mu[c] = G^T 1.
+// Work item = (component, block of output rows [i0, i1)); it regenerates eps[:, :i1] for every
+// sample of the component, kBackwardSamples at a time, and adds each sample's outer product to a
+// row-block accumulator in sample order. Splitting the rows changes which thread owns an entry,
+// never the order of its sum: the row blocks may follow the thread count.
+
+// acc[r, j] += sum_b grad[b, r] eps[b, j] for `rows` rows and columns j < columns (a multiple of
+// kCols), samples b in order.
+template <typename scalar_t, int rows>
+void full_backward_rows(const scalar_t* grad, int64_t grad_stride, const scalar_t* eps,
+                        int64_t eps_stride, int64_t count, int64_t columns, scalar_t* acc,
+                        int64_t acc_stride) {
+  using Tile = FullTile<scalar_t>;
+  typedef typename Tile::vec vec;
+  for (int64_t j0 = 0; j0 < columns; j0 += Tile::kCols) {
+    vec sum[rows][2];
+    for (int r = 0; r < rows; ++r) {
+      sum[r][0] = simd::load<vec>(acc + r * acc_stride + j0);
+      sum[r][1] = simd::load<vec>(acc + r * acc_stride + j0 + Tile::kWidth);
+    }
+    for (int64_t b = 0; b < count; ++b) {
+      const scalar_t* eps_row = eps + b * eps_stride + j0;
+      const vec e0 = simd::load<vec>(eps_row), e1 = simd::load<vec>(eps_row + Tile::kWidth);
+      for (int r = 0; r < rows; ++r) {
+        const scalar_t g = grad[b * grad_stride + r];
+        sum[r][0] += g * e0;
+        sum[r][1] += g * e1;
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      simd::store(acc + r * acc_stride + j0, sum[r][0]);
+      simd::store(acc + r * acc_stride + j0 + Tile::kWidth, sum[r][1]);
     }
   }
 }
@@ -81,60 +350,103 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
 template <typename scalar_t>
 void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
                    const ComponentBuckets& buckets) {
+  using Tile = FullTile<scalar_t>;
   const int64_t dim = p.dim;
-  const int64_t padded = 4 * philox_groups_per_row(dim);
-#pragma omp parallel num_threads(p.num_threads)
+  const int64_t groups = philox_groups_per_row(dim);
+  // Row blocks per component: enough items to keep the threads busy, each a multiple of kRows
+  // rows, cut so that the triangle's area (the work) is about equal: i_b = dim sqrt(b / B).
+  const int64_t row_tiles = (dim + Tile::kRows - 1) / Tile::kRows;
+  const int threads = team_size(p.num_threads, p.num_components * row_tiles,
+                                normals_ns(p.num_samples * dim) + triangle_ns(p.num_samples, dim));
+  // Each extra block regenerates eps: one thread needs none.
+  const int64_t wanted_blocks = (4 * threads + p.num_components - 1) / p.num_components;
+  const int64_t blocks_per_component =
+      threads == 1 ? 1 : std::max<int64_t>(1, std::min(row_tiles, wanted_blocks));
+  std::vector<int64_t> row_cut(blocks_per_component + 1);
+  for (int64_t b = 0; b <= blocks_per_component; ++b) {
+    const double fraction = std::sqrt(static_cast<double>(b) / blocks_per_component);
+    row_cut[b] = std::min(dim, round_up(static_cast<int64_t>(fraction * dim), Tile::kRows));
+  }
+  row_cut[blocks_per_component] = dim;
+  const int64_t items = p.num_components * blocks_per_component;
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<float> eps(padded);
+    const int64_t padded = round_up(dim, Tile::kCols);
+    std::vector<scalar_t> acc(dim * padded);
+    std::vector<scalar_t> eps(Tile::kBackwardSamples * padded);
+    std::vector<scalar_t> grad(Tile::kBackwardSamples * Tile::kRows * row_tiles);
+    std::vector<float> row_eps(4 * round_up(groups, kLanes));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < p.num_components; ++c) {
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t c = item / blocks_per_component;
+      const int64_t i0 = row_cut[item % blocks_per_component];
+      const int64_t i1 = row_cut[item % blocks_per_component + 1];
+      if (i0 >= i1) continue;
+      const int64_t rows = i1 - i0;
+      const int64_t columns = round_up(i1, Tile::kCols);  // eps columns j < i1 are needed
+      std::fill(acc.begin(), acc.begin() + rows * padded, scalar_t(0));
+      std::fill(eps.begin(), eps.end(), scalar_t(0));
       scalar_t* grad_mu = p.grad_mu + c * dim;
-      scalar_t* grad_tril = p.grad_scale + c * dim * dim;
-      std::fill(grad_mu, grad_mu + dim, scalar_t(0));
-      std::fill(grad_tril, grad_tril + dim * dim, scalar_t(0));
-      for (int64_t idx = buckets.begin[c]; idx < buckets.begin[c + 1]; ++idx) {
-        const int64_t s = buckets.order[idx];
-        fill_eps_row(p.seed, s, dim, eps.data());
-        const scalar_t* grad_row = p.grad_z + s * dim;
-        for (int64_t i = 0; i < dim; ++i) {
-          const scalar_t grad = grad_row[i];
-          grad_mu[i] += grad;
-          scalar_t* out_row = grad_tril + i * dim;
-          for (int64_t j = 0; j <= i; ++j) out_row[j] += grad * static_cast<scalar_t>(eps[j]);
+      const int64_t bucket_end = buckets.begin[c + 1];
+      for (int64_t tile = buckets.begin[c]; tile < bucket_end; tile += Tile::kBackwardSamples) {
+        const int64_t count = std::min<int64_t>(Tile::kBackwardSamples, bucket_end - tile);
+        for (int64_t b = 0; b < count; ++b) {
+          const int64_t s = buckets.order[tile + b];
+          row_normals(p.seed, s, groups, i1, row_eps.data());
+          std::copy(row_eps.begin(), row_eps.begin() + i1, eps.begin() + b * padded);
+          const scalar_t* grad_row = p.grad_z + s * dim + i0;
+          std::copy(grad_row, grad_row + rows, grad.begin() + b * rows);
+          for (int64_t i = 0; i < rows; ++i) grad_mu[i0 + i] += grad_row[i];
+        }
+        int64_t r = 0;
+        for (; r + Tile::kRows <= rows; r += Tile::kRows) {
+          // Columns past the tile's last row only feed the upper triangle: skip them.
+          const int64_t needed = round_up(i0 + r + Tile::kRows, Tile::kCols);
+          full_backward_rows<scalar_t, Tile::kRows>(grad.data() + r, rows, eps.data(), padded,
+                                                    count, std::min(needed, columns),
+                                                    acc.data() + r * padded, padded);
+        }
+        for (; r < rows; ++r) {
+          const int64_t needed = round_up(i0 + r + 1, Tile::kCols);
+          full_backward_rows<scalar_t, 1>(grad.data() + r, rows, eps.data(), padded, count,
+                                          std::min(needed, columns), acc.data() + r * padded,
+                                          padded);
         }
       }
+      scalar_t* grad_tril = p.grad_scale + c * dim * dim;
+      for (int64_t i = i0; i < i1; ++i)
+        std::copy(acc.begin() + (i - i0) * padded, acc.begin() + (i - i0) * padded + i + 1,
+                  grad_tril + i * dim);  // entries above the diagonal stay zero
     }
   }
+}
+
+// z is a fresh allocation written once in full: first-touch page faults (one per 4 KiB, the
+// kernel zeroing each page) cost more than generating the normals. Where transparent huge pages
+// are in "madvise" mode, asking for them on the output makes those faults 512 times fewer. A
+// hint only: nothing changes where it is refused or not available.
+void prefer_huge_pages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
+  if (bytes < int64_t(4 * kHugePage)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
 }
 
 }  // namespace
 
 template <typename scalar_t>
 void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& p) {
-  const int64_t dim = p.dim;
-  const int64_t padded = 4 * philox_groups_per_row(dim);
-#pragma omp parallel num_threads(p.num_threads)
-  {
-    std::vector<float> eps(padded);
-#pragma omp for schedule(static)
-    for (int64_t s = 0; s < p.num_samples; ++s) {
-      fill_eps_row(p.seed, s, dim, eps.data());
-      const int64_t c = p.component[s];
-      const scalar_t* mu = p.mu + c * dim;
-      scalar_t* z = p.z + s * dim;
-      if (!p.full_scale) {
-        const scalar_t* sigma = p.scale + c * dim;
-        for (int64_t k = 0; k < dim; ++k) z[k] = mu[k] + sigma[k] * static_cast<scalar_t>(eps[k]);
-      } else {
-        const scalar_t* tril = p.scale + c * dim * dim;
-        for (int64_t i = 0; i < dim; ++i) {
-          scalar_t acc = mu[i];
-          const scalar_t* row = tril + i * dim;
-          for (int64_t j = 0; j <= i; ++j) acc += row[j] * static_cast<scalar_t>(eps[j]);
-          z[i] = acc;
-        }
-      }
-    }
+  prefer_huge_pages(p.z, p.num_samples * p.dim * sizeof(scalar_t));
+  if (p.full_scale) {
+    forward_full(p);
+  } else {
+    forward_diagonal(p);
   }
 }
 

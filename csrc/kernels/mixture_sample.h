@@ -1,4 +1,5 @@
-// mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream (philox.h).
+// mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream
+// (philox.h).
 // S is diag(scale[c]) (scale (N, K)) or the lower triangle of scale[c] (scale (N, K, K)).
 // Backward regenerates eps instead of storing it:
 //   grad_mu[c]    = sum_{s: c_s = c} grad_z[s]
@@ -9,6 +10,15 @@
 #include <cstdint>
 
 namespace gmk {
+
+// Samples grouped by component, stable (sample order kept inside a component): component c owns
+// sorted_samples[component_begin[c] .. component_begin[c + 1]). The CUDA kernels get it from the
+// binding (a stable sort on the device); the CPU kernels build it themselves (a counting sort) and
+// ignore these fields.
+struct ComponentGrouping {
+  const int64_t* sorted_samples = nullptr;   // (num_samples,)
+  const int64_t* component_begin = nullptr;  // (num_components + 1,)
+};
 
 template <typename scalar_t>
 struct MixtureSampleParams {
@@ -21,7 +31,8 @@ struct MixtureSampleParams {
   int64_t dim;
   bool full_scale;            // scale is (N, K, K) lower-triangular
   uint64_t seed;
-  int num_threads;
+  int num_threads;            // CPU: OpenMP team size (torch.get_num_threads())
+  ComponentGrouping grouping; // CUDA full-scale forward only
 };
 
 template <typename scalar_t>
@@ -29,14 +40,22 @@ struct MixtureSampleBackwardParams {
   const scalar_t* grad_z;     // (num_samples, dim)
   const scalar_t* scale;      // only its shape matters; kept for symmetry with the forward
   const int64_t* component;   // (num_samples,)
-  scalar_t* grad_mu;          // (num_components, dim), written
-  scalar_t* grad_scale;       // (num_components, dim) or (num_components, dim, dim), written
+  scalar_t* grad_mu;          // (num_components, dim), zero-filled by the caller, written
+  scalar_t* grad_scale;       // (num_components, dim) or (num_components, dim, dim), zero-filled
   int64_t num_samples;
   int64_t num_components;
   int64_t dim;
   bool full_scale;
   uint64_t seed;
   int num_threads;
+  // CUDA: true (torch.are_deterministic_algorithms_enabled()) sums each gradient entry over its
+  // component's samples in sample order, one writer per entry, no float atomics: the same bits
+  // every run. false splits each component's samples over `splits` blocks that add with
+  // atomicAdd. The CPU kernels are always deterministic (same bits for any thread count) and
+  // ignore both fields.
+  bool deterministic;
+  int splits;
+  ComponentGrouping grouping; // CUDA: both paths of the full case and the deterministic diagonal
 };
 
 template <typename scalar_t>

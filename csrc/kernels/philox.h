@@ -7,7 +7,9 @@
 //   normals  = Box-Muller on (u0, u1) and (u2, u3): r = sqrt(-2 log max(1e-7, u_a)),
 //              (r cos(2 pi u_b), r sin(2 pi u_b)).
 // Integers and uniforms are bit-exact across backends; normals may differ by a few ulp where the
-// math libraries' logf/cosf/sinf differ (FMA contraction is off in every build).
+// math libraries' logf/cosf/sinf differ (FMA contraction is off in every build). The CPU kernels
+// compute the same stream kLanes counters at a time with Cephes polynomials for log/sin/cos
+// (csrc/cpu/philox_simd.h); randn4 below is the scalar form the CUDA kernels use.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -1,4 +1,24 @@
 """Sample-quality metrics built on the ops: IS, mIS, FID, Parzen."""
+from .batching import (apply_in_batches, feature_moments, frechet_distance_of, inception_score_of,
+                       modified_inception_score_of)
+from .frechet import GaussianMoments, frechet_distance, frechet_distance_from_moments
+from .inception import (ClassScores, inception_score, modified_inception_score,
+                        modified_inception_score_per_class)
 from .parzen import ParzenResult, parzen_log_likelihood
 
-__all__: list = ["ParzenResult", "parzen_log_likelihood"]
+__all__ = [
+    "ClassScores",
+    "GaussianMoments",
+    "ParzenResult",
+    "apply_in_batches",
+    "feature_moments",
+    "frechet_distance",
+    "frechet_distance_from_moments",
+    "frechet_distance_of",
+    "inception_score",
+    "inception_score_of",
+    "modified_inception_score",
+    "modified_inception_score_of",
+    "modified_inception_score_per_class",
+    "parzen_log_likelihood",
+]

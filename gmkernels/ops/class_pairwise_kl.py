@@ -1,6 +1,14 @@
 """class_pairwise_kl: for each sample, the mean KL divergence to the samples of its class — the
-inner quantity of DeLiGAN's modified inception score."""
+inner quantity of DeLiGAN's modified inception score — in O(N C) time and O(K C) extra memory.
+
+KL(p_i || p_j) = sum_c p_ic (l_ic - l_jc) is linear in l_j = log max(p_j, eps), so its mean over
+the n_k samples j of class k is sum_c p_ic (l_ic - Lbar_kc) with Lbar_k the class mean of l:
+one per-class mean (a K x C table) and one dot product per row, exact for any N. The kernels
+return Lbar as a second output and save it for the backward (csrc/kernels/class_pairwise_kl.h).
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -8,50 +16,153 @@ from .. import backend
 from ..reference import class_pairwise_kl as reference
 from . import _checks
 
-IMPLEMENTED = ("reference",)
+_C = backend.compiled_module()
+_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
+if "triton" in backend.backends():
+    from ..triton import class_pairwise_kl as _triton
+    _TRITON_BACKENDS = ("triton",)
+else:
+    _triton = None
+    _TRITON_BACKENDS = ()
+IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
 
 
-def _check(probs, labels, eps):
-    probs = _checks.float_tensor(probs, "probs")
-    _checks.ndim(probs, "probs", 2, "(N, C)")
-    num_samples, num_classes = probs.shape
-    if num_classes == 0:
-        raise ValueError("probs must have at least one class (C >= 1), got shape (N, 0)")
+def check_probabilities(probs, name: str = "probs", normalize: bool = False) -> torch.Tensor:
+    """Rows of class probabilities: a float32/float64 (N, C) tensor, C >= 1, finite and >= 0, each
+    row summing to 1 within 1e-3 (float32) or 1e-5 (float64); with ``normalize``, each row needs
+    a positive sum instead. Shared by the op and the metrics (gmkernels.metrics)."""
+    probs = _checks.float_tensor(probs, name)
+    _checks.ndim(probs, name, 2, "(N, C)")
+    if probs.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one class (C >= 1), got shape (N, 0)")
+    if _checks.checking_values() and probs.shape[0]:
+        # Two passes over P (aminmax, row sums) and one host sync: cheap next to the op itself.
+        data = probs.detach()
+        low, high = torch.aminmax(data)
+        row_sums = data.sum(1)
+        row_stat = row_sums.min() if normalize else (row_sums - 1).abs().max()
+        low, high, row_stat = torch.stack([low, high, row_stat]).tolist()
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"{name} must be finite")
+        if low < 0:
+            raise ValueError(f"{name} must be >= 0, got min {low}")
+        if normalize:
+            if not row_stat > 0:
+                raise ValueError(f"{name} rows must have a positive sum to be normalized")
+        else:
+            tolerance = 1e-3 if probs.dtype == torch.float32 else 1e-5
+            if row_stat > tolerance:
+                raise ValueError(f"{name} rows must sum to 1 (within {tolerance}), worst row is off by"
+                                 f" {row_stat:.3g}; pass normalize=True to renormalize them")
+    return probs
+
+
+def check_labels(labels, num_samples: int, num_classes: int, device) -> torch.Tensor:
+    """(N,) int64 labels in [0, num_classes) on `device`."""
+    labels = _checks.int64_tensor(labels, "labels")
+    if tuple(labels.shape) != (num_samples,):
+        raise ValueError(f"labels must have shape (N,) = ({num_samples},), got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"labels must be on the device of probs ({device}), got {labels.device}")
+    _checks.index_range(labels, "labels", num_classes)
+    return labels
+
+
+def check_num_classes(num_classes, num_categories: int) -> int:
+    """K: num_classes (a Python int >= 1), default C."""
+    if num_classes is None:
+        return num_categories
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be a Python int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def check_eps(eps, dtype: torch.dtype) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a float > 0, got {eps!r}")
-    if _checks.checking_values() and num_samples:
-        if not bool(torch.isfinite(probs).all()):
-            raise ValueError("probs must be finite")
-        if float(probs.min()) < 0:
-            raise ValueError(f"probs must be >= 0, got min {float(probs.min())}")
-        row_sums = probs.sum(1)
-        worst = float((row_sums - 1).abs().max())
-        tolerance = 1e-3 if probs.dtype == torch.float32 else 1e-5
-        if worst > tolerance:
-            raise ValueError(f"probs rows must sum to 1 (within {tolerance}), worst row is off by {worst:.3g}")
-    if labels is not None:
-        _checks.int64_tensor(labels, "labels")
-        if tuple(labels.shape) != (num_samples,):
-            raise ValueError(f"labels must have shape (N,) = ({num_samples},), got {tuple(labels.shape)}")
-        _checks.same_device({"probs": probs, "labels": labels})
-        _checks.index_range(labels, "labels", num_classes)
+    tiny = torch.finfo(dtype).tiny
+    if eps < tiny:
+        raise ValueError(f"eps must be >= {tiny:.3g} (the smallest normal {str(dtype)[6:]}), got {eps!r}")
+    return float(eps)
+
+
+def _check(probs, labels, eps, num_classes, normalize) -> int:
+    probs = check_probabilities(probs, "probs", normalize)
+    num_samples, num_categories = probs.shape
+    check_eps(eps, probs.dtype)
+    num_classes = check_num_classes(num_classes, num_categories)
+    if labels is None:
+        if num_classes < num_categories:
+            raise ValueError(f"num_classes must be >= C = {num_categories} when labels default to"
+                             f" argmax(probs), got {num_classes}")
+    else:
+        check_labels(labels, num_samples, num_classes, probs.device)
+    return num_classes
 
 
 def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
-                      eps: float = 1e-12) -> torch.Tensor:
+                      eps: float = 1e-12, *, num_classes: int | None = None,
+                      normalize: bool = False) -> torch.Tensor:
     """out_i = mean over j with labels_j == labels_i (j = i included) of KL(p_i || p_j), with
-    log p clamped as log max(p, eps).
+    log p clamped as log max(p, eps). O(N C) time, O(K C) extra memory, exact (not an estimate).
 
     Args:
-        probs: (N, C) class probabilities (rows sum to 1).
-        labels: (N,) int64 in [0, C); default argmax of probs (ties to the lowest index).
-        eps: clamp of the probabilities inside the logarithm.
+        probs: (N, C) class probabilities, float32 or float64; every row must sum to 1 (within
+            1e-3 in float32, 1e-5 in float64) unless ``normalize``.
+        labels: (N,) int64 in [0, num_classes); default argmax of probs (ties to the lowest index).
+        eps: clamp of the probabilities inside the logarithm (``log max(p, eps)``, not
+            ``log(p + eps)``); at least the dtype's smallest normal number.
+        num_classes: K, the range of labels (default C); classes without samples are fine.
+        normalize: divide each row by its sum first (differentiably) instead of requiring sums of 1.
 
     Returns:
-        (N,) mean KL divergences, differentiable in probs.
+        (N,) mean KL divergences in probs' dtype, differentiable in probs (the gradient of the
+        clamp is 1 where p >= eps, 0 below, as torch.clamp's).
     """
-    _check(probs, labels, eps)
+    num_classes = _check(probs, labels, eps, num_classes, normalize)
+    eps = float(eps)
+    if normalize:
+        probs = probs / probs.sum(1, keepdim=True)
     if labels is None:
         labels = probs.argmax(1)
-    backend.resolve("class_pairwise_kl", IMPLEMENTED, probs.device)
-    return reference.class_pairwise_kl(probs, labels, eps)
+    name = backend.resolve("class_pairwise_kl", IMPLEMENTED, probs.device)
+    if name == "reference":
+        return reference.class_pairwise_kl(probs, labels, eps)
+    if name == "triton":
+        return torch.ops.gmkernels_triton.class_pairwise_kl(probs, labels, eps, num_classes)[0]
+    return torch.ops.gmkernels.class_pairwise_kl(probs, labels, eps, num_classes)[0]
+
+
+def _register_fake_and_autograd(namespace: str) -> None:
+    """Fake tensors and autograd of ``<namespace>::class_pairwise_kl`` (outputs kl and
+    class_mean_log) and its backward op: the compiled ops and the Triton ops share them."""
+    forward = f"{namespace}::class_pairwise_kl"
+    backward = getattr(torch.ops, namespace).class_pairwise_kl_backward
+
+    @torch.library.register_fake(forward)
+    def _fake(probs, labels, eps, num_classes):
+        return probs.new_empty(probs.shape[0]), probs.new_empty(num_classes, probs.shape[1])
+
+    @torch.library.register_fake(f"{namespace}::class_pairwise_kl_backward")
+    def _fake_backward(grad_kl, probs, labels, class_mean_log, eps):
+        return probs.new_empty(probs.shape)
+
+    def _setup_context(ctx, inputs, output):
+        probs, labels, eps, _ = inputs
+        ctx.save_for_backward(probs, labels, output[1])
+        ctx.eps = eps
+        ctx.mark_non_differentiable(output[1])
+
+    def _backward(ctx, grad_kl, _grad_class_mean_log):
+        probs, labels, class_mean_log = ctx.saved_tensors
+        return backward(grad_kl, probs, labels, class_mean_log, ctx.eps), None, None, None
+
+    torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
+
+
+if _C is not None:
+    _register_fake_and_autograd("gmkernels")
+if _triton is not None:
+    _register_fake_and_autograd("gmkernels_triton")

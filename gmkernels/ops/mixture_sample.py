@@ -15,6 +15,10 @@ from . import _checks
 _C = backend.compiled_module()
 _KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
 IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS
+if "triton" in backend.backends():
+    from ..triton import mixture_sample as _triton  # registers torch.ops.gmkernels_triton.*
+
+    IMPLEMENTED += ("triton",)
 
 
 def _check(mu, scale, n, component, generator, weights):
@@ -102,16 +106,21 @@ def mixture_sample_with_seed(mu: torch.Tensor, scale: torch.Tensor, component: t
     name = backend.resolve("mixture_sample", IMPLEMENTED, mu.device)
     if name == "reference":
         return reference.mixture_sample(mu, scale, component, seed)
+    if name == "triton":
+        return torch.ops.gmkernels_triton.mixture_sample(mu, scale, component, seed)
     return torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
 
 
-if _C is not None:
+def _register_fake_and_autograd(namespace: str) -> None:
+    """Fake tensors and autograd for ``namespace::mixture_sample`` (compiled or Triton ops, same
+    schemas): the backward calls ``namespace::mixture_sample_backward``, which regenerates eps."""
+    ops = getattr(torch.ops, namespace)
 
-    @torch.library.register_fake("gmkernels::mixture_sample")
+    @torch.library.register_fake(f"{namespace}::mixture_sample")
     def _fake(mu, scale, component, seed):
         return mu.new_empty(component.shape[0], mu.shape[1])
 
-    @torch.library.register_fake("gmkernels::mixture_sample_backward")
+    @torch.library.register_fake(f"{namespace}::mixture_sample_backward")
     def _fake_backward(grad_z, scale, component, seed):
         return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
 
@@ -121,9 +130,14 @@ if _C is not None:
 
     def _backward(ctx, grad_z):
         scale, component, seed = ctx.saved_tensors
-        grad_mu, grad_scale = torch.ops.gmkernels.mixture_sample_backward(
-            grad_z, scale, component, seed)
+        grad_mu, grad_scale = ops.mixture_sample_backward(grad_z, scale, component, seed)
         return grad_mu, grad_scale, None, None
 
     torch.library.register_autograd(
-        "gmkernels::mixture_sample", _backward, setup_context=_setup_context)
+        f"{namespace}::mixture_sample", _backward, setup_context=_setup_context)
+
+
+if _C is not None:
+    _register_fake_and_autograd("gmkernels")
+if "triton" in IMPLEMENTED:
+    _register_fake_and_autograd("gmkernels_triton")

@@ -1,0 +1,118 @@
+"""class_pairwise_kl: the fused O(N C) op against the eager pairwise reference (O(N^2 C)), and,
+the real target, against the best plain O(N C) formulation (``index_add_`` class means of
+log p, then gather and dot) eager and under torch.compile, forward and forward + backward.
+
+The fused forward reads P twice (class means, then the row dot products) and allocates O(K C + N);
+the plain formulation allocates several N x C temporaries (log p, the gathered class means, the
+product), its compiled form one (log p, kept for the second pass). ``bytes_moved`` is the bytes
+of P read once, so the reported fraction is of one pass over P at copy bandwidth.
+"""
+from __future__ import annotations
+
+import torch
+
+import gmkernels
+from gmkernels.ops import class_pairwise_kl as op
+from gmkernels.reference import class_pairwise_kl as reference
+
+from bench.common import Case, Variant
+
+EPS = 1e-12
+CLASS_MEANS_EAGER = "class-means eager"
+CLASS_MEANS_COMPILE = "class-means compile"
+
+# (N, C, forward targets?) per mode; N = 10^6, C = 10: many samples, few classes, where the fused
+# op needs O(K C + N) extra memory and the plain formulation several N x C temporaries.
+SIZES = [(200000, 1000, True), (1000000, 10, False)]
+QUICK_SIZES = [(20000, 100, False)]
+SMOKE_SIZES = [(64, 5, False)]
+PAIRWISE_SIZE = {"full": 20000, "quick": 2000, "smoke": 32}
+
+
+def _inputs(num_samples, num_categories, seed=0):
+    """A leaf P (shared by the forward and the forward + backward cases of one size) and its
+    argmax labels."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        probs = torch.softmax(3 * torch.randn(num_samples, num_categories, generator=gen), 1)
+    return probs.requires_grad_(), probs.argmax(1)
+
+
+def _step(fn, probs, backward):
+    """One timed call: forward (no autograd graph), or forward + backward of sum(kl)."""
+    if not backward:
+        def run():
+            with torch.no_grad():
+                return fn(probs)
+        return run
+
+    def run():
+        probs.grad = None
+        kl = fn(probs)
+        kl.sum().backward()
+        return kl
+    return run
+
+
+def _fused_variants(backends, num_classes, labels, probs, backward):
+    out = []
+    for name in backends:
+        if name in ("cpp", "triton", "cuda") and name in op.IMPLEMENTED and \
+                (name != "triton" or probs.is_cuda):
+            def fused(p, name=name):
+                with gmkernels.use_backend(name):
+                    return gmkernels.class_pairwise_kl(p, labels, EPS, num_classes=num_classes)
+            out.append(Variant(f"gmkernels[{name}]", _step(fused, probs, backward)))
+    return out
+
+
+def _class_means_case(probs, labels, backends, backward, with_targets):
+    """Fused vs the O(N C) eager formulation (the baseline) and its torch.compile (the peer)."""
+    num_samples, num_categories = probs.shape
+    num_classes = num_categories
+
+    def class_means(p):
+        return reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_classes)
+
+    compiled = torch.compile(reference.class_pairwise_kl_by_class_means)
+    variants = _fused_variants(backends, num_classes, labels, probs, backward) + [
+        Variant(CLASS_MEANS_EAGER, _step(class_means, probs, backward)),
+        Variant(CLASS_MEANS_COMPILE, _step(lambda p: compiled(p, labels, EPS, num_classes), probs,
+                                           backward)),
+    ]
+    fused = [f"gmkernels[{name}]" for name in ("cpp", "cuda", "triton")]
+    return Case(
+        op="class_pairwise_kl", size=f"N={num_samples} C={num_categories}",
+        mode="forward+backward" if backward else "forward", variants=variants,
+        bytes_moved=None if backward else probs.numel() * probs.element_size(),
+        baseline=CLASS_MEANS_EAGER, peer=CLASS_MEANS_COMPILE,
+        targets={name: 3.0 for name in fused} if with_targets else {},
+        peer_targets={name: 1.0 for name in fused} if with_targets else {},
+        note="" if not backward else
+        "the backward recomputes log p (no N x C buffer is kept); the compiled formula keeps one"
+        " from its forward and reuses it")
+
+
+def _pairwise_case(num_samples, num_categories, backends):
+    """Fused vs the literal pairwise reference (expect orders of magnitude)."""
+    probs, labels = _inputs(num_samples, num_categories)
+    variants = _fused_variants(backends, num_categories, labels, probs, False) + [
+        Variant("reference eager", _step(lambda p: reference.class_pairwise_kl(p, labels, EPS),
+                                         probs, False)),
+        Variant(CLASS_MEANS_EAGER, _step(
+            lambda p: reference.class_pairwise_kl_by_class_means(p, labels, EPS), probs, False)),
+    ]
+    return Case(op="class_pairwise_kl", size=f"N={num_samples} C={num_categories} pairwise",
+                mode="forward", variants=variants,
+                bytes_moved=probs.numel() * probs.element_size())
+
+
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
+    kind = "smoke" if smoke else "quick" if quick else "full"
+    sizes = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": SIZES}[kind]
+    result = [_pairwise_case(PAIRWISE_SIZE[kind], 10, backends)]
+    for num_samples, num_categories, with_targets in sizes:
+        probs, labels = _inputs(num_samples, num_categories)
+        result += [_class_means_case(probs, labels, backends, False, with_targets),
+                   _class_means_case(probs, labels, backends, True, False)]
+    return result

@@ -1,0 +1,136 @@
+"""minibatch_discrimination: the fused op vs the literal N x N x B x C reference, eager and
+torch.compile, forward and forward + backward; a large batch that only O(N B C) memory can hold;
+and a whole discriminator step with the layer (samples/s)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import gmkernels
+from gmkernels.nn import MinibatchDiscrimination
+from gmkernels.ops import minibatch_discrimination as op
+from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
+
+from bench.common import Case, Variant
+
+# (N, B, C). The first is the issue's target: >= 10x eager and faster than torch.compile.
+# Each table: full, quick, smoke.
+COMPARED_SIZES = ([(1024, 100, 5)], [(256, 50, 5)], [(64, 10, 5)])
+# The reference would hold N^2 B C floats (16.8 GB at N=4096, B=50, C=5): fused kernels only,
+# with their peak memory in the report.
+LARGE_SIZES = ([(4096, 50, 5)], [(1024, 20, 5)], [(256, 8, 5)])
+D_STEP_BATCH = (1024, 128, 16)
+
+
+def fused_backends(backends: tuple, device: torch.device) -> list:
+    # On CPU tensors Triton only runs under its interpreter, a correctness tool, not timed.
+    usable = [name for name in backends if name in op.IMPLEMENTED and name != "reference"]
+    return [name for name in usable if (name == "cpp") == (device.type == "cpu")]
+
+
+def bench_device(backends: tuple) -> torch.device:
+    return torch.device("cuda" if "cuda" in backends else "cpu")
+
+
+def _op_variants(M, grad_out, backward, names, with_reference):
+    def step(fn):
+        def run():
+            out = fn(M)
+            if backward:
+                out.backward(grad_out)
+            return out
+        return run
+
+    def on_backend(name):
+        def call(m):
+            with gmkernels.use_backend(name):
+                return gmkernels.minibatch_discrimination(m)
+        return call
+
+    variants = [Variant(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
+    if with_reference:
+        compiled = torch.compile(reference)
+        variants += [Variant("reference eager", step(reference)),
+                     Variant("reference compile", step(compiled))]
+    return variants
+
+
+def make_discriminator(in_features: int, device: torch.device) -> nn.Module:
+    """A small MLP discriminator with the layer before its last linear map (improved-gan places
+    it there)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(in_features, 512), nn.LeakyReLU(0.2),
+        nn.Linear(512, 256), nn.LeakyReLU(0.2),
+        MinibatchDiscrimination(256, 100, 5),
+        nn.Linear(256 + 100, 1),
+    ).to(device)
+
+
+def _d_step_variants(batch, names, device):
+    in_features = 784
+    real = torch.rand(batch, in_features, device=device) * 2 - 1
+    fake = torch.rand(batch, in_features, device=device) * 2 - 1
+    ones = torch.ones(batch, 1, device=device)
+    zeros = torch.zeros(batch, 1, device=device)
+    discriminator = make_discriminator(in_features, device)
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.functional.binary_cross_entropy_with_logits
+
+    def d_loss():
+        # Real and fake minibatches go through D separately, as in improved-gan.
+        return bce(discriminator(real), ones) + bce(discriminator(fake), zeros)
+
+    compiled_loss = torch.compile(d_loss)
+
+    def step(loss_fn, backend_name):
+        def run():
+            with gmkernels.use_backend(backend_name):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                loss.backward()
+                optimizer.step()
+            return loss
+        return run
+
+    variants = [Variant(f"gmkernels[{name}]", step(d_loss, name)) for name in names]
+    return variants + [Variant("reference eager", step(d_loss, "reference")),
+                       Variant("reference compile", step(compiled_loss, "reference"))]
+
+
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
+    device = bench_device(backends)
+    names = fused_backends(backends, device)
+    kind = 2 if smoke else 1 if quick else 0
+    result = []
+    for N, B, C in COMPARED_SIZES[kind]:
+        M = torch.randn(N, B, C, device=device, requires_grad=True)
+        grad_out = torch.randn(N, B, device=device)
+        for backward in (False, True):
+            result.append(Case(
+                op="minibatch_discrimination", size=f"N={N} B={B} C={C}",
+                mode="forward+backward" if backward else "forward",
+                variants=_op_variants(M, grad_out, backward, names, with_reference=True),
+                # M read once, the output written once: what any implementation must move.
+                bytes_moved=None if backward else 4 * (N * B * C + N * B),
+                targets={f"gmkernels[{name}]": 10.0 for name in names} if backward else {},
+                peer="reference compile",
+                peer_targets={f"gmkernels[{name}]": 1.0 for name in names} if backward else {},
+            ))
+    for N, B, C in LARGE_SIZES[kind]:
+        M = torch.randn(N, B, C, device=device, requires_grad=True)
+        grad_out = torch.randn(N, B, device=device)
+        result.append(Case(
+            op="minibatch_discrimination", size=f"N={N} B={B} C={C}", mode="forward+backward",
+            variants=_op_variants(M, grad_out, True, names, with_reference=False),
+            baseline=f"gmkernels[{names[0]}]" if names else "reference eager",
+            note=f"reference would hold N^2 B C floats ({4 * N * N * B * C / 1e9:.1f} GB): not run",
+        ))
+    batch = D_STEP_BATCH[kind]
+    result.append(Case(
+        op="minibatch_discrimination", size=f"D step N={batch} 784-512-256-MBD(100x5)-1",
+        mode="train step", variants=_d_step_variants(batch, names, device),
+        items=2 * batch,   # a real and a fake minibatch per step
+        peer="reference compile",
+    ))
+    return result

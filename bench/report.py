@@ -1,0 +1,218 @@
+"""How a benchmark run is shown: the stdout table, the JSON and Markdown results, the speed-up plot."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Optional
+
+from bench.common import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
+
+def _number(value, spec: str, missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def _percent(value) -> str:
+    return _number(None if value is None else 100 * value, ".1f")
+
+
+def _bytes(nbytes) -> str:
+    if nbytes is None:
+        return "-"
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.1f}{unit}"
+    return f"{nbytes}B"
+
+
+TABLE_COLUMNS = (  # title, width, cell
+    ("op", 24, lambda r: r["op"]),
+    ("size", 26, lambda r: r["size"]),
+    ("mode", 16, lambda r: r["mode"]),
+    ("variant", 20, lambda r: r["variant"]),
+    ("ms", 10, lambda r: _number(1e3 * r["median_s"], ".3f")),
+    ("x base", 7, lambda r: _number(r.get("speedup_vs_baseline"), ".2f")),
+    ("x peer", 7, lambda r: _number(r.get("speedup_vs_compile"), ".2f")),
+    ("% limit", 7, lambda r: _percent(r.get("limit_fraction"))),
+    ("peak mem", 9, lambda r: _bytes(r.get("peak_bytes"))),
+)
+
+
+def format_table(rows: list, header: bool = True) -> str:
+    lines = []
+    if header:
+        titles = " ".join(f"{title:<{width}}" if index < 4 else f"{title:>{width}}"
+                          for index, (title, width, _) in enumerate(TABLE_COLUMNS))
+        lines += [titles, "-" * len(titles)]
+    for row in rows:
+        lines.append(" ".join(f"{cell(row):<{width}}" if index < 4 else f"{cell(row):>{width}}"
+                              for index, (_, width, cell) in enumerate(TABLE_COLUMNS)))
+    return "\n".join(lines)
+
+
+def below_target(rows: list) -> list:
+    return [row for row in rows if row.get("meets_target") is False]
+
+
+def miss_line(row: dict) -> str:
+    return (f"{row['op']} {row['size']} {row['mode']} {row['variant']}: "
+            f"{row['missed']} -- {row['reason']}")
+
+
+def _markdown_table(titles: list, rows: list) -> list:
+    lines = ["| " + " | ".join(titles) + " |", "|" + "|".join("---" for _ in titles) + "|"]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _device_lines(facts: dict) -> list:
+    load = facts.get("load_average")
+    lines = [
+        f"- CPU: {facts['cpu']} ({facts.get('cpu_count')} logical CPUs, {facts.get('cpu_affinity')} usable), "
+        f"torch threads {facts['threads']} (interop {facts.get('interop_threads')}), "
+        f"last-level cache {_bytes(facts.get('last_level_cache_bytes'))}, "
+        f"memory {_bytes(facts.get('memory_bytes'))}",
+        f"- load average at start: {', '.join(f'{value:.2f}' for value in load) if load else 'unknown'}"
+        + (f"; at end: {', '.join(f'{value:.2f}' for value in facts['load_average_end'])}"
+           if facts.get("load_average_end") else ""),
+        f"- Python {facts['python']}, torch {facts['torch']}, triton {facts.get('triton')}"
+        + (" (interpreter)" if facts.get("triton_interpret") else "")
+        + f", numpy {facts.get('numpy')}, pykeops {facts.get('pykeops') or 'not installed'}",
+        f"- gmkernels backends: {', '.join(facts['backends'])}; build: {json.dumps(facts.get('gmkernels'))}",
+    ]
+    gpu = facts.get("gpu")
+    if gpu:
+        lines.append("- GPU: " + ", ".join(f"{key} {value}" for key, value in gpu.items()))
+    return lines
+
+
+def _limit_lines(limits: dict) -> list:
+    rows = []
+    for device, values in limits["devices"].items():
+        rows.append([
+            device, _bytes(values["bandwidth_buffer_bytes"]),
+            _number(values["copy_gb_per_s"], ".1f"), _number(values["read_gb_per_s"], ".1f"),
+            f"{_number(values['fp32_matmul_gflop_per_s'], '.1f')} (n={values['matmul_size']})",
+            _number(values.get("tf32_matmul_gflop_per_s"), ".1f"),
+            _number(values.get("bf16_matmul_gflop_per_s"), ".1f"),
+        ])
+    lines = _markdown_table(["device", "buffer", "copy GB/s (read+write)", "read GB/s (sum)",
+                             "fp32 matmul GFLOP/s", "tf32 GFLOP/s", "bf16 GFLOP/s"], rows)
+    if limits["matmul_shapes"]:
+        lines += ["", "Plain fp32 matmuls of the shapes cases asked for:", ""]
+        lines += _markdown_table(["shape (B,) M, K, N", "device", "GFLOP/s"], [
+            ["x".join(map(str, entry["shape"])), entry["device"], _number(entry["fp32_gflop_per_s"], ".1f")]
+            for entry in limits["matmul_shapes"]])
+    return lines
+
+
+def _op_lines(rows: list) -> list:
+    """One op's rows; a device column when they span devices, items/s for training steps."""
+    with_device = len({row["device"] for row in rows}) > 1
+    with_items = any(row.get("items_per_s") for row in rows)
+    titles = ["size", "mode", "device", "variant", "median ms", "min ms", "runs", "first call s",
+              "x base", "x peer", "GB/s", "GFLOP/s", "% of limit (limit)", "peak memory", "items/s"]
+    table = []
+    for row in rows:
+        table.append([
+            row["size"], row["mode"], row["device"], row["variant"], _number(1e3 * row["median_s"], ".3f"),
+            _number(1e3 * row["min_s"], ".3f"), row["repeats"], _number(row.get("first_call_s"), ".2f"),
+            _number(row.get("speedup_vs_baseline"), ".2f"), _number(row.get("speedup_vs_compile"), ".2f"),
+            _number(row.get("gb_per_s"), ".2f"), _number(row.get("gflop_per_s"), ".2f"),
+            f"{_percent(row['limit_fraction'])} ({row['limit']})" if row.get("limit") else "-",
+            _bytes(row.get("peak_bytes")), _number(row.get("items_per_s"), ".1f"),
+        ])
+    keep = [index for index, title in enumerate(titles)
+            if (title != "device" or with_device) and (title != "items/s" or with_items)]
+    return _markdown_table([titles[index] for index in keep], [[cells[index] for index in keep] for cells in table])
+
+
+def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
+    settings, rows = result["settings"], result["rows"]
+    facts = result["device"]
+    lines = [f"# gmkernels benchmark ({settings['kind']}), {settings['date']}", ""]
+    # What needs attention first: failed sections, then every row below its target, with why.
+    if result["errors"]:
+        lines += ["## Sections that failed", ""]
+        lines += [f"- `{error['op']}`: {error['error']}" for error in result["errors"]] + [""]
+    missed = below_target(rows)
+    lines += ["## Below target", ""]
+    if settings["smoke"]:
+        lines += ["Smoke run: single runs of tiny sizes; the machinery is checked, the verdicts mean nothing.", ""]
+    if missed:
+        lines += _markdown_table(
+            ["op", "size", "mode", "variant", "missed", "% of limit", "reason"],
+            [[row["op"], row["size"], row["mode"], row["variant"], row["missed"],
+              _percent(row.get("limit_fraction")), row["reason"]] for row in missed])
+    else:
+        targeted = sum(1 for row in rows if "meets_target" in row)
+        lines.append(f"None: every row with a target ({targeted}) meets it." if targeted
+                     else "No row in this run has a target.")
+    lines += ["", "## Device", ""] + _device_lines(facts)
+    lines += ["", "## Machine limits, measured in this run", ""] + _limit_lines(result["limits"])
+    lines += [
+        "", "## How to read", "",
+        f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}); "
+        "`first call s` is the first call alone (torch.compile / KeOps compile time lands there).",
+        "- `x base`: speed-up over the case's baseline (`reference eager` unless the case says "
+        "otherwise); `x peer`: over the variant to beat (the baseline's compiled twin unless the "
+        "case names another). Above 1 is faster.",
+        "- `% of limit`: the case's roofline time (its `bytes_moved` at the best bandwidth measured "
+        "above, or its `flops` at the fp32 matmul rate -- of the case's own matmul shape when it "
+        "names one -- whichever is longer) over the measured time. `-`: the case declares neither.",
+        f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
+        f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
+    ]
+    if plot_name:
+        lines += ["", f"![speed-up vs size]({plot_name})"]
+    for op in dict.fromkeys(row["op"] for row in rows):
+        lines += ["", f"## {op}", ""] + _op_lines([row for row in rows if row["op"] == op])
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def write_json(path: str, result: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=1, default=str)
+
+
+def write_plot(path: str, rows: list, title: str) -> Optional[str]:
+    """Speed-up over the baseline vs size, one panel per op, mode and device, one line per variant
+    (sizes in the order the section lists them). Returns why not when it cannot plot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed"
+    panels = list(dict.fromkeys((row["op"], row["mode"], row["device"]) for row in rows))
+    several_devices = len({row["device"] for row in rows}) > 1
+    if not panels:
+        return "no rows"
+    columns = min(2, len(panels))
+    lines = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 3.8 * lines), squeeze=False)
+    for axis, (op, mode, device) in zip(axes.flat, panels):
+        panel_rows = [row for row in rows if (row["op"], row["mode"], row["device"]) == (op, mode, device)]
+        sizes = list(dict.fromkeys(row["size"] for row in panel_rows))
+        baselines = {row["baseline"] for row in panel_rows}
+        for variant in dict.fromkeys(row["variant"] for row in panel_rows if row["variant"] not in baselines):
+            points = [(sizes.index(row["size"]), row["speedup_vs_baseline"]) for row in panel_rows
+                      if row["variant"] == variant and row.get("speedup_vs_baseline")]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=variant)
+        axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.set_yscale("log")
+        axis.set_xticks(range(len(sizes)))
+        axis.set_xticklabels(sizes, rotation=15, fontsize=7, ha="right")
+        axis.set_title(f"{op} ({mode}{', ' + device if several_devices else ''})", fontsize=9)
+        axis.set_ylabel(f"speed-up vs {' / '.join(sorted(baselines))}", fontsize=8)
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None

@@ -1,0 +1,195 @@
+// Tensors -> ClassPairwiseKlParams, argument checks, and the CPU/CUDA registrations of
+// gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward (schemas in registry.cpp).
+#include <torch/library.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "../kernels/class_pairwise_kl.h"
+#include "checks.h"
+
+#ifdef GMKERNELS_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+namespace gmk {
+namespace {
+
+void check_class_pairwise_kl_args(const at::Tensor& probs, const at::Tensor& labels, double eps,
+                                  int64_t num_classes) {
+  check_float_tensor(probs, "probs");
+  TORCH_CHECK(probs.dim() == 2 && probs.size(1) >= 1, "probs must be (N, C) with C >= 1, got shape ",
+              probs.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 &&
+                  labels.size(0) == probs.size(0),
+              "labels must be a (N,) int64 tensor with N = ", probs.size(0), ", got ",
+              labels.scalar_type(), " shape ", labels.sizes());
+  TORCH_CHECK(labels.device() == probs.device(), "labels must be on ", probs.device());
+  // The CUDA kernels index sorted rows and chunks with 32-bit integers.
+  TORCH_CHECK(num_classes >= 1 && num_classes < (int64_t(1) << 30),
+              "num_classes must be in [1, 2^30), got ", num_classes);
+  TORCH_CHECK(probs.size(0) < (int64_t(1) << 30), "class_pairwise_kl supports N < 2^30 samples, got ",
+              probs.size(0));
+  const double smallest = probs.scalar_type() == at::kFloat
+                              ? static_cast<double>(std::numeric_limits<float>::min())
+                              : std::numeric_limits<double>::min();
+  TORCH_CHECK(eps >= smallest, "eps must be >= ", smallest, " (the dtype's smallest normal), got ",
+              eps);
+}
+
+// The CPU kernels index tables by label: an out-of-range label would write outside them.
+void check_labels_in_range_cpu(const at::Tensor& labels, int64_t num_classes) {
+  if (labels.numel() == 0) return;
+  const int64_t low = labels.min().item<int64_t>(), high = labels.max().item<int64_t>();
+  TORCH_CHECK(low >= 0 && high < num_classes, "labels must lie in [0, ", num_classes,
+              "), got values in [", low, ", ", high, "]");
+}
+
+void check_backward_args(const at::Tensor& grad_kl, const at::Tensor& probs,
+                         const at::Tensor& labels, const at::Tensor& class_mean_log, double eps) {
+  TORCH_CHECK(class_mean_log.dim() == 2 && probs.dim() == 2 &&
+                  class_mean_log.size(1) == probs.size(1),
+              "class_mean_log must be (K, C) with C = probs.size(1), got shape ",
+              class_mean_log.sizes(), " for probs ", probs.sizes());
+  check_class_pairwise_kl_args(probs, labels, eps, class_mean_log.size(0));
+  check_same_dtype_device(probs, grad_kl, "probs", "grad_kl");
+  check_same_dtype_device(probs, class_mean_log, "probs", "class_mean_log");
+  TORCH_CHECK(grad_kl.dim() == 1 && grad_kl.size(0) == probs.size(0),
+              "grad_kl must be (N,) with N = ", probs.size(0), ", got shape ", grad_kl.sizes());
+}
+
+// The fields forward and backward params share.
+template <typename Params>
+void fill_common(Params& p, const at::Tensor& probs, const at::Tensor& labels,
+                 const at::Tensor& class_mean_log, double eps, void* workspace) {
+  using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(p.probs)>>;
+  p.probs = probs.data_ptr<scalar_t>();
+  p.labels = labels.data_ptr<int64_t>();
+  p.class_mean_log = class_mean_log.data_ptr<scalar_t>();
+  p.num_samples = probs.size(0);
+  p.num_categories = probs.size(1);
+  p.num_classes = class_mean_log.size(0);
+  p.eps = eps;
+  p.num_threads = cpu_threads();
+  p.workspace = workspace;
+}
+
+template <typename scalar_t>
+ClassPairwiseKlParams<scalar_t> forward_params(const at::Tensor& probs, const at::Tensor& labels,
+                                               const at::Tensor& kl,
+                                               const at::Tensor& class_mean_log, double eps,
+                                               void* workspace) {
+  ClassPairwiseKlParams<scalar_t> p;
+  fill_common(p, probs, labels, class_mean_log, eps, workspace);
+  p.kl = kl.data_ptr<scalar_t>();
+  return p;
+}
+
+template <typename scalar_t>
+ClassPairwiseKlBackwardParams<scalar_t> backward_params(const at::Tensor& grad_kl,
+                                                        const at::Tensor& probs,
+                                                        const at::Tensor& labels,
+                                                        const at::Tensor& class_mean_log,
+                                                        const at::Tensor& grad_probs, double eps,
+                                                        void* workspace) {
+  ClassPairwiseKlBackwardParams<scalar_t> p;
+  fill_common(p, probs, labels, class_mean_log, eps, workspace);
+  p.grad_kl = grad_kl.data_ptr<scalar_t>();
+  p.grad_probs = grad_probs.data_ptr<scalar_t>();
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> cpu_class_pairwise_kl(const at::Tensor& probs,
+                                                         const at::Tensor& labels, double eps,
+                                                         int64_t num_classes) {
+  check_class_pairwise_kl_args(probs, labels, eps, num_classes);
+  check_labels_in_range_cpu(labels, num_classes);
+  const at::Tensor probs_c = probs.contiguous(), labels_c = labels.contiguous();
+  at::Tensor kl = at::empty({probs.size(0)}, probs.options());
+  at::Tensor class_mean_log = at::zeros({num_classes, probs.size(1)}, probs.options());
+  if (probs.size(0) == 0) return {kl, class_mean_log};
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_cpu", [&] {
+    class_pairwise_kl_forward_cpu(
+        forward_params<scalar_t>(probs_c, labels_c, kl, class_mean_log, eps, nullptr));
+  });
+  return {kl, class_mean_log};
+}
+
+at::Tensor cpu_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::Tensor& probs,
+                                          const at::Tensor& labels,
+                                          const at::Tensor& class_mean_log, double eps) {
+  check_backward_args(grad_kl, probs, labels, class_mean_log, eps);
+  check_labels_in_range_cpu(labels, class_mean_log.size(0));
+  const at::Tensor grad_c = grad_kl.contiguous(), probs_c = probs.contiguous();
+  const at::Tensor labels_c = labels.contiguous(), mean_c = class_mean_log.contiguous();
+  at::Tensor grad_probs = at::empty_like(probs_c);
+  if (probs.size(0) == 0) return grad_probs;
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_backward_cpu", [&] {
+    class_pairwise_kl_backward_cpu(backward_params<scalar_t>(grad_c, probs_c, labels_c, mean_c,
+                                                             grad_probs, eps, nullptr));
+  });
+  return grad_probs;
+}
+
+#ifdef GMKERNELS_WITH_CUDA
+at::Tensor cuda_workspace(const at::Tensor& probs, int64_t num_classes) {
+  const size_t bytes = class_pairwise_kl_cuda_workspace_bytes(
+      probs.size(0), probs.size(1), num_classes, probs.element_size());
+  return at::empty({static_cast<int64_t>(bytes)}, probs.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor> cuda_class_pairwise_kl(const at::Tensor& probs,
+                                                          const at::Tensor& labels, double eps,
+                                                          int64_t num_classes) {
+  check_class_pairwise_kl_args(probs, labels, eps, num_classes);
+  const c10::cuda::CUDAGuard guard(probs.device());
+  const at::Tensor probs_c = probs.contiguous(), labels_c = labels.contiguous();
+  at::Tensor kl = at::empty({probs.size(0)}, probs.options());
+  at::Tensor class_mean_log = at::zeros({num_classes, probs.size(1)}, probs.options());
+  if (probs.size(0) == 0) return {kl, class_mean_log};
+  at::Tensor workspace = cuda_workspace(probs_c, num_classes);
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_cuda", [&] {
+    class_pairwise_kl_forward_cuda(forward_params<scalar_t>(probs_c, labels_c, kl, class_mean_log,
+                                                            eps, workspace.data_ptr()),
+                                   at::cuda::getCurrentCUDAStream().stream());
+  });
+  return {kl, class_mean_log};
+}
+
+at::Tensor cuda_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::Tensor& probs,
+                                           const at::Tensor& labels,
+                                           const at::Tensor& class_mean_log, double eps) {
+  check_backward_args(grad_kl, probs, labels, class_mean_log, eps);
+  const c10::cuda::CUDAGuard guard(probs.device());
+  const at::Tensor grad_c = grad_kl.contiguous(), probs_c = probs.contiguous();
+  const at::Tensor labels_c = labels.contiguous(), mean_c = class_mean_log.contiguous();
+  at::Tensor grad_probs = at::empty_like(probs_c);
+  if (probs.size(0) == 0) return grad_probs;
+  at::Tensor workspace = cuda_workspace(probs_c, class_mean_log.size(0));
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_backward_cuda", [&] {
+    class_pairwise_kl_backward_cuda(
+        backward_params<scalar_t>(grad_c, probs_c, labels_c, mean_c, grad_probs, eps,
+                                  workspace.data_ptr()),
+        at::cuda::getCurrentCUDAStream().stream());
+  });
+  return grad_probs;
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("class_pairwise_kl", &cpu_class_pairwise_kl);
+  m.impl("class_pairwise_kl_backward", &cpu_class_pairwise_kl_backward);
+}
+
+#ifdef GMKERNELS_WITH_CUDA
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("class_pairwise_kl", &cuda_class_pairwise_kl);
+  m.impl("class_pairwise_kl_backward", &cuda_class_pairwise_kl_backward);
+}
+#endif
+
+}  // namespace gmk

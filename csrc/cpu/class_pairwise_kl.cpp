@@ -1,0 +1,373 @@
+// CPU kernels of class_pairwise_kl (math in csrc/kernels/class_pairwise_kl.h).
+// Forward: pass 1 reads P once, computing l = log max(p, eps) once per element: it adds l to the
+// row's class sums and keeps the row's sum_c p l (N doubles); pass 2 reads P again for
+// sum_c p Lbar, without logs. Backward: pass 1 sums g_i p_i per class, pass 2 writes the gradient
+// (one log per element). Nothing of size N x C is allocated: rows are processed in blocks of
+// about kBlockElements elements with per-thread scratch of that size.
+// Each thread sums a contiguous range of rows into its own K x C table, and the tables are added
+// in a fixed order: the result is identical on every run with the same thread count.
+#include "../kernels/class_pairwise_kl.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+namespace gmk {
+namespace {
+
+#ifdef __FMA__
+inline float mul_add(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+#else
+inline float mul_add(float a, float b, float c) { return a * b + c; }
+#endif
+
+// log x for normal x > 0 within 1.1 ulp (checked against double log over every normal float in
+// (0, 1]), branch-free so that `omp simd` loops vectorize it: std::log only vectorizes under
+// -ffast-math, and the log is most of the forward's arithmetic. x = 2^n z with z in [2/3, 4/3)
+// by integer arithmetic on the bits, then log(1 + r) = r + r^2 Q(r), Q a degree-8 least-max-
+// relative-error fit on |r| <= 1/3.
+inline float log_normal_positive(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t shifted = bits - 0x3f2aaaabu;  // 0x3f2aaaab = 2/3
+  const int32_t n = static_cast<int32_t>(shifted) >> 23;
+  const uint32_t z_bits = (shifted & 0x007fffffu) + 0x3f2aaaabu;
+  float z;
+  std::memcpy(&z, &z_bits, sizeof z);
+  const float r = z - 1.0f;
+  float q = -0.1294809728860855f;
+  q = mul_add(q, r, 0.14004062116146088f);
+  q = mul_add(q, r, -0.12167350202798843f);
+  q = mul_add(q, r, 0.1400129348039627f);
+  q = mul_add(q, r, -0.1668229103088379f);
+  q = mul_add(q, r, 0.2001073956489563f);
+  q = mul_add(q, r, -0.24999718368053436f);
+  q = mul_add(q, r, 0.3333320915699005f);
+  q = mul_add(q, r, -0.5f);
+  return mul_add(q, r * r, mul_add(static_cast<float>(n), 0.693147182464599609375f, r));
+}
+
+// log max(p, eps); the wrapper guarantees eps >= the dtype's smallest normal number.
+inline float clamped_log(float p, float eps) { return log_normal_positive(p > eps ? p : eps); }
+inline double clamped_log(double p, double eps) { return std::log(p > eps ? p : eps); }
+
+// Rows are split into `count` contiguous ranges ("slots"), each summed into its own K x C table by
+// one thread; tables are then added in slot order. The slots depend on the thread count, N and
+// K C only, so results are identical on every run with the same thread count. Each slot gets at
+// least kMinElementsPerSlot elements of P (below that, waking threads costs more than it saves),
+// and all tables together stay under kTableBudgetBytes (many threads x a large K x C table would
+// cost more to zero and add than the rows they save).
+constexpr int64_t kMinElementsPerSlot = int64_t(1) << 16;
+constexpr int64_t kTableBudgetBytes = int64_t(256) << 20;
+// A slot's rows are handled in blocks of about this many elements: the logs run as one long
+// vector loop over the block even when rows are short (C = 10 would otherwise leave every row to
+// the scalar remainder of a 16-lane loop).
+constexpr int64_t kBlockElements = 2048;
+// Rows shorter than this are summed from a block of products by row_totals: a per-row vector
+// reduction would spend more on its final horizontal sum than on the row. Longer rows keep their
+// sums (and the backward its logs) in one fused loop per row, which moves less through L1.
+constexpr int64_t kShortRow = 16;
+// The forward sums float logs in float, and moves each class's float sums into the double table
+// every kFlushRows rows of that class: float arithmetic in the hot loop, double accuracy overall.
+constexpr int kFlushRows = 32;
+
+struct RowSlots {
+  int64_t num_samples;
+  int64_t num_categories;
+  int count;
+
+  int64_t begin(int slot) const { return num_samples * slot / count; }
+  int64_t block_rows() const { return std::max<int64_t>(1, kBlockElements / num_categories); }
+  int64_t block_size() const { return block_rows() * num_categories; }
+};
+
+// Rows are visited in natural order, which streams P; the class rows of the tables are the random
+// accesses, served from cache for tables up to a few million entries (K = C = 1000: 12 MB).
+RowSlots make_slots(int64_t num_samples, int64_t num_classes, int64_t num_categories,
+                    int requested_threads) {
+  const int64_t table_bytes = num_classes * num_categories * int64_t(sizeof(double) + sizeof(float));
+  const int64_t by_size = num_samples * num_categories / kMinElementsPerSlot;
+  const int64_t by_memory = kTableBudgetBytes / table_bytes;
+  return RowSlots{num_samples, num_categories,
+                  static_cast<int>(std::max<int64_t>(
+                      1, std::min<int64_t>({requested_threads, by_size, by_memory})))};
+}
+
+// Calls visit(slot, begin, end) for consecutive blocks of rows [begin, end), each slot on one
+// thread, blocks of a slot in order.
+template <typename Visit>
+void for_each_block(const RowSlots& slots, Visit&& visit) {
+#pragma omp parallel for num_threads(slots.count) schedule(static, 1)
+  for (int slot = 0; slot < slots.count; ++slot) {
+    const int64_t end = slots.begin(slot + 1), step = slots.block_rows();
+    for (int64_t begin = slots.begin(slot); begin < end; begin += step)
+      visit(slot, begin, std::min(end, begin + step));
+  }
+}
+
+// out[r] = sum_c values[r C + c] for a block of short rows: each row is a short scalar chain, and
+// consecutive rows' chains overlap out of order.
+void row_totals(const double* values, int64_t rows, int64_t num_categories, double* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* row = values + r * num_categories;
+    double total = 0;
+    for (int64_t c = 0; c < num_categories; ++c) total += row[c];
+    out[r] = total;
+  }
+}
+
+// One slot's per-class sums: in the double table directly (accumulate_t double), or in a float
+// table whose class rows are added into the double table every kFlushRows rows of the class.
+template <typename accumulate_t>
+class SlotSums {
+ public:
+  SlotSums(double* sums, int64_t num_classes, int64_t num_categories)
+      : sums_(sums), num_categories_(num_categories) {
+    std::fill(sums, sums + num_classes * num_categories, 0.0);
+    if (kBlocked) {
+      block_.assign(num_classes * num_categories, 0.0f);
+      pending_.assign(num_classes, 0);
+    }
+  }
+
+  // Where row values of class k are added.
+  accumulate_t* row(int64_t k) {
+    if constexpr (kBlocked) return block_.data() + k * num_categories_;
+    else return sums_ + k * num_categories_;
+  }
+
+  // Call after adding one row of class k.
+  void added(int64_t k) {
+    if (kBlocked && ++pending_[k] == kFlushRows) flush(k);
+  }
+
+  ~SlotSums() {
+    for (size_t k = 0; k < pending_.size(); ++k)
+      if (pending_[k]) flush(static_cast<int64_t>(k));
+  }
+
+ private:
+  static constexpr bool kBlocked = std::is_same<accumulate_t, float>::value;
+
+  void flush(int64_t k) {
+    float* block = block_.data() + k * num_categories_;
+    double* sums = sums_ + k * num_categories_;
+#pragma omp simd
+    for (int64_t c = 0; c < num_categories_; ++c) {
+      sums[c] += block[c];
+      block[c] = 0.0f;
+    }
+    pending_[k] = 0;
+  }
+
+  double* sums_;
+  int64_t num_categories_;
+  std::vector<float> block_;
+  std::vector<int> pending_;
+};
+
+// mean[k, c] = (1 / n_k) sum_{i: labels_i = k} value_ic and count[k] = n_k, where
+// add_rows(slot, begin, end, sums) adds the values of the block of rows [begin, end) into
+// sums.row(labels_i), calling sums.added(labels_i) after each row (it may do more, e.g. keep row
+// totals). Empty classes get 0.
+template <typename accumulate_t, typename AddRows>
+void class_means(const RowSlots& slots, const int64_t* labels, int64_t num_classes,
+                 int requested_threads, AddRows&& add_rows, double* mean, int64_t* count) {
+  const int64_t num_categories = slots.num_categories;
+  const int64_t table_size = num_classes * num_categories;
+  std::unique_ptr<double[]> partial(new double[slots.count * table_size]);
+  std::vector<int64_t> partial_counts(slots.count * num_classes, 0);
+#pragma omp parallel for num_threads(slots.count) schedule(static, 1)
+  for (int slot = 0; slot < slots.count; ++slot) {
+    SlotSums<accumulate_t> sums(partial.get() + slot * table_size, num_classes, num_categories);
+    const int64_t end = slots.begin(slot + 1), step = slots.block_rows();
+    for (int64_t begin = slots.begin(slot); begin < end; begin += step)
+      add_rows(slot, begin, std::min(end, begin + step), sums);
+    int64_t* counts = partial_counts.data() + slot * num_classes;
+    for (int64_t i = slots.begin(slot); i < end; ++i) ++counts[labels[i]];
+  }
+  std::vector<double> inverse_count(num_classes);
+  for (int64_t k = 0; k < num_classes; ++k) {
+    count[k] = 0;
+    for (int slot = 0; slot < slots.count; ++slot) count[k] += partial_counts[slot * num_classes + k];
+    inverse_count[k] = count[k] ? 1.0 / static_cast<double>(count[k]) : 0.0;
+  }
+#pragma omp parallel for num_threads(requested_threads) schedule(static) if (table_size > 16384)
+  for (int64_t idx = 0; idx < table_size; ++idx) {
+    double total = partial[idx];
+    for (int slot = 1; slot < slots.count; ++slot) total += partial[slot * table_size + idx];
+    mean[idx] = total * inverse_count[idx / num_categories];
+  }
+}
+
+// grad_jc = g_j (l_jc + m_jc - Lbar_{k_j c}) - m_jc W_{k_j c} / p_jc for one row, m = [p >= eps]
+// (torch.clamp passes the gradient at p = eps); the logs come from `row_logs` or, when it is
+// null, are computed inline.
+template <typename scalar_t>
+inline void gradient_row(const scalar_t* row, const scalar_t* row_logs, const scalar_t* class_mean,
+                         const double* weighted, double grad, scalar_t eps, int64_t num_categories,
+                         scalar_t* out) {
+  if (row_logs != nullptr) {
+#pragma omp simd
+    for (int64_t c = 0; c < num_categories; ++c) {
+      const scalar_t prob = row[c], clamped = prob > eps ? prob : eps;
+      const double mask = prob >= eps ? 1.0 : 0.0;
+      out[c] = static_cast<scalar_t>(
+          grad * (static_cast<double>(row_logs[c]) + mask - static_cast<double>(class_mean[c])) -
+          mask * weighted[c] / static_cast<double>(clamped));
+    }
+    return;
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < num_categories; ++c) {
+    const scalar_t prob = row[c], clamped = prob > eps ? prob : eps;
+    const double mask = prob >= eps ? 1.0 : 0.0;
+    out[c] = static_cast<scalar_t>(
+        grad * (static_cast<double>(clamped_log(prob, eps)) + mask -
+                static_cast<double>(class_mean[c])) -
+        mask * weighted[c] / static_cast<double>(clamped));
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
+  const int64_t num_categories = p.num_categories;
+  const scalar_t eps = static_cast<scalar_t>(p.eps);
+  const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
+  const int64_t block_size = slots.block_size();
+  const bool short_rows = num_categories < kShortRow;
+  std::vector<scalar_t> log_blocks(slots.count * block_size);
+  std::vector<double> product_blocks(short_rows ? slots.count * block_size : 0);
+  std::vector<double> mean_log(p.num_classes * num_categories);
+  std::vector<int64_t> count(p.num_classes);
+  std::unique_ptr<double[]> self_term(new double[p.num_samples]);  // sum_c p_ic l_ic
+  // The self and cross terms are summed in double: kl = self - cross can cancel.
+  class_means<scalar_t>(
+      slots, p.labels, p.num_classes, p.num_threads,
+      [&](int slot, int64_t begin, int64_t end, SlotSums<scalar_t>& sums) {
+        // Rows [begin, end) are contiguous in P: their logs in one vector loop.
+        const scalar_t* block = p.probs + begin * num_categories;
+        scalar_t* logs = log_blocks.data() + slot * block_size;
+        const int64_t size = (end - begin) * num_categories;
+#pragma omp simd
+        for (int64_t idx = 0; idx < size; ++idx) logs[idx] = clamped_log(block[idx], eps);
+        if (short_rows) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t k = p.labels[i];
+            const scalar_t* row_logs = logs + (i - begin) * num_categories;
+            scalar_t* class_sums = sums.row(k);
+            for (int64_t c = 0; c < num_categories; ++c) class_sums[c] += row_logs[c];
+            sums.added(k);
+          }
+          double* products = product_blocks.data() + slot * block_size;
+#pragma omp simd
+          for (int64_t idx = 0; idx < size; ++idx)
+            products[idx] = static_cast<double>(block[idx]) * static_cast<double>(logs[idx]);
+          row_totals(products, end - begin, num_categories, self_term.get() + begin);
+          return;
+        }
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t k = p.labels[i];
+          const scalar_t* row = p.probs + i * num_categories;
+          const scalar_t* row_logs = logs + (i - begin) * num_categories;
+          scalar_t* class_sums = sums.row(k);
+          double self = 0;
+#pragma omp simd reduction(+ : self)
+          for (int64_t c = 0; c < num_categories; ++c) {
+            class_sums[c] += row_logs[c];
+            self += static_cast<double>(row[c]) * static_cast<double>(row_logs[c]);
+          }
+          self_term[i] = self;
+          sums.added(k);
+        }
+      },
+      mean_log.data(), count.data());
+  for (size_t idx = 0; idx < mean_log.size(); ++idx)
+    p.class_mean_log[idx] = static_cast<scalar_t>(mean_log[idx]);
+  // A sample alone in its class is at KL 0 from itself; self - cross would leave rounding.
+  auto write_kl = [&](int64_t i, double cross) {
+    p.kl[i] = count[p.labels[i]] == 1 ? scalar_t(0) : static_cast<scalar_t>(self_term[i] - cross);
+  };
+  for_each_block(slots, [&](int slot, int64_t begin, int64_t end) {
+    if (short_rows) {
+      double* products = product_blocks.data() + slot * block_size;
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* row = p.probs + i * num_categories;
+        const double* class_mean = mean_log.data() + p.labels[i] * num_categories;
+        double* row_products = products + (i - begin) * num_categories;
+        for (int64_t c = 0; c < num_categories; ++c)
+          row_products[c] = static_cast<double>(row[c]) * class_mean[c];
+      }
+      double cross[kBlockElements];  // block_rows() <= kBlockElements
+      row_totals(products, end - begin, num_categories, cross);
+      for (int64_t i = begin; i < end; ++i) write_kl(i, cross[i - begin]);
+      return;
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* row = p.probs + i * num_categories;
+      const double* class_mean = mean_log.data() + p.labels[i] * num_categories;
+      double cross = 0;  // sum_c p_ic Lbar_kc
+#pragma omp simd reduction(+ : cross)
+      for (int64_t c = 0; c < num_categories; ++c)
+        cross += static_cast<double>(row[c]) * class_mean[c];
+      write_kl(i, cross);
+    }
+  });
+}
+
+template <typename scalar_t>
+void class_pairwise_kl_backward_cpu(const ClassPairwiseKlBackwardParams<scalar_t>& p) {
+  const int64_t num_categories = p.num_categories;
+  const scalar_t eps = static_cast<scalar_t>(p.eps);
+  const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
+  // W and the gradient in double: the two paths cancel (exactly, for a sample alone in its
+  // class: W / p = g_j, l - Lbar = 0), and products of floats are exact in double.
+  std::vector<double> weighted_mean(p.num_classes * num_categories);  // W
+  std::vector<int64_t> count(p.num_classes);
+  class_means<double>(
+      slots, p.labels, p.num_classes, p.num_threads,
+      [&](int, int64_t begin, int64_t end, SlotSums<double>& sums) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* row = p.probs + i * num_categories;
+          const double grad = static_cast<double>(p.grad_kl[i]);
+          double* class_sums = sums.row(p.labels[i]);
+#pragma omp simd
+          for (int64_t c = 0; c < num_categories; ++c)
+            class_sums[c] += grad * static_cast<double>(row[c]);
+        }
+      },
+      weighted_mean.data(), count.data());
+  const int64_t block_size = slots.block_size();
+  const bool short_rows = num_categories < kShortRow;
+  std::vector<scalar_t> log_blocks(short_rows ? slots.count * block_size : 0);
+  for_each_block(slots, [&](int slot, int64_t begin, int64_t end) {
+    // Short rows take their logs from one vector loop over the block, long rows inline.
+    scalar_t* logs = short_rows ? log_blocks.data() + slot * block_size : nullptr;
+    if (short_rows) {
+      const scalar_t* block = p.probs + begin * num_categories;
+      const int64_t size = (end - begin) * num_categories;
+#pragma omp simd
+      for (int64_t idx = 0; idx < size; ++idx) logs[idx] = clamped_log(block[idx], eps);
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t k = p.labels[i];
+      gradient_row(p.probs + i * num_categories,
+                   short_rows ? logs + (i - begin) * num_categories : nullptr,
+                   p.class_mean_log + k * num_categories,
+                   weighted_mean.data() + k * num_categories, static_cast<double>(p.grad_kl[i]),
+                   eps, num_categories, p.grad_probs + i * num_categories);
+    }
+  });
+}
+
+template void class_pairwise_kl_forward_cpu<float>(const ClassPairwiseKlParams<float>&);
+template void class_pairwise_kl_forward_cpu<double>(const ClassPairwiseKlParams<double>&);
+template void class_pairwise_kl_backward_cpu<float>(const ClassPairwiseKlBackwardParams<float>&);
+template void class_pairwise_kl_backward_cpu<double>(const ClassPairwiseKlBackwardParams<double>&);
+
+}  // namespace gmk

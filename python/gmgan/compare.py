@@ -1,0 +1,161 @@
+"""``gmgan compare``: several variants x seeds on one dataset, one table like the papers' (mean ±
+std over seeds, ddof = 0), written as markdown / CSV / JSON next to a figure of every run."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from .config import NUM_MODES, build_config
+from .plots import image_grid, scatter_grid
+from .trainer import Trainer
+
+COLUMNS_2D = (("modes", "modes ({modes})"), ("high_quality", "% hq (<= 3 std)"), ("reverse_kl", "reverse KL"))
+COLUMNS_IMAGES = (("is", "IS"), ("mis", "mIS"), ("fid", "FID"), ("parzen_mean", "Parzen LL"))
+COLUMNS_STACKED = (("stacked_modes", "modes (1000)"), ("stacked_kl", "KL"), ("fid", "FID"))
+
+
+def columns_for(dataset: str) -> tuple:
+    if dataset in ("grid25", "ring8"):
+        return tuple((key, title.format(modes=NUM_MODES[dataset])) for key, title in COLUMNS_2D)
+    return COLUMNS_STACKED if dataset == "stacked-digits" else COLUMNS_IMAGES
+
+
+def mean_std(values: list) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "n/a"
+    text = f"{np.mean(present):.2f} ± {np.std(present):.2f}"
+    return text if len(present) == len(values) else f"{text} ({len(present)}/{len(values)})"
+
+
+def summarize(results: dict, dataset: str) -> list:
+    """results: variant -> list of metrics dicts; rows of (variant, column cells...)."""
+    return [[variant] + [mean_std([m.get(key) for m in runs]) for key, _ in columns_for(dataset)]
+            for variant, runs in results.items()]
+
+
+def markdown_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _finished_metrics(run_dir: str, config) -> dict | None:
+    """The metrics of a finished run with the same config (compare re-uses it), else None."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            saved = json.load(handle)
+        with open(os.path.join(run_dir, "metrics.json")) as handle:
+            metrics = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return None
+    from .trainer import RESUMABLE
+
+    wanted = config.to_dict()
+    same = (all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE or k == "steps")
+            and metrics.get("step") == config.steps)
+    return metrics if same else None
+
+
+def _train(config_values: dict) -> str:
+    """Train one run in a worker process; the parent reads its metrics.json."""
+    from .config import config_from_dict
+
+    trainer = Trainer(config_from_dict(config_values))
+    trainer.run()
+    return trainer.run_dir
+
+
+def _describe(metrics: dict) -> str:
+    if "modes" in metrics:
+        return f"{metrics['modes']} modes, {metrics['high_quality']:.1f}% hq"
+    shown = [f"{k} {metrics[k]:.3g}" for k in ("is", "mis", "fid", "stacked_modes") if isinstance(metrics.get(k), (int, float))]
+    return ", ".join(shown) or "done"
+
+
+def _train_all(configs: list, jobs: int) -> None:
+    """Train the configs, ``jobs`` at a time in worker processes (1: in this process)."""
+    if jobs <= 1:
+        for index, config in enumerate(configs, 1):
+            trainer = Trainer(config)
+            metrics = trainer.run()
+            if trainer.world.is_main:
+                print(f"[{index}/{len(configs)}] {config.run_name}: {_describe(metrics)}", flush=True)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    values = [dict(c.to_dict(), progress=False, threads=c.threads or threads) for c in configs]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train, v): v for v in values}
+        for index, future in enumerate(as_completed(futures), 1):
+            run_dir = future.result()
+            with open(os.path.join(run_dir, "metrics.json")) as handle:
+                print(f"[{index}/{len(configs)}] {futures[future]['run_name']}: {_describe(json.load(handle))}",
+                      flush=True)
+
+
+def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | None = None,
+                file: str | None = None, name: str | None = None, command: str = "", jobs: int = 1) -> dict:
+    """Train (or re-use) every variant x seed; write compare.{md,csv,json} and compare.png.
+    A finished run with the same config is re-used, so an interrupted compare picks up where it
+    stopped (an unfinished run restarts from scratch)."""
+    first = build_config(dict(overrides, variant=variants[0]), preset=preset, file=file)
+    folder = os.path.join(first.out_dir, name or f"compare-{first.dataset}" + (f"-{preset}" if preset else ""))
+    configs = {(variant, seed): build_config(dict(overrides, variant=variant, seed=seed, out_dir=folder,
+                                                  run_name=f"{variant}-s{seed}"), preset=preset, file=file)
+               for variant in variants for seed in seeds}
+    pending = [c for c in configs.values() if _finished_metrics(os.path.join(folder, c.run_name), c) is None]
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _train_all(pending, 1 if distributed else jobs)
+    if distributed and int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    results: dict = {}
+    panels, images = [], []
+    for (variant, seed), config in configs.items():
+        run_dir = os.path.join(folder, config.run_name)
+        metrics = _finished_metrics(run_dir, config)
+        results.setdefault(variant, []).append(metrics)
+        if first.is_2d:
+            panels.append((run_dir, f"{variant} s{seed}: {_describe(metrics)}"))
+        elif seed == seeds[0]:
+            images.append(run_dir)
+    header = ["method"] + [title for _, title in columns_for(first.dataset)]
+    rows = summarize(results, first.dataset)
+    table = markdown_table(header, rows)
+    figure = os.path.join(folder, "compare.png")
+    _figure(first, panels, images, figure, len(seeds))
+    with open(os.path.join(folder, "compare.md"), "w") as handle:
+        handle.write(f"# {first.dataset}: {', '.join(variants)} x seeds {', '.join(map(str, seeds))}\n\n")
+        if command:
+            handle.write(f"Command: `{command}`\n\n")
+        handle.write(table + "\n\nMean ± std over seeds (ddof = 0).\n")
+    with open(os.path.join(folder, "compare.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        keys = [key for key, _ in columns_for(first.dataset)]
+        writer.writerow(["variant", "seed"] + keys)
+        for variant, runs in results.items():
+            for metrics in runs:
+                writer.writerow([variant, metrics["seed"]] + [metrics.get(k) for k in keys])
+    with open(os.path.join(folder, "compare.json"), "w") as handle:
+        json.dump({"variants": variants, "seeds": seeds, "results": results, "command": command}, handle, indent=1)
+    return {"table": table, "folder": folder, "figure": figure, "results": results}
+
+
+def _figure(config, panels: list, images: list, path: str, columns: int) -> None:
+    """2-D: every run's evaluation samples; images: 10 samples of each variant's first seed."""
+    from .data.toy import TOY
+
+    if config.is_2d:
+        drawn = [(load_file(os.path.join(run_dir, "samples.safetensors"))["samples"], title)
+                 for run_dir, title in panels]
+        scatter_grid(drawn, TOY[config.dataset][0], path, columns)
+        return
+    tiles = [load_file(os.path.join(run_dir, "samples.safetensors"))["samples"][:10] for run_dir in images]
+    image_grid(torch.cat(tiles), path, columns=10, title="rows: " + ", ".join(os.path.basename(d) for d in images))

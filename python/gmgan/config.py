@@ -1,0 +1,328 @@
+"""Run configuration: one dataclass, filled from defaults, dataset and variant tables, a preset, a
+YAML/JSON file and command-line flags (later sources win).
+
+Fields left at ``None`` are "auto": :func:`build_config` resolves them from the dataset and variant
+tables below, so a saved ``config.json`` always holds the concrete values a run used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+
+import gmkernels
+
+VARIANTS = ("gan", "wgan", "wgan-gp", "deligan", "gmgan", "gmgan-supervised", "mdgan")
+DATASETS = ("grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10")
+FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+class ConfigError(ValueError):
+    """A configuration the layer cannot run; the CLI prints its message as one line."""
+
+
+@dataclass
+class Config:
+    # what to train
+    variant: str = "gan"
+    dataset: str = "grid25"
+    data_dir: str | None = None
+    seed: int = 0
+    # optimisation: one step = n_critic discriminator updates, then one generator update
+    steps: int = 2000
+    batch_size: int | None = None
+    n_critic: int | None = None
+    optimizer: str | None = None            # adam | rmsprop
+    lr_g: float | None = None
+    lr_d: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    lr_halve_every: int | None = None       # steps; 0 keeps the learning rate constant
+    # architecture
+    arch: str | None = None                 # mlp (2D data) | conv (images)
+    z_dim: int | None = None
+    g_hidden: list[int] | None = None       # MLP hidden widths
+    d_hidden: list[int] | None = None
+    g_channels: int | None = None           # conv base width
+    d_channels: int | None = None
+    output_scale: float | None = None       # G output = output_scale * tanh(.)
+    latent: str = "uniform"                 # prior of the non-mixture variants: uniform U[-1,1] | normal
+    # losses
+    gan_loss: str = "nonsaturating"         # nonsaturating | minimax (gan, deligan, gmgan)
+    clip: float = 0.01                      # wgan weight clipping
+    gp_weight: float = 10.0                 # wgan-gp
+    # mixture priors (deligan, gmgan, gmgan-supervised)
+    components: int | None = None           # N (deligan) or K (gmgan)
+    prior_std: float | None = None          # DeLiGAN sigma init; GM-GAN sigma (static) / A init scale
+    mean_range: float | None = None         # means ~ U[-mean_range, mean_range]^z_dim (GM-GAN's c)
+    sigma_penalty: float | None = None      # DeLiGAN: coef * mean((1 - sigma)^2)
+    assignment: str | None = None           # uniform | per_row (DeLiGAN's published code)
+    mixture: str = "static"                 # gmgan: static (fixed mu, sigma I) | dynamic (learned mu, A)
+    temperature: float = 1.0                # std scale when sampling for evaluation (quality-diversity)
+    # mdgan
+    mdgan_dim: int = 9
+    mdgan_var: float = 0.25
+    mdgan_saturating: bool = True
+    # options for any variant
+    feature_matching: bool = False
+    fm_p: int = 1
+    minibatch_discrimination: bool = False
+    mbd_kernels: int = 100
+    mbd_dim: int = 5
+    conditional: bool = False
+    # data
+    data_seed: int = 0
+    train_per_class: int = 0                # 0 = all; DeLiGAN's limited-data setting uses 50
+    stacked_size: int = 128000              # stacked-digits training triples (PacGAN: 128,000)
+    # evaluation
+    eval_samples: int | None = None         # 2,500 on 2D data (the MD-GAN protocol), 10,000 on images
+    eval_every: int = 0                     # steps; 0 = only at the end
+    # bookkeeping
+    out_dir: str = "runs"
+    run_name: str | None = None
+    checkpoint_every: int = 500
+    log_every: int = 50
+    backend: str = "auto"                   # gmkernels backend for every op
+    device: str = "auto"
+    threads: int = 0                        # torch.set_num_threads; 0 leaves the default
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.dataset in ("grid25", "ring8")
+
+    @property
+    def mixture_prior(self) -> bool:
+        return self.variant in ("deligan", "gmgan", "gmgan-supervised")
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+# Dataset defaults. grid25 follows MD-GAN's published grid25 setup (PROTOCOLS.md): z ~ U[-1,1]^2,
+# G 128-128-2 ReLU with 6 tanh output, D 128-128 LeakyReLU(0.2), batch 500, Adam 1e-3 / beta1 0.5,
+# lr halved every 500 epochs (= 10,000 steps of 20 batches per epoch). ring8 uses the same nets
+# with a 2 tanh output (its modes lie on the unit circle). Images follow DeLiGAN's MNIST setting
+# (z 30, Adam 5e-4 / 0.5) on small DCGAN-style nets.
+DATASET_DEFAULTS = {
+    "grid25": dict(batch_size=500, lr_g=1e-3, lr_d=1e-3, beta1=0.5, beta2=0.999, lr_halve_every=10000,
+                   arch="mlp", z_dim=2, g_hidden=[128, 128], d_hidden=[128, 128], output_scale=6.0,
+                   eval_samples=2500),
+    "ring8": dict(batch_size=500, lr_g=1e-3, lr_d=1e-3, beta1=0.5, beta2=0.999, lr_halve_every=10000,
+                  arch="mlp", z_dim=2, g_hidden=[128, 128], d_hidden=[128, 128], output_scale=2.0,
+                  eval_samples=2500),
+}
+_IMAGE_DEFAULTS = dict(batch_size=100, lr_g=5e-4, lr_d=5e-4, beta1=0.5, beta2=0.999, lr_halve_every=0,
+                       arch="conv", z_dim=30, g_channels=64, d_channels=64, output_scale=1.0,
+                       eval_samples=10000, g_hidden=[256], d_hidden=[256])
+for _name in ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10"):
+    DATASET_DEFAULTS[_name] = dict(_IMAGE_DEFAULTS)
+
+# Variant defaults. WGAN: RMSprop 5e-5, 5 critic steps (Arjovsky et al.); WGAN-GP: Adam 1e-4,
+# betas (0.5, 0.9), 5 critic steps, lambda 10 (Gulrajani et al.). DeLiGAN (published code): N = 50,
+# mu ~ U(-1,1), sigma 0.2 and penalty 1/3 on images, sigma 0.02 and penalty 0.1 on toy data.
+# GM-GAN has no published code: c, sigma and K are our choice (_mixture_defaults, docs/results.md).
+VARIANT_DEFAULTS = {
+    "gan": dict(n_critic=1, optimizer="adam"),
+    "wgan": dict(n_critic=5, optimizer="rmsprop", lr_g=5e-5, lr_d=5e-5),
+    "wgan-gp": dict(n_critic=5, optimizer="adam", lr_g=1e-4, lr_d=1e-4, beta1=0.5, beta2=0.9),
+    "deligan": dict(n_critic=1, optimizer="adam", components=50, mean_range=1.0, assignment="uniform"),
+    "gmgan": dict(n_critic=1, optimizer="adam", mean_range=1.0, sigma_penalty=0.0, assignment="uniform"),
+    "gmgan-supervised": dict(n_critic=1, optimizer="adam", mean_range=1.0, sigma_penalty=0.0,
+                             assignment="uniform"),
+    "mdgan": dict(n_critic=1, optimizer="adam"),
+}
+
+NUM_MODES = {"grid25": 25, "ring8": 8, "digits": 10, "stacked-digits": 1000, "mnist": 10,
+             "fashion-mnist": 10, "cifar10": 10}
+
+
+def _mixture_defaults(dataset: str, variant: str) -> dict:
+    if variant == "deligan":
+        if dataset in ("grid25", "ring8"):
+            return dict(prior_std=0.02, sigma_penalty=0.1)
+        return dict(prior_std=0.2, sigma_penalty=1 / 3)
+    if variant in ("gmgan", "gmgan-supervised"):
+        # K = number of modes (the supervised variant then maps K = N Gaussians one-to-one to the
+        # N classes), capped at 100 (stacked-digits has 1,000 modes). c = 1; sigma 0.1 on the 2-D
+        # latents of the toy data, where K means in [-1, 1]^2 lie ~2/sqrt(K) = 0.4 apart (grid25),
+        # and 0.2 on the 30-D image latents (DeLiGAN's sigma), where random means are far apart.
+        components = min(NUM_MODES[dataset], 100)
+        std = 0.1 if dataset in ("grid25", "ring8") else 0.2
+        return dict(components=components, prior_std=std)
+    return {}
+
+
+PRESETS = {
+    # The README's main command: gan / deligan / gmgan / mdgan on grid25 in a few minutes on 2 cores
+    # (~35 s a run on an idle core). Batch 100 instead of MD-GAN's 500: 2.3x cheaper steps here,
+    # and the number of updates, not the batch, limits what a short run learns.
+    "quick": dict(dataset="grid25", batch_size=100, steps=5000, lr_halve_every=2500, checkpoint_every=2500,
+                  log_every=250, threads=1),
+    # The 2-D tables of docs/results.md (grid25 and ring8): MD-GAN's schedule (lr halved at each
+    # quarter of the run) compressed to 12,000 steps of batch 100.
+    "toy-results": dict(batch_size=100, steps=12000, lr_halve_every=4000, checkpoint_every=2000, log_every=500,
+                        threads=1),
+    # MD-GAN's published grid25 protocol: 2,000 epochs of 20 batches of 500, lr halved every 500 epochs.
+    "mdgan-paper": dict(dataset="grid25", batch_size=500, steps=40000, lr_halve_every=10000,
+                        checkpoint_every=2000, log_every=200),
+    # DeLiGAN's limited-data image setting on the embedded digits: 50 images per class.
+    "digits-limited": dict(dataset="digits", train_per_class=50, steps=3000, checkpoint_every=1000,
+                           log_every=100),
+}
+
+
+def coerce(name: str, value):
+    """Turn a string (flag or file value) into the field's type."""
+    if name not in FIELD_TYPES:
+        raise ConfigError(f"unknown setting {name!r}")
+    kind = FIELD_TYPES[name]
+    if value is None:
+        return None
+    try:
+        if "list[int]" in kind:
+            if isinstance(value, str):
+                return [int(v) for v in value.replace(" ", "").split(",") if v]
+            return [int(v) for v in value]
+        if kind.startswith("bool"):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {kind.split(' |')[0]}, got {value!r}") from None
+
+
+def read_config_file(path: str) -> dict:
+    """A YAML or JSON mapping of Config fields."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as handle:
+        text = handle.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            content = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}".replace("\n", " ")) from None
+    else:
+        try:
+            content = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return content
+
+
+def build_config(overrides: dict | None = None, *, preset: str | None = None,
+                 file: str | None = None) -> Config:
+    """Config from (lowest to highest priority) defaults, the dataset / variant tables, a preset,
+    a YAML/JSON file and explicit overrides (command-line flags). Validated."""
+    explicit: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        explicit.update(PRESETS[preset])
+    if file is not None:
+        explicit.update(read_config_file(file))
+    explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(explicit) - set(FIELD_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    values = {name: coerce(name, value) for name, value in explicit.items()}
+    config = Config(**{k: v for k, v in values.items()})
+    if config.variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    auto = dict(DATASET_DEFAULTS[config.dataset])
+    auto.update(VARIANT_DEFAULTS[config.variant])
+    auto.update(_mixture_defaults(config.dataset, config.variant))
+    for name, value in auto.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
+    for name in ("components", "prior_std", "mean_range", "sigma_penalty", "assignment"):
+        if getattr(config, name) is None:   # unused by this variant; concrete values keep JSON plain
+            setattr(config, name, {"components": 1, "prior_std": 1.0, "mean_range": 1.0,
+                                   "sigma_penalty": 0.0, "assignment": "uniform"}[name])
+    if config.run_name is None:
+        config.run_name = f"{config.dataset}-{config.variant}-s{config.seed}"
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict) -> Config:
+    """A Config saved by a run (every field concrete), validated."""
+    unknown = sorted(set(values) - set(FIELD_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} in saved config")
+    config = Config(**{k: coerce(k, v) for k, v in values.items()})
+    validate(config)
+    return config
+
+
+def _choice(config: Config, name: str, options) -> None:
+    if getattr(config, name) not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, options))}, got {getattr(config, name)!r}")
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError with one clear line for anything the run cannot do."""
+    _choice(config, "variant", VARIANTS)
+    _choice(config, "dataset", DATASETS)
+    _choice(config, "arch", ("mlp", "conv"))
+    _choice(config, "optimizer", ("adam", "rmsprop"))
+    _choice(config, "latent", ("uniform", "normal"))
+    _choice(config, "gan_loss", ("nonsaturating", "minimax"))
+    _choice(config, "assignment", ("uniform", "per_row"))
+    _choice(config, "mixture", ("static", "dynamic"))
+    _choice(config, "fm_p", (1, 2))
+    for name in ("steps", "batch_size", "n_critic", "z_dim", "components", "mdgan_dim", "mbd_kernels",
+                 "mbd_dim", "eval_samples", "checkpoint_every", "log_every"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("lr_g", "lr_d", "prior_std", "mean_range", "mdgan_var", "output_scale", "temperature"):
+        if not getattr(config, name) > 0:
+            raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("lr_halve_every", "eval_every", "train_per_class", "threads", "sigma_penalty", "clip",
+                 "gp_weight"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
+        raise ConfigError(f"beta1 and beta2 must lie in [0, 1), got {config.beta1}, {config.beta2}")
+    _choice(config, "backend", ("auto",) + gmkernels.backends())
+    if config.is_2d and config.arch == "conv":
+        raise ConfigError(f"arch conv needs image data; {config.dataset} is 2-D points (use arch mlp)")
+    if not config.g_hidden or not config.d_hidden or min(config.g_hidden + config.d_hidden) < 1:
+        raise ConfigError("g_hidden and d_hidden must list positive widths, e.g. 128,128")
+    if config.arch == "conv" and min(config.g_channels, config.d_channels) < 1:
+        raise ConfigError("g_channels and d_channels must be >= 1")
+    if config.dataset in FILE_DATASETS:
+        if not config.data_dir:
+            raise ConfigError(f"dataset {config.dataset} is read from files: pass --data-dir")
+        if not os.path.isdir(config.data_dir):
+            raise ConfigError(f"data dir {config.data_dir} does not exist")
+
+
+def replace(config: Config, **changes) -> Config:
+    """A copy with some fields changed, validated."""
+    updated = dataclasses.replace(config, **changes)
+    validate(updated)
+    return updated
+

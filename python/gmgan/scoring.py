@@ -1,0 +1,212 @@
+"""Evaluation of a trained generator, by the protocols of the papers' tables.
+
+2-D data (MD-GAN Tables 1-2, PROTOCOLS.md): ``eval_samples`` (2,500) samples; a sample is high
+quality when it lies within 3 std of its nearest mode; modes covered = modes that are the nearest
+mode of at least one high-quality sample; ``reverse_kl`` = KL(p_gen || uniform) of the histogram
+of high-quality samples over the modes (PacGAN), zero-count modes left out of the sum.
+
+Images: a classifier trained on the real training split (gmgan.classifier) stands in for the
+Inception network: IS and mIS of its softmax, FID of its 128-d features against the test split,
+Parzen-window log-likelihood of the test split under the samples (sigma chosen on the validation
+split), and a PNG of samples next to their nearest training images (DeLiGAN's memorisation check).
+Stacked digits: each channel is classified; modes = distinct (a, b, c) triples of 1,000 and KL of
+their histogram to uniform (PacGAN / VEEGAN protocol), plus FID of the concatenated features.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from . import evaluation
+from .classifier import metrics_classifier
+from .config import replace
+from .distributed import gather_rows
+from .plots import image_grid, scatter_2d
+
+HQ_THRESHOLD = 3.0   # in units of the mode std
+_EVAL_SEED = 7_777_777
+
+
+def histogram_kl_to_uniform(counts: torch.Tensor) -> float | None:
+    """KL(p || uniform) of a histogram, zero bins left out; None when the histogram is empty."""
+    total = counts.sum()
+    if total == 0:
+        return None
+    p = counts[counts > 0].double() / total
+    return float((p * torch.log(p * counts.numel())).sum())
+
+
+def mode_statistics(samples: torch.Tensor, means: torch.Tensor, std: float, threshold: float = HQ_THRESHOLD) -> dict:
+    """modes covered, % high-quality samples, reverse KL, per-mode counts (see module docstring)."""
+    distance = torch.cdist(samples.double(), means.double())
+    nearest = distance.min(1)
+    high_quality = nearest.values <= threshold * std
+    counts = torch.bincount(nearest.indices[high_quality], minlength=means.shape[0])
+    return {"modes": int((counts > 0).sum()), "high_quality": 100.0 * float(high_quality.double().mean()),
+            "reverse_kl": histogram_kl_to_uniform(counts), "mode_counts": counts.tolist()}
+
+
+def stacked_statistics(digit_labels: torch.Tensor, digit_classes: int) -> dict:
+    """digit_labels (n, 3): modes covered of digit_classes^3 and KL(p_gen || uniform)."""
+    mode = (digit_labels * torch.tensor([digit_classes ** 2, digit_classes, 1])).sum(1)
+    counts = torch.bincount(mode, minlength=digit_classes ** 3)
+    return {"stacked_modes": int((counts > 0).sum()), "stacked_kl": histogram_kl_to_uniform(counts)}
+
+
+@torch.no_grad()
+def generate(trainer, n: int, temperature: float | None = None):
+    """n samples (x, component, labels) on the CPU, drawn with a generator reserved for evaluation
+    (so evaluating never moves the training RNG), split over ranks and gathered."""
+    config, world = trainer.config, trainer.world
+    temperature = config.temperature if temperature is None else temperature
+    per_rank = math.ceil(n / world.size)
+    generator = torch.Generator(device=trainer.device).manual_seed(_EVAL_SEED + config.seed * 1009 + world.rank)
+    was_training = trainer.G.training
+    trainer.G.eval()
+    parts = []
+    for start in range(0, per_rank, 2500):
+        batch = trainer.sample_fake(min(2500, per_rank - start), generator=generator, temperature=temperature)
+        parts.append(batch)
+    trainer.G.train(was_training)
+    x = gather_rows(torch.cat([b.x for b in parts]), world)[:n].cpu()
+    component = labels = None
+    if parts[0].component is not None:
+        component = gather_rows(torch.cat([b.component for b in parts]), world)[:n].cpu()
+    if parts[0].labels is not None:
+        labels = gather_rows(torch.cat([b.labels for b in parts]), world)[:n].cpu()
+    return x, component, labels
+
+
+def _try(results: dict, name: str, compute) -> None:
+    """Store compute()'s value (dict merged, else under name); record unavailable metrics."""
+    try:
+        value = compute()
+    except evaluation.MetricUnavailable as missing:
+        results.setdefault("unavailable", []).append(f"{name}: {missing}")
+        return
+    if isinstance(value, dict):
+        results.update(value)
+    else:
+        results[name] = value
+
+
+def _pair(prefix: str, pair: tuple) -> dict:
+    return {prefix: pair[0], prefix + "_std": pair[1]}
+
+
+def classifier_for(trainer):
+    """The cached metrics classifier: digits for stacked digits (applied per channel), else the
+    dataset's own, always trained on the full real training split."""
+    from .data import load_dataset
+
+    config = trainer.config
+    base = "digits" if config.dataset == "stacked-digits" else config.dataset
+    data = trainer.dataset
+    if base != config.dataset or config.train_per_class:
+        data = load_dataset(replace(config, dataset=base, train_per_class=0))
+    train_x, train_y = data.train.get(torch.arange(len(data.train)))
+    test_x, test_y = data.test.get(torch.arange(len(data.test)))
+    return metrics_classifier(f"{base}-d{config.data_seed}", (train_x, train_y), (test_x, test_y),
+                              int(train_y.max()) + 1, progress=config.progress)
+
+
+def _channels(classifier, images: torch.Tensor):
+    """Per-channel predictions of a 1-channel classifier: (labels (n, C), features (n, C * 128))."""
+    labels, features = [], []
+    for channel in range(images.shape[1]):
+        probs, hidden = classifier.predict(images[:, channel:channel + 1])
+        labels.append(probs.argmax(1))
+        features.append(hidden)
+    return torch.stack(labels, 1), torch.cat(features, 1)
+
+
+def nearest_training_images(samples: torch.Tensor, train: torch.Tensor, count: int = 3) -> torch.Tensor:
+    """(len(samples), count) indices of the nearest training images in L2 (chunked)."""
+    flat_samples = samples.flatten(1).double()
+    best_distance = best_index = None
+    for start in range(0, train.shape[0], 8192):
+        chunk = train[start:start + 8192].flatten(1).double()
+        distance = torch.cdist(flat_samples, chunk)
+        if best_distance is not None:
+            distance = torch.cat([best_distance, distance], 1)
+            index = torch.cat([best_index, torch.arange(start, start + chunk.shape[0]).expand(len(samples), -1)], 1)
+        else:
+            index = torch.arange(start, start + chunk.shape[0]).expand(len(samples), -1)
+        best_distance, order = distance.topk(min(count, distance.shape[1]), largest=False)
+        best_index = index.gather(1, order)
+    return best_index
+
+
+def image_metrics(trainer, samples: torch.Tensor) -> dict:
+    dataset = trainer.dataset
+    results: dict = {}
+    classifier = classifier_for(trainer)
+    results["classifier_test_accuracy"] = classifier.test_accuracy
+    test_x, _ = dataset.test.get(torch.arange(len(dataset.test)))
+    validation_x, _ = dataset.validation.get(torch.arange(len(dataset.validation)))
+    if dataset.digit_classes:
+        digit_labels, features = _channels(classifier, samples)
+        results.update(stacked_statistics(digit_labels, dataset.digit_classes))
+        _, test_features = _channels(classifier, test_x)
+    else:
+        probs, features = classifier.predict(samples)
+        _, test_features = classifier.predict(test_x)
+        _try(results, "is", lambda: _pair("is", evaluation.inception_score(probs)))
+        _try(results, "mis", lambda: _pair("mis", evaluation.modified_inception_score(probs)))
+    _try(results, "fid", lambda: evaluation.frechet_distance(features, test_features))
+    _try(results, "parzen", lambda: {f"parzen_{k}": v for k, v in evaluation.parzen_log_likelihood(
+        samples.flatten(1).double(), test_x.flatten(1).double(), validation_x.flatten(1).double()).items()})
+    return results
+
+
+def neighbours_figure(trainer, samples: torch.Tensor, path: str, rows: int = 8, count: int = 3) -> str:
+    """Each row: a generated sample, then its `count` nearest training images."""
+    train_x, _ = trainer.dataset.get(torch.arange(len(trainer.dataset)))
+    shown = samples[:rows]
+    index = nearest_training_images(shown, train_x, count)
+    tiles = torch.cat([torch.cat([shown[i:i + 1], train_x[index[i]]]) for i in range(rows)])
+    return image_grid(tiles, path, columns=count + 1, title="sample | nearest training images")
+
+
+def write_metrics(run_dir: str, metrics: dict) -> None:
+    with open(os.path.join(run_dir, "metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=1)
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    with open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(scalars.keys())
+        writer.writerow(scalars.values())
+
+
+def evaluate_generator(trainer, *, plots: bool = True, write: bool = False, temperature: float | None = None) -> dict:
+    """Metrics of trainer's generator (module docstring); rank 0 computes them from the samples
+    of every rank, other ranks return {}."""
+    config = trainer.config
+    samples, component, _ = generate(trainer, config.eval_samples, temperature)
+    if not trainer.world.is_main:
+        return {}
+    metrics: dict = {"step": trainer.step, "variant": config.variant, "dataset": config.dataset,
+                     "seed": config.seed, "eval_samples": config.eval_samples,
+                     "temperature": config.temperature if temperature is None else temperature}
+    if trainer.dataset.is_2d:
+        metrics.update(mode_statistics(samples, trainer.dataset.modes, trainer.dataset.mode_std))
+        if plots:
+            metrics["samples_png"] = scatter_2d(
+                samples, trainer.dataset.modes, os.path.join(trainer.run_dir, "samples.png"),
+                f"{config.variant} seed {config.seed}: {metrics['modes']} modes, {metrics['high_quality']:.1f}% hq")
+    else:
+        metrics.update(image_metrics(trainer, samples))
+        if plots:
+            metrics["samples_png"] = image_grid(samples[:100], os.path.join(trainer.run_dir, "samples.png"),
+                                                title=f"{config.variant} seed {config.seed}")
+            metrics["neighbours_png"] = neighbours_figure(trainer, samples,
+                                                          os.path.join(trainer.run_dir, "neighbours.png"))
+    if write:
+        write_metrics(trainer.run_dir, metrics)
+        save_file({"samples": samples.contiguous()}, os.path.join(trainer.run_dir, "samples.safetensors"))
+    return metrics

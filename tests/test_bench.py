@@ -1,0 +1,195 @@
+"""The benchmark suite's machinery: an end-to-end smoke run that writes every result file, the
+memory probe, the roofline judgement, the target verdicts and the filters. No timing assertions:
+numbers on a shared machine are noise, only their presence and consistency are checked."""
+import json
+
+import pytest
+import torch
+
+from bench import report, run
+from bench.common import Case, Variant, measure, peak_memory
+from bench.machine import Limits, judge
+
+MiB = 1 << 20
+
+
+def _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes=None) -> Limits:
+    """Limits with known values, so judgements can be checked without measuring anything."""
+    limits = Limits()
+    limits._devices["cpu"] = {
+        "bandwidth_buffer_bytes": 64 * MiB, "copy_gb_per_s": bandwidth_gb_per_s,
+        "read_gb_per_s": bandwidth_gb_per_s / 2, "bandwidth_gb_per_s": bandwidth_gb_per_s,
+        "matmul_size": 1024, "fp32_matmul_gflop_per_s": fp32_gflop_per_s,
+    }
+    for shape, rate in (shapes or {}).items():
+        limits._shapes[(shape, "cpu")] = rate
+    return limits
+
+
+def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_path):
+    ops = [op for op in run.OPS if run.supports_smoke(op)]
+    assert "mixture_sample" in ops
+    argv = ["--smoke", "--out", str(tmp_path)] + [arg for op in ops for arg in ("--op", op)]
+    assert run.main(argv) == 0
+
+    written = {path.suffix: path for path in tmp_path.iterdir()}
+    assert set(written) == {".json", ".md", ".png"}
+    assert written[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = json.loads(written[".json"].read_text())
+    cpu = result["limits"]["devices"]["cpu"]
+    for key in ("copy_gb_per_s", "read_gb_per_s", "bandwidth_gb_per_s", "fp32_matmul_gflop_per_s"):
+        assert cpu[key] > 0, key
+    assert result["device"]["threads"] == torch.get_num_threads()
+    assert result["device"]["torch"] == torch.__version__
+    rows = result["rows"]
+    assert {row["op"] for row in rows} == set(ops)
+    assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling variants out"
+    for row in rows:
+        assert row["median_s"] > 0 and row["repeats"] == 1
+        assert row["peak_bytes"] is not None and row["peak_bytes"] >= 0
+        assert row["speedup_vs_baseline"] > 0
+    bandwidth_rows = [row for row in rows if row.get("gb_per_s") is not None]
+    assert bandwidth_rows, "mixture_sample's forward declares bytes_moved"
+    for row in bandwidth_rows:
+        assert row["limit"] == "bandwidth"
+        assert row["limit_fraction"] == pytest.approx(row["gb_per_s"] / cpu["bandwidth_gb_per_s"])
+
+    markdown = written[".md"].read_text()
+    sections = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert sections[:3] == ["## Below target", "## Device", "## Machine limits, measured in this run"]
+    assert f"{cpu['copy_gb_per_s']:.1f}" in markdown
+    assert "(bandwidth)" in markdown
+    assert written[".png"].name in markdown
+
+
+def test_peak_memory_is_the_high_water_mark_of_live_cpu_allocations():
+    def two_buffers_alive():
+        first = torch.ones(2 * MiB // 4)
+        second = torch.ones(2 * MiB // 4)
+        return first + second            # 3 x 2 MiB live at once
+
+    def one_buffer_at_a_time():
+        first = torch.ones(2 * MiB // 4)
+        del first
+        return torch.ones(2 * MiB // 4)  # never more than 2 MiB live
+
+    assert 6 * MiB <= peak_memory(two_buffers_alive, "cpu") < 7 * MiB
+    assert 2 * MiB <= peak_memory(one_buffer_at_a_time, "cpu") < 3 * MiB
+
+
+def test_measure_reports_the_runs_it_made_and_the_memory_of_a_call():
+    calls = []
+
+    def call():
+        calls.append(1)
+        return torch.zeros(MiB // 4)
+
+    timing = measure(call, repeats=3, warmup=2, track_memory=True)
+    assert len(calls) == 2 + 3 and timing["repeats"] == 3
+    assert timing["device"] == "cpu" and timing["timer"] == "wall clock"
+    assert timing["min_s"] <= timing["median_s"]
+    assert timing["peak_bytes"] >= MiB
+
+
+def test_judge_reports_the_fraction_of_the_limit_that_binds():
+    limits = _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes={(64, 32, 8): 20.0})
+    memory_bound = {"median_s": 2.0, "device": "cpu"}
+    # 10 GB at 10 GB/s takes 1 s; 50 GFLOP at 100 GFLOP/s takes 0.5 s: bandwidth binds, at 1 s / 2 s.
+    judge(memory_bound, Case("op", "s", "forward", [], bytes_moved=10e9, flops=50e9), limits)
+    assert memory_bound["limit"] == "bandwidth"
+    assert memory_bound["limit_fraction"] == pytest.approx(0.5)
+    assert memory_bound["flop_fraction"] == pytest.approx(0.25)
+
+    # The same FLOPs judged against a skinny matmul's 20 GFLOP/s take 2.5 s: that roof binds.
+    shaped = {"median_s": 5.0, "device": "cpu"}
+    judge(shaped, Case("op", "s", "forward", [], bytes_moved=10e9, flops=50e9, matmul_shape=(64, 32, 8)), limits)
+    assert shaped["limit"] == "fp32 matmul 64x32x8"
+    assert shaped["limit_fraction"] == pytest.approx(0.5)
+    assert shaped["matmul_shape_fraction"] == pytest.approx(0.5)
+
+    training = {"median_s": 0.5, "device": "cpu"}
+    judge(training, Case("op", "s", "train step", [], items=64), limits)
+    assert training["items_per_s"] == pytest.approx(128)
+    assert "limit" not in training
+
+
+def _row(variant, seconds, limit_fraction=None):
+    row = {"op": "op", "size": "n=1", "mode": "forward", "variant": variant, "median_s": seconds,
+           "min_s": seconds, "repeats": 1, "device": "cpu"}
+    if limit_fraction is not None:
+        row.update(limit="bandwidth", limit_fraction=limit_fraction)
+    return row
+
+
+def test_missed_target_is_listed_first_with_the_roofline_reason(tmp_path):
+    # The baseline already runs at 50% of bandwidth, so no variant can be more than 2x faster.
+    rows = [_row("gmkernels[cpp]", 0.6, 0.83), _row("reference eager", 1.0, 0.5),
+            _row("reference compile", 0.5, 1.0)]
+    case = Case("op", "n=1", "forward", [], targets={"gmkernels[cpp]": 5.0},
+                peer_targets={"gmkernels[cpp]": 1.0}, note="eps must be regenerated")
+    run.compare(rows, case)
+    fused = rows[0]
+    assert fused["speedup_vs_baseline"] == pytest.approx(1 / 0.6)
+    assert fused["speedup_vs_compile"] == pytest.approx(0.5 / 0.6)
+    assert fused["meets_target"] is False
+    assert "< 5.0x vs reference eager" in fused["missed"] and "< 1.0x vs reference compile" in fused["missed"]
+    assert fused["reason"].startswith("eps must be regenerated")
+    assert "at most 2.00x is possible" in fused["reason"]
+    assert "meets_target" not in rows[1]
+
+    result = {"settings": {"kind": "quick", "date": "today", "repeats": 1, "timers": "wall clock",
+                           "quick": True, "smoke": False, "filters": {}},
+              "device": {"cpu": "cpu", "threads": 1, "python": "3", "torch": "2", "backends": ["cpp"]},
+              "limits": _limits().summary(), "rows": rows, "errors": []}
+    path = tmp_path / "result.md"
+    report.write_markdown(str(path), result, None)
+    text = path.read_text()
+    assert text.index("## Below target") < text.index("## Device") < text.index("## op")
+    below = text[text.index("## Below target"):text.index("## Device")]
+    assert "gmkernels[cpp]" in below and "at most 2.00x is possible" in below
+
+
+def test_target_without_its_reference_row_is_a_miss_unless_filtered_out():
+    case = Case("op", "n=1", "forward", [], targets={"gmkernels[cpp]": 2.0},
+                peer_targets={"gmkernels[cpp]": 1.0})
+    rows = [_row("gmkernels[cpp]", 0.1)]
+    run.compare(rows, case, dropped={"reference compile"})
+    assert rows[0]["meets_target"] is False
+    assert rows[0]["missed"] == "no reference eager row to compare with"
+
+    rows = [_row("gmkernels[cpp]", 0.1)]
+    run.compare(rows, case, dropped={"reference eager", "reference compile"})
+    assert "meets_target" not in rows[0] and "missed" not in rows[0]
+
+
+def test_filters_keep_reference_variants_and_drop_compiling_ones_in_smoke_runs():
+    def noop():
+        return None
+
+    case = Case("op", "N=4 n=64", "forward", [
+        Variant("gmkernels[cpp]", noop), Variant("gmkernels[triton]", noop), Variant("pykeops", noop),
+        Variant("reference eager", noop), Variant("reference compile", noop),
+        Variant("fused by hand", noop, jit=True)])
+    names = [variant.name for variant in run.select_variants(case, ["cpp"], smoke=False)]
+    assert names == ["gmkernels[cpp]", "reference eager", "reference compile", "fused by hand"]
+    names = [variant.name for variant in run.select_variants(case, None, smoke=True)]
+    assert names == ["gmkernels[cpp]", "gmkernels[triton]", "reference eager"]
+
+    other = Case("op", "N=8 n=128", "forward", [])
+    assert run.select_cases([case, other], ["n=128"]) == [other]
+    assert run.select_cases([case, other], None) == [case, other]
+
+
+def test_pykeops_variant_is_added_only_when_keops_loads(monkeypatch):
+    from bench import common
+
+    class FakeLazyTensor:
+        pass
+
+    monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: None)
+    assert common.pykeops_variants(lambda lazy_tensor: None) == []
+    monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: FakeLazyTensor)
+    (variant,) = common.pykeops_variants(lambda lazy_tensor: lambda: lazy_tensor)
+    assert variant.name == "pykeops" and variant.backend == "pykeops" and variant.compiles
+    assert variant.run() is FakeLazyTensor
