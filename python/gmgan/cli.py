@@ -132,27 +132,59 @@ def command_sample(args) -> int:
     return 0
 
 
+def _seeds(text: str) -> list:
+    try:
+        seeds = [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds must name at least one seed")
+    return seeds
+
+
+def _trained(config):
+    """A Trainer of config trained to config.steps, re-using a finished run of the same config."""
+    from .checkpoint import latest
+    from .trainer import Trainer, saved_config_matches
+
+    run_dir = os.path.join(config.out_dir, config.run_name)
+    stem = latest(os.path.join(run_dir, "checkpoints"))
+    if stem and saved_config_matches(run_dir, config) and stem.endswith(f"step_{config.steps:07d}"):
+        return Trainer.from_run_dir(run_dir, {"progress": config.progress})
+    trainer = Trainer(config)
+    trainer.run(evaluate_end=False)
+    return trainer
+
+
 def command_cluster(args) -> int:
     from .clustering import cluster
-    from .compare import markdown_table
+    from .compare import markdown_table, mean_std
     from .trainer import Trainer
 
     if args.run:
-        trainer = Trainer.from_run_dir(args.run, {"progress": False if args.quiet else None})
-        if trainer.step < trainer.config.steps:
-            trainer.run(evaluate_end=False)
+        trainers = [Trainer.from_run_dir(args.run, {"progress": False if args.quiet else None})]
+        if trainers[0].step < trainers[0].config.steps:
+            trainers[0].run(evaluate_end=False)
     else:
         overrides = dict(overrides_of(args), variant=args.variant or "gmgan")
-        trainer = Trainer(build_config(overrides, preset=args.preset, file=args.config_file))
-        trainer.run(evaluate_end=False)
-    result = cluster(trainer, args.per_component)
+        seeds = _seeds(args.seeds) if args.seeds else [None]
+        trainers = []
+        for seed in seeds:
+            if seed is not None:
+                overrides.update(seed=seed, run_name=None)
+            trainers.append(_trained(build_config(overrides, preset=args.preset, file=args.config_file)))
+    results = []
+    for trainer in trainers:
+        result = cluster(trainer, args.per_component)
+        with open(os.path.join(trainer.run_dir, "clustering.json"), "w") as handle:
+            json.dump(result, handle, indent=1)
+        results.append(result)
+    k = results[0]["components"]
     table = markdown_table(["method", "ACC", "NMI"], [
-        [f"GM-GAN (K = {result['components']})", f"{result['gmgan_acc']:.4f}", f"{result['gmgan_nmi']:.4f}"],
-        [f"k-means (K = {result['components']})", f"{result['kmeans_acc']:.4f}", f"{result['kmeans_nmi']:.4f}"]])
-    with open(os.path.join(trainer.run_dir, "clustering.json"), "w") as handle:
-        json.dump(result, handle, indent=1)
+        [f"{name} (K = {k})", mean_std([r[f"{key}_acc"] for r in results], 3),
+         mean_std([r[f"{key}_nmi"] for r in results], 3)] for name, key in (("GM-GAN", "gmgan"), ("k-means", "kmeans"))])
     print(table)
-    print(f"run folder: {trainer.run_dir}")
+    print(f"mean ± std over {len(results)} run(s); runs: {', '.join(t.run_dir for t in trainers)}")
     return 0
 
 
@@ -160,12 +192,9 @@ def command_compare(args) -> int:
     from .compare import run_compare
 
     variants = [v for v in args.variants.split(",") if v]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not variants or not seeds:
-        raise ConfigError("--variants and --seeds must each name at least one")
+    seeds = _seeds(args.seeds)
+    if not variants:
+        raise ConfigError("--variants must name at least one variant")
     command = "gmgan " + " ".join(shlex.quote(a) for a in (args.argv or []))
     outcome = run_compare(variants, seeds, overrides_of(args, skip=("variant", "seed")), preset=args.preset,
                           file=args.config_file, name=args.name, command=command, jobs=args.jobs)
@@ -205,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI")
     add_config_flags(cluster)
     cluster.add_argument("--run", metavar="RUN_DIR", help="use this trained GM-GAN instead of training one")
+    cluster.add_argument("--seeds", help="train and score one GM-GAN per seed, e.g. 0,1,2 (mean ± std)")
     cluster.add_argument("--per-component", type=int, default=1000, help="M samples per Gaussian")
     cluster.add_argument("--quiet", action="store_true")
     cluster.set_defaults(handler=command_cluster)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from .config import NUM_MODES, build_config
 from .plots import image_grid, scatter_grid
-from .trainer import Trainer
+from .trainer import Trainer, saved_config_matches
 
 COLUMNS_2D = (("modes", "modes ({modes})"), ("high_quality", "% hq (<= 3 std)"), ("reverse_kl", "reverse KL"))
 COLUMNS_IMAGES = (("is", "IS"), ("mis", "mIS"), ("fid", "FID"), ("parzen_mean", "Parzen LL"))
@@ -25,11 +25,11 @@ def columns_for(dataset: str) -> tuple:
     return COLUMNS_STACKED if dataset == "stacked-digits" else COLUMNS_IMAGES
 
 
-def mean_std(values: list) -> str:
+def mean_std(values: list, digits: int = 2) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return "n/a"
-    text = f"{np.mean(present):.2f} ± {np.std(present):.2f}"
+    text = f"{np.mean(present):.{digits}f} ± {np.std(present):.{digits}f}"
     return text if len(present) == len(values) else f"{text} ({len(present)}/{len(values)})"
 
 
@@ -47,19 +47,14 @@ def markdown_table(header: list, rows: list) -> str:
 
 def _finished_metrics(run_dir: str, config) -> dict | None:
     """The metrics of a finished run with the same config (compare re-uses it), else None."""
+    if not saved_config_matches(run_dir, config):
+        return None
     try:
-        with open(os.path.join(run_dir, "config.json")) as handle:
-            saved = json.load(handle)
         with open(os.path.join(run_dir, "metrics.json")) as handle:
             metrics = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return None
-    from .trainer import RESUMABLE
-
-    wanted = config.to_dict()
-    same = (all(saved.get(k) == v for k, v in wanted.items() if k not in RESUMABLE or k == "steps")
-            and metrics.get("step") == config.steps)
-    return metrics if same else None
+    return metrics if metrics.get("step") == config.steps else None
 
 
 def _train(config_values: dict) -> str:

@@ -116,7 +116,7 @@ DATASET_DEFAULTS = {
                   eval_samples=2500),
 }
 _IMAGE_DEFAULTS = dict(batch_size=100, lr_g=5e-4, lr_d=5e-4, beta1=0.5, beta2=0.999, lr_halve_every=0,
-                       arch="conv", z_dim=30, g_channels=64, d_channels=64, output_scale=1.0,
+                       arch="conv", z_dim=30, g_channels=32, d_channels=32, output_scale=1.0,
                        eval_samples=10000, g_hidden=[256], d_hidden=[256])
 for _name in ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10"):
     DATASET_DEFAULTS[_name] = dict(_IMAGE_DEFAULTS)

@@ -35,6 +35,16 @@ RESUMABLE = ("steps", "checkpoint_every", "log_every", "eval_every", "progress",
 _RANK_STRIDE = 1_000_003
 
 
+def saved_config_matches(run_dir: str, config: Config) -> bool:
+    """Whether run_dir holds a run of this config (settings in RESUMABLE other than steps aside)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            saved = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in RESUMABLE or k == "steps")
+
+
 def resolve_device(config: Config, world: World) -> torch.device:
     if config.device == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
