@@ -128,7 +128,10 @@ def test_every_backend_equals_pairwise_float64_in_value_and_gradient(n, categori
 @pytest.mark.parametrize("kind", LABEL_KINDS)
 @pytest.mark.parametrize("zeros", [False, True])
 def test_float32_within_float_rounding_of_the_float64_truth(backend, kind, zeros):
-    """Error vs the float64 pairwise truth at most 2x that of the plain float32 pairwise formula."""
+    """Error vs the float64 pairwise truth at most 2x that of the plain float32 pairwise formula,
+    or one float32 ulp of the largest output (gradients ~ 1/p reach 1e6 where p ~ 1e-6, and
+    rounding p to float32 alone moves them by about that much: the plain formula sometimes lands
+    closer by chance)."""
     require_backend(op)
     probs = make_probs(160, 7, 11, zeros)
     labels, num_classes = make_labels(kind, probs, 11)
@@ -140,8 +143,9 @@ def test_float32_within_float_rounding_of_the_float64_truth(backend, kind, zeros
     kl, grad = values_and_grad(probs32.to(backend), None if labels is None else labels.to(backend),
                                num_classes, grad_kl.float().to(backend))
     assert kl.dtype == torch.float32
-    assert_float_rounding(kl.cpu(), truth, plain)
-    assert_float_rounding(grad.cpu(), truth_grad, plain_grad)
+    ulp = torch.finfo(torch.float32).eps
+    assert_float_rounding(kl.cpu(), truth, plain, floor=ulp)
+    assert_float_rounding(grad.cpu(), truth_grad, plain_grad, floor=ulp)
 
 
 def test_many_rows_per_class_and_several_threads_match_the_float64_identity():
@@ -189,7 +193,7 @@ def test_cpp_is_identical_across_runs_and_within_rounding_for_any_thread_count()
     for runs in results.values():
         assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
         for got, want, plain32 in zip(runs[0], truth, plain):
-            assert_float_rounding(got, want, plain32)
+            assert_float_rounding(got, want, plain32, floor=torch.finfo(torch.float32).eps)
 
 
 def test_gradcheck_float64(backend):

@@ -1,15 +1,18 @@
 """mixture_log_likelihood: the fused kernels against the reference, the plain matmul formula,
-torch.compile of both and pykeops' LogSumExp reduction (when importable), side by side.
+torch.compile of both and pykeops' LogSumExp reduction (when importable), side by side, forward
+and forward + backward (into x, and into x and the means).
 
-Two cases, forward and forward + backward:
-- Parzen windows (B=4096 test points, C=10000 samples, d=784, isotropic, uniform weights). The
-  reference builds a B x C x d tensor (128 GB here), so at this size the baseline is the plain
+- Parzen windows (B=4096 test points, C=10000 samples, d=784, isotropic, uniform weights,
+  sigma = 0.2 on data in [0, 1], the bandwidth the published grid picks there). The eager
+  reference builds a B x C x d tensor (128 GB here) and torch.compile of it runs only the
+  forward (its backward would materialise that tensor), so at this size the baseline is the plain
   matmul formula (||x||^2 - 2 x mu^T + ||mu||^2, then logsumexp: what torch.cdist-style code
-  does); a "matmul" variant times the bare x @ means^T of the same shape, and ``flops`` is the
-  2 B C d of that product, so every row's gflop_per_s can be read as a fraction of the measured
-  matrix-product rate. The fused kernels hold O((B + C) d + B x 1024) memory (never B x C);
-  the plain formula holds several B x C float32 tensors (164 MB each at this size).
-- MD-GAN's simplex head (B=65536 embeddings, d=9, C=10, var 0.25).
+  does) and its compiled form the peer. ``flops`` is the 2 B C d of the distance product and
+  ``matmul_shape`` (B, d, C) makes the run time a plain fp32 matmul of that shape, so each row
+  reports its fraction of the measured same-shape matmul rate (issue target: >= 60% forward). The
+  fused kernels hold O((B + C) d) plus one B x 1024 tile, never B x C; the plain formula holds
+  several B x C float32 tensors (164 MB each here): see the rows' peak memory.
+- MD-GAN's simplex head (B=65536 embeddings, d=9, C=10, var 0.25): the direct kernel.
 """
 from __future__ import annotations
 
@@ -18,16 +21,17 @@ import math
 import torch
 
 import gmkernels
+from gmkernels.ops.mixture_log_likelihood import IMPLEMENTED
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from bench.common import Case, Variant
+from bench.common import Case, Variant, pykeops_variants
 
-PARZEN = (4096, 10000, 784)
-PARZEN_QUICK = (256, 1024, 64)
-SIMPLEX = (65536, 9)
-SIMPLEX_QUICK = (8192, 9)
-# The reference materialises B x C x d; above this many elements it is left out.
+PARZEN = {"full": (4096, 10000, 784), "quick": (128, 512, 32), "smoke": (16, 80, 8)}
+SIMPLEX = {"full": (65536, 9), "quick": (8192, 9), "smoke": (64, 9)}
+PARZEN_VAR, SIMPLEX_VAR = 0.04, 0.25
+# The eager reference materialises B x C x d; above this many elements it is left out.
 REFERENCE_MAX_ELEMENTS = 1 << 26
+MODES = (("forward", ()), ("forward+backward x", ("x",)), ("forward+backward x,means", ("x", "means")))
 
 
 def plain_formula(x, means, var, log_weights):
@@ -38,27 +42,22 @@ def plain_formula(x, means, var, log_weights):
     return torch.logsumexp(log_weights - 0.5 * squared / var - log_norm, 1)
 
 
-def keops_formula():
-    """pykeops' LogSumExp reduction of the same mixture, or None when pykeops is missing."""
-    try:
-        from pykeops.torch import LazyTensor
-    except ImportError:
-        return None
-
-    def run(x, means, var, log_weights):
-        squared = ((LazyTensor(x[:, None, :]) - LazyTensor(means[None, :, :])) ** 2).sum(-1)
-        exponent = LazyTensor(log_weights[None, :, None]) - squared / (2 * var)
-        log_norm = 0.5 * x.shape[1] * math.log(2 * math.pi * var)
-        return exponent.logsumexp(dim=1).view(-1) - log_norm
-
-    return run
+def keops_formula(lazy_tensor, x, means, var, log_weights):
+    """pykeops' LogSumExp reduction of the same mixture."""
+    squared = ((lazy_tensor(x[:, None, :]) - lazy_tensor(means[None, :, :])) ** 2).sum(-1)
+    exponent = lazy_tensor(log_weights[None, :, None]) - squared / (2 * var)
+    return exponent.logsumexp(dim=1).view(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi * var)
 
 
-def _variants(inputs, var, grad_inputs, backends, device):
-    """One Variant per implementation; with grad_inputs, each run is forward + backward of
+def _fused_backends(device: torch.device, backends: tuple) -> list:
+    """Kernel backends timed on `device` (the Triton interpreter is a test tool, not timed)."""
+    wanted = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
+    return [name for name in wanted if name in backends and name in IMPLEMENTED]
+
+
+def _variants(x, means, var, log_weights, grad_inputs, fused_backends):
+    """One Variant per implementation; with grad_inputs each call is forward + backward of
     sum(log-likelihood) into those inputs."""
-    x, means, log_weights = inputs
-
     def step(fn):
         def run():
             if not grad_inputs:
@@ -70,80 +69,88 @@ def _variants(inputs, var, grad_inputs, backends, device):
         return run
 
     out = []
-    for name in backends:
-        if name in ("cuda", "cpp", "triton") and name in gmkernels.ops.mixture_log_likelihood.IMPLEMENTED:
-            if (name == "cpp") != (device.type == "cpu") or (name == "triton" and device.type != "cuda"):
-                continue
-
-            def fused(name=name):
-                with gmkernels.use_backend(name):
-                    return gmkernels.mixture_log_likelihood(x, means, var, log_weights)
-            out.append(Variant(f"gmkernels[{name}]", step(fused)))
-    var_tensor = torch.full((means.shape[0],), var, dtype=x.dtype, device=device)
-    if x.shape[0] * means.shape[0] * x.shape[1] <= REFERENCE_MAX_ELEMENTS:
+    for name in fused_backends:
+        def fused(name=name):
+            with gmkernels.use_backend(name):
+                return gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+        out.append(Variant(f"gmkernels[{name}]", step(fused)))
+    var_tensor = torch.full((means.shape[0],), var, dtype=x.dtype, device=x.device)
+    small = x.shape[0] * means.shape[0] * x.shape[1] <= REFERENCE_MAX_ELEMENTS
+    if small:
+        out.append(Variant("reference eager", step(lambda: reference(x, means, var_tensor, log_weights))))
+    if small or not grad_inputs:
+        # Inductor fuses the reference's forward into one loop nest (no B x C x d tensor), so it
+        # runs at full size; its backward would materialise B x C x d.
         compiled_reference = torch.compile(reference)
-        out += [
-            Variant("reference eager", step(lambda: reference(x, means, var_tensor, log_weights))),
-            Variant("reference compile", step(lambda: compiled_reference(x, means, var_tensor, log_weights))),
-        ]
+        out.append(Variant("reference compile",
+                           step(lambda: compiled_reference(x, means, var_tensor, log_weights))))
     compiled_plain = torch.compile(plain_formula)
     out += [
         Variant("plain eager", step(lambda: plain_formula(x, means, var, log_weights))),
         Variant("plain compile", step(lambda: compiled_plain(x, means, var, log_weights))),
     ]
-    keops = keops_formula()
-    if keops is not None:
-        out.append(Variant("pykeops LogSumExp", step(lambda: keops(x, means, var, log_weights))))
-    if not grad_inputs:
-        detached = x.detach(), means.detach()
-        out.append(Variant("matmul x @ means^T", lambda: detached[0] @ detached[1].T))
+    out += pykeops_variants(lambda lazy: step(lambda: keops_formula(lazy, x, means, var, log_weights)))
     return out
 
 
-def _cases(label, x, means, var, targets, backends, device, baseline):
+def _cases(label, x, means, var, fused_backends, mode_targets, backward_note=""):
+    """The cases of one input set, one per mode in mode_targets, which maps the mode to the
+    minimum speed-up of every fused backend over the baseline (None: no target)."""
     num_rows, dim = x.shape
     num_components = means.shape[0]
-    size = f"{label} B={num_rows} C={num_components} d={dim}"
-    log_weights = torch.full((num_components,), -math.log(num_components), device=device)
+    log_weights = torch.full((num_components,), -math.log(num_components), device=x.device)
+    small = num_rows * num_components * dim <= REFERENCE_MAX_ELEMENTS
+    baseline = "reference eager" if small else "plain eager"
+    peer = "reference compile" if small else "plain compile"
+    fused_names = [f"gmkernels[{name}]" for name in fused_backends]
     result = []
-    for mode, grad_names in (("forward", ()), ("forward+backward x", ("x",)),
-                             ("forward+backward x,means", ("x", "means"))):
-        if label == "simplex" and "means" in grad_names:
-            continue   # the simplex's means are fixed vertices
+    for mode, grad_names in MODES:
+        if mode not in mode_targets:
+            continue
         x_run = x.detach().requires_grad_("x" in grad_names)
         means_run = means.detach().requires_grad_("means" in grad_names)
         grad_inputs = tuple(t for t in (x_run, means_run) if t.requires_grad)
+        target = mode_targets.get(mode)
         result.append(Case(
-            op="mixture_log_likelihood", size=size, mode=mode,
-            variants=_variants((x_run, means_run, log_weights), var, grad_inputs, backends, device),
+            op="mixture_log_likelihood", size=f"{label} B={num_rows} C={num_components} d={dim}",
+            mode=mode,
+            variants=_variants(x_run, means_run, var, log_weights, grad_inputs, fused_backends),
             flops=2.0 * num_rows * num_components * dim,
-            baseline=baseline,
-            targets={name: target for name, target in targets.get(mode, {}).items()},
+            matmul_shape=(num_rows, dim, num_components),
+            baseline=baseline, peer=peer,
+            targets={name: target for name in fused_names} if target else {},
+            peer_targets={name: 1.0 for name in fused_names},
+            note=backward_note if grad_names else "", device=x.device.type,
         ))
     return result
 
 
-def cases(quick: bool, backends: tuple) -> list:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    gen = torch.Generator().manual_seed(0)
+def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
+    scale = "smoke" if smoke else "quick" if quick else "full"
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     result = []
-
-    num_rows, num_components, dim = PARZEN_QUICK if quick else PARZEN
-    # MNIST-like data in [0, 1] and the bandwidth the published grid picks there (sigma ~ 0.2).
-    test = torch.rand(num_rows, dim, generator=gen).to(device)
-    samples = torch.rand(num_components, dim, generator=gen).to(device)
-    kernels = {f"gmkernels[{name}]": 2.0 for name in ("cpp", "cuda", "triton")}
-    # At full size the reference cannot run (B x C x d); the plain matmul formula is the baseline.
-    parzen_baseline = "reference eager" if num_rows * num_components * dim <= REFERENCE_MAX_ELEMENTS \
-        else "plain eager"
-    result += _cases("parzen", test, samples, 0.04,
-                     {"forward": kernels, "forward+backward x": kernels, "forward+backward x,means": kernels},
-                     backends, device, parzen_baseline)
-
-    num_rows, dim = SIMPLEX_QUICK if quick else SIMPLEX
-    embeddings = (torch.rand(num_rows, dim, generator=gen) * 5 - 2.5).to(device)
-    vertices = gmkernels.simplex_vertices(dim, dtype=torch.float32, device=device)
-    simplex_targets = {f"gmkernels[{name}]": 3.0 for name in ("cpp", "cuda", "triton")}
-    result += _cases("simplex", embeddings, vertices, 0.25, {"forward+backward x": simplex_targets},
-                     backends, device, "reference eager")
+    for device in devices:
+        fused_backends = _fused_backends(device, backends)
+        gen = torch.Generator().manual_seed(0)
+        num_rows, num_components, dim = PARZEN[scale]
+        test = torch.rand(num_rows, dim, generator=gen).to(device)
+        samples = torch.rand(num_components, dim, generator=gen).to(device)
+        # Quick runs keep one case per kernel path and direction (each compiling variant costs
+        # seconds of compile time).
+        parzen_targets = {"forward": 2.0, "forward+backward x,means": 2.0}
+        if scale == "full":
+            parzen_targets["forward+backward x"] = 2.0
+        result += _cases(
+            "parzen", test, samples, PARZEN_VAR, fused_backends, parzen_targets,
+            backward_note="the fused backward recomputes each tile's product (FlashAttention-style, "
+                          "no B x C buffer) where the compiled plain formula keeps its B x C matrix: "
+                          "one product more; the tiled products also wait more on a shared core")
+        num_rows, dim = SIMPLEX[scale]
+        embeddings = (torch.rand(num_rows, dim, generator=gen) * 5 - 2.5).to(device)
+        vertices = gmkernels.simplex_vertices(dim, dtype=torch.float32, device=device)
+        # The simplex's means are fixed vertices: no gradient into them.
+        simplex_targets = {"forward+backward x": 3.0}
+        if scale == "full":
+            simplex_targets["forward"] = None
+        result += _cases("simplex", embeddings, vertices, SIMPLEX_VAR, fused_backends, simplex_targets)
     return result
