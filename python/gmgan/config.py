@@ -157,10 +157,11 @@ def _mixture_defaults(dataset: str, variant: str) -> dict:
 
 
 PRESETS = {
-    # The README's main command: gan / deligan / gmgan / mdgan on grid25 in a few minutes on 2 cores
-    # (~35 s a run on an idle core). Batch 100 instead of MD-GAN's 500: 2.3x cheaper steps here,
-    # and the number of updates, not the batch, limits what a short run learns.
-    "quick": dict(dataset="grid25", batch_size=100, steps=5000, lr_halve_every=2500, checkpoint_every=2500,
+    # The README's main command: gan / deligan / gmgan / mdgan on grid25, 3 seeds, in a few minutes
+    # on 2 cores (~2.5 min measured with --jobs 2 on an idle machine). Batch 100 instead of
+    # MD-GAN's 500: 2.3x cheaper steps, and the number of updates, not the batch, limits what a
+    # short run learns.
+    "quick": dict(dataset="grid25", batch_size=100, steps=8000, lr_halve_every=3000, checkpoint_every=4000,
                   log_every=250, threads=1),
     # The 2-D tables of docs/results.md (grid25 and ring8): MD-GAN's schedule (lr halved at each
     # quarter of the run) compressed to 12,000 steps of batch 100.
