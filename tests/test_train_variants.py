@@ -32,20 +32,24 @@ def test_variant_trains_with_finite_loss_on_backend(tmp_path, variant, backend):
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
 
 
-def test_trainer_uses_its_backend_without_changing_the_process_choice(tmp_path):
-    before = gmkernels.get_backend()
-    trainer = Trainer(tiny_config(tmp_path, variant="deligan", backend="reference"))
-    seen = []
-    original = trainer.G.prior.sample
+@pytest.mark.parametrize("configured", [None, "reference"])
+def test_trainer_backend_is_the_configured_one_or_the_process_choice(tmp_path, configured):
+    """--backend applies only inside the trainer's calls; without it GMKERNELS_BACKEND (the process
+    choice) is used, so GMKERNELS_BACKEND=reference switches a whole run to the reference ops."""
+    process_choice = "cpp" if configured and "cpp" in gmkernels.backends() else "reference"
+    with gmkernels.use_backend(process_choice):
+        trainer = Trainer(tiny_config(tmp_path, variant="deligan", backend=configured))
+        seen = []
+        original = trainer.G.prior.sample
 
-    def spy(*args, **kwargs):
-        seen.append(gmkernels.get_backend())
-        return original(*args, **kwargs)
+        def spy(*args, **kwargs):
+            seen.append(gmkernels.get_backend())
+            return original(*args, **kwargs)
 
-    trainer.G.prior.sample = spy
-    trainer.train_step()
-    assert seen and set(seen) == {"reference"}
-    assert gmkernels.get_backend() == before
+        trainer.G.prior.sample = spy
+        trainer.train_step()
+        assert seen and set(seen) == {configured or process_choice}
+        assert gmkernels.get_backend() == process_choice
 
 
 @pytest.mark.parametrize("variant", ["gan", "deligan", "gmgan-supervised", "mdgan", "wgan-gp"])

@@ -83,7 +83,7 @@ class Config:
     run_name: str | None = None
     checkpoint_every: int = 500
     log_every: int = 50
-    backend: str = "auto"                   # gmkernels backend for every op
+    backend: str | None = None              # gmkernels backend; None: the process's (GMKERNELS_BACKEND)
     device: str = "auto"
     threads: int = 0                        # torch.set_num_threads; 0 leaves the default
     progress: bool = True
@@ -307,7 +307,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
         raise ConfigError(f"beta1 and beta2 must lie in [0, 1), got {config.beta1}, {config.beta2}")
-    _choice(config, "backend", ("auto",) + gmkernels.backends())
+    _choice(config, "backend", (None, "auto") + gmkernels.backends())
     if config.is_2d and config.arch == "conv":
         raise ConfigError(f"arch conv needs image data; {config.dataset} is 2-D points (use arch mlp)")
     if not config.g_hidden or not config.d_hidden or min(config.g_hidden + config.d_hidden) < 1:

@@ -8,6 +8,7 @@ step are checkpointed, so ``resume`` continues to exactly the result of an unint
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -136,6 +137,13 @@ class Trainer:
             return torch.optim.RMSprop(parameters, lr=lr)
         return torch.optim.Adam(parameters, lr=lr, betas=(self.config.beta1, self.config.beta2))
 
+    def _on_backend(self):
+        """The configured gmkernels backend for the block; without one, the process's choice
+        (``GMKERNELS_BACKEND`` or gmkernels.set_backend) stays in force."""
+        if self.config.backend is None:
+            return contextlib.nullcontext()
+        return gmkernels.use_backend(self.config.backend)
+
     # ---- data and samples -------------------------------------------------------------------
     def next_real(self) -> Batch:
         """This rank's slice of the next global batch; a new permutation each epoch (the last
@@ -153,7 +161,7 @@ class Trainer:
     def sample_fake(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Batch:
         """n generated samples with their latent components and (when conditional) labels."""
         generator = self.noise_rng if generator is None else generator
-        with gmkernels.use_backend(self.config.backend):
+        with self._on_backend():
             z, component = self.G.prior.sample(n, generator=generator, temperature=temperature)
         labels = None
         if self.config.conditional:
@@ -167,7 +175,7 @@ class Trainer:
             raise ConfigError(f"variant {self.config.variant} has no mixture prior to sample a component of")
         if not 0 <= k < prior.num_components:
             raise ConfigError(f"component must lie in [0, {prior.num_components}), got {k}")
-        with gmkernels.use_backend(self.config.backend):
+        with self._on_backend():
             z = prior.sample_component(k, n, generator=generator, temperature=temperature)
         return self.G(z)
 
@@ -185,7 +193,7 @@ class Trainer:
     def train_step(self):
         """One step on the configured gmkernels backend (the process-wide choice is restored
         afterwards); returns detached (d_loss, g_loss) of this rank."""
-        with gmkernels.use_backend(self.config.backend):
+        with self._on_backend():
             return self._train_step()
 
     def _train_step(self):
@@ -324,7 +332,8 @@ class Trainer:
         if self.order is not None:
             tensors["data.order"] = self.order
         info = dict(position=self.position, world_size=self.world.size, optim_G=plain_g, optim_D=plain_d,
-                    config=self.config.to_dict(), torch=torch.__version__, backend=gmkernels.get_backend())
+                    config=self.config.to_dict(), torch=torch.__version__,
+                    backend=self.config.backend or gmkernels.get_backend())
         checkpoint.save(self.checkpoint_dir, self.step, tensors, info)
 
     def load_latest(self) -> None:
