@@ -82,19 +82,6 @@ def generate(trainer, n: int, temperature: float | None = None):
     return x, component, labels
 
 
-def _try(results: dict, name: str, compute) -> None:
-    """Store compute()'s value (dict merged, else under name); record unavailable metrics."""
-    try:
-        value = compute()
-    except evaluation.MetricUnavailable as missing:
-        results.setdefault("unavailable", []).append(f"{name}: {missing}")
-        return
-    if isinstance(value, dict):
-        results.update(value)
-    else:
-        results[name] = value
-
-
 def _pair(prefix: str, pair: tuple) -> dict:
     return {prefix: pair[0], prefix + "_std": pair[1]}
 
@@ -156,11 +143,12 @@ def image_metrics(trainer, samples: torch.Tensor) -> dict:
     else:
         probs, features = classifier.predict(samples)
         _, test_features = classifier.predict(test_x)
-        _try(results, "is", lambda: _pair("is", evaluation.inception_score(probs)))
-        _try(results, "mis", lambda: _pair("mis", evaluation.modified_inception_score(probs)))
-    _try(results, "fid", lambda: evaluation.frechet_distance(features, test_features))
-    _try(results, "parzen", lambda: {f"parzen_{k}": v for k, v in evaluation.parzen_log_likelihood(
-        samples.flatten(1).double(), test_x.flatten(1).double(), validation_x.flatten(1).double()).items()})
+        results.update(_pair("is", evaluation.inception_score(probs)))
+        results.update(_pair("mis", evaluation.modified_inception_score(probs)))
+    results["fid"] = evaluation.frechet_distance(features, test_features)
+    parzen = evaluation.parzen_log_likelihood(samples.flatten(1).double(), test_x.flatten(1).double(),
+                                              validation_x.flatten(1).double())
+    results.update({f"parzen_{k}": v for k, v in parzen.items()})
     return results
 
 
