@@ -38,7 +38,7 @@ def tiny_config(tmp_path, **changes):
 
 
 def usable_backends():
-    return [b for b in ("reference", "cpp") if b in gmkernels.backends()]
+    return [b for b in ("reference", "cpp", "triton", "cuda") if b in gmkernels.backends()]
 
 
 def skip_if_op_missing(error: NotImplementedError):
