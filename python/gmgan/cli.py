@@ -47,9 +47,18 @@ def _print_metrics(metrics: dict) -> None:
     print(json.dumps(shown, indent=1))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def command_train(args) -> int:
+    import signal
+
     from .distributed import close_world
     from .trainer import Trainer
+
+    # A scheduler's SIGTERM (preemption) checkpoints the run like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     if args.resume:
         trainer = Trainer.from_run_dir(args.resume, overrides_of(args))
@@ -61,6 +70,10 @@ def command_train(args) -> int:
             if metrics:
                 _print_metrics(metrics)
             print(f"run folder: {trainer.run_dir}")
+    except KeyboardInterrupt:
+        print(f"gmgan: interrupted at step {trainer.step}, checkpointed; continue with "
+              f"gmgan train --resume {trainer.run_dir}", file=sys.stderr)
+        return 130
     finally:
         close_world(trainer.world)
     return 0
