@@ -132,6 +132,10 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
     settings, rows = result["settings"], result["rows"]
     facts = result["device"]
     lines = [f"# gmkernels benchmark ({settings['kind']}), {settings['date']}", ""]
+    pending = settings.get("sections_pending")
+    if pending:
+        lines += [f"**Partial**: the run stopped before the sections {', '.join(pending)} (written after "
+                  f"each finished section).", ""]
     # What needs attention first: failed sections, then every row below its target, with why.
     if result["errors"]:
         lines += ["## Sections that failed", ""]
@@ -208,7 +212,8 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         axis.set_xticklabels(sizes, rotation=15, fontsize=7, ha="right")
         axis.set_title(f"{op} ({mode}{', ' + device if several_devices else ''})", fontsize=9)
         axis.set_ylabel(f"speed-up vs {' / '.join(sorted(baselines))}", fontsize=8)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle(title, fontsize=10)

@@ -186,7 +186,23 @@ def measure_limits(limits: Limits) -> Limits:
     return limits
 
 
-def save(result: dict, folder: str) -> None:
+def assemble(facts: dict, settings: dict, limits: Limits, rows: list, errors: list, seconds: dict,
+             run_started: float, sections: dict) -> dict:
+    """The result document of the run so far; `settings["sections_pending"]` lists the sections
+    not yet run (empty once the run is complete)."""
+    try:
+        facts["load_average_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    settings["timers"] = ", ".join(sorted({row["timer"] for row in rows})) or "none"
+    settings["seconds_per_section"] = dict(seconds)
+    settings["seconds_total"] = time.perf_counter() - run_started
+    settings["sections_pending"] = [op for op in sections if op not in seconds]
+    return {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
+            "rows": list(rows), "below_target": report.below_target(rows), "errors": list(errors)}
+
+
+def save(result: dict, folder: str, quiet: bool = False) -> None:
     """JSON, Markdown and PNG under `folder`, named by device, date and kind."""
     facts, settings = result["device"], result["settings"]
     os.makedirs(folder, exist_ok=True)
@@ -195,6 +211,8 @@ def save(result: dict, folder: str) -> None:
                                      + (f" / {facts['gpu']['name']}" if facts["gpu"] else ""))
     report.write_json(base + ".json", result)
     report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
+    if quiet:
+        return
     print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
 
 
@@ -250,8 +268,14 @@ def main(argv=None) -> int:
                 header = False
             rows += case_rows
         seconds[op] = time.perf_counter() - started
+        if not args.no_save and op != list(sections)[-1]:
+            # A full run takes an hour on 2 cores: what finished is on disk, marked partial, if
+            # the run is stopped before the end.
+            save(assemble(facts, settings, limits, rows, errors, seconds, run_started, sections), args.out,
+                 quiet=True)
     print("\n# seconds per section: " + ", ".join(f"{op} {value:.1f}" for op, value in seconds.items()))
-    total_s = time.perf_counter() - run_started
+    result = assemble(facts, settings, limits, rows, errors, seconds, run_started, sections)
+    total_s = settings["seconds_total"]
     if args.quick and total_s > QUICK_BUDGET_S:
         print(f"# note: this quick run took {total_s:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget: "
               "shrink the QUICK sizes of the slowest sections above")
@@ -266,15 +290,6 @@ def main(argv=None) -> int:
             " ".join(str(error[key]) for key in ("op", "size", "mode", "variant") if key in error) + f": {error['error']}"
             for error in errors))
 
-    try:
-        facts["load_average_end"] = list(os.getloadavg())
-    except OSError:
-        pass
-    settings["timers"] = ", ".join(sorted({row["timer"] for row in rows})) or "none"
-    settings["seconds_per_section"] = seconds
-    settings["seconds_total"] = total_s
-    result = {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
-              "rows": rows, "below_target": missed, "errors": errors}
     if not args.no_save:
         save(result, args.out)
     return 1 if errors else 0

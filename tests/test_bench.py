@@ -63,6 +63,26 @@ def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_p
     assert written[".png"].name in markdown
 
 
+def test_an_interrupted_run_keeps_its_finished_sections_marked_partial(tmp_path, monkeypatch):
+    finished, interrupted = "class_pairwise_kl", "mixture_sample"
+    run_case = run.run_case
+
+    def stop_at_the_second_section(case, *args, **kwargs):
+        if case.op == interrupted:
+            raise KeyboardInterrupt
+        return run_case(case, *args, **kwargs)
+
+    monkeypatch.setattr(run, "run_case", stop_at_the_second_section)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(["--smoke", "--out", str(tmp_path), "--op", finished, "--op", interrupted])
+
+    written = {path.suffix: path for path in tmp_path.iterdir()}
+    result = json.loads(written[".json"].read_text())
+    assert result["settings"]["sections_pending"] == [interrupted]
+    assert {row["op"] for row in result["rows"]} == {finished}
+    assert f"**Partial**: the run stopped before the sections {interrupted}" in written[".md"].read_text()
+
+
 def test_peak_memory_is_the_high_water_mark_of_live_cpu_allocations():
     def two_buffers_alive():
         first = torch.ones(2 * MiB // 4)

@@ -23,7 +23,7 @@ CLASS_MEANS_COMPILE = "class-means compile"
 
 # (N, C, forward targets?) per mode; N = 10^6, C = 10: many samples, few classes, where the fused
 # op needs O(K C + N) extra memory and the plain formulation several N x C temporaries.
-SIZES = [(200000, 1000, True), (1000000, 10, False)]
+SIZES = [(20000, 100, False), (200000, 1000, True), (1000000, 10, False)]
 QUICK_SIZES = [(20000, 100, False)]
 SMOKE_SIZES = [(64, 5, False)]
 PAIRWISE_SIZE = {"full": 20000, "quick": 2000, "smoke": 32}

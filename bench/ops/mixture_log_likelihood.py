@@ -26,8 +26,9 @@ from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as
 
 from bench.common import Case, Variant, pykeops_variants
 
-PARZEN = {"full": (4096, 10000, 784), "quick": (128, 512, 32), "smoke": (16, 80, 8)}
-SIMPLEX = {"full": (65536, 9), "quick": (8192, 9), "smoke": (64, 9)}
+# Size grids (the last full size of each is the issue's).
+PARZEN = {"full": [(512, 2000, 784), (4096, 10000, 784)], "quick": [(128, 512, 32)], "smoke": [(16, 80, 8)]}
+SIMPLEX = {"full": [(8192, 9), (65536, 9)], "quick": [(8192, 9)], "smoke": [(64, 9)]}
 PARZEN_VAR, SIMPLEX_VAR = 0.04, 0.25
 # The eager reference materialises B x C x d; above this many elements it is left out.
 REFERENCE_MAX_ELEMENTS = 1 << 26
@@ -132,25 +133,25 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     for device in devices:
         fused_backends = _fused_backends(device, backends)
         gen = torch.Generator().manual_seed(0)
-        num_rows, num_components, dim = PARZEN[scale]
-        test = torch.rand(num_rows, dim, generator=gen).to(device)
-        samples = torch.rand(num_components, dim, generator=gen).to(device)
-        # Quick runs keep one case per kernel path and direction (each compiling variant costs
-        # seconds of compile time).
-        parzen_targets = {"forward": 2.0, "forward+backward x,means": 2.0}
-        if scale == "full":
-            parzen_targets["forward+backward x"] = 2.0
-        result += _cases(
-            "parzen", test, samples, PARZEN_VAR, fused_backends, parzen_targets,
-            backward_note="the fused backward recomputes each tile's product (FlashAttention-style, "
-                          "no B x C buffer) where the compiled plain formula keeps its B x C matrix: "
-                          "one product more; the tiled products also wait more on a shared core")
-        num_rows, dim = SIMPLEX[scale]
-        embeddings = (torch.rand(num_rows, dim, generator=gen) * 5 - 2.5).to(device)
-        vertices = gmkernels.simplex_vertices(dim, dtype=torch.float32, device=device)
-        # The simplex's means are fixed vertices: no gradient into them.
-        simplex_targets = {"forward+backward x": 3.0}
-        if scale == "full":
-            simplex_targets["forward"] = None
-        result += _cases("simplex", embeddings, vertices, SIMPLEX_VAR, fused_backends, simplex_targets)
+        for num_rows, num_components, dim in PARZEN[scale]:
+            test = torch.rand(num_rows, dim, generator=gen).to(device)
+            samples = torch.rand(num_components, dim, generator=gen).to(device)
+            # Quick runs keep one case per kernel path and direction (each compiling variant
+            # costs seconds of compile time).
+            parzen_targets = {"forward": 2.0, "forward+backward x,means": 2.0}
+            if scale == "full":
+                parzen_targets["forward+backward x"] = 2.0
+            result += _cases(
+                "parzen", test, samples, PARZEN_VAR, fused_backends, parzen_targets,
+                backward_note="the fused backward recomputes each tile's product (FlashAttention-style, "
+                              "no B x C buffer) where the compiled plain formula keeps its B x C matrix: "
+                              "one product more; the tiled products also wait more on a shared core")
+        for num_rows, dim in SIMPLEX[scale]:
+            embeddings = (torch.rand(num_rows, dim, generator=gen) * 5 - 2.5).to(device)
+            vertices = gmkernels.simplex_vertices(dim, dtype=torch.float32, device=device)
+            # The simplex's means are fixed vertices: no gradient into them.
+            simplex_targets = {"forward+backward x": 3.0}
+            if scale == "full":
+                simplex_targets["forward"] = None
+            result += _cases("simplex", embeddings, vertices, SIMPLEX_VAR, fused_backends, simplex_targets)
     return result

@@ -18,7 +18,7 @@ from bench.common import Case, Variant
 
 # (N, K, n, full). The case is N=100 K=512 n=65536 (diagonal). The full-scale case is
 # sized so that the reference, which gathers an (n, K, K) factor, fits in memory.
-SIZES = [(100, 512, 65536, False), (10, 64, 8192, False), (10, 64, 16384, True)]
+SIZES = [(10, 64, 8192, False), (100, 512, 8192, False), (100, 512, 65536, False), (10, 64, 16384, True)]
 QUICK_SIZES = [(100, 512, 8192, False), (4, 16, 2048, True)]
 SMOKE_SIZES = [(4, 16, 64, False), (4, 16, 64, True)]
 
