@@ -81,6 +81,9 @@ setup(
         "train": ["scikit-learn", "safetensors", "matplotlib", "pyyaml"],
         "test": ["pytest", "hypothesis", "scikit-learn", "safetensors", "matplotlib", "pyyaml"],
         "bench": ["matplotlib", "nvidia-ml-py"],
+        # KeOps' LazyTensor reductions: a peer in the benchmarks when importable (it compiles its
+        # formulas with the system C++ compiler, or nvcc on a GPU).
+        "keops": ["pykeops"],
     },
     entry_points={"console_scripts": ["gmgan=gmgan.cli:main"]},
 )
