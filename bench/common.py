@@ -59,6 +59,9 @@ class Case:
     peer: Optional[str] = None
     peer_targets: dict = dataclasses.field(default_factory=dict)
     note: str = ""                        # why a row misses its target (shown with the miss)
+    # Time the variants in turn (measure_interleaved) instead of one after the other: for
+    # variants whose difference is smaller than the machine's drift over a run.
+    interleave: bool = False
     items: Optional[int] = None           # samples per call (training steps): reported as items/s
     device: Optional[str] = None          # "cpu" / "cuda"; None: the device of the variants' output
 
@@ -169,15 +172,9 @@ def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
     return peak
 
 
-def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0,
-            min_repeats: int = 3, device: Optional[str] = None, track_memory: bool = False) -> dict:
-    """Median time of `fn` over `repeats` runs after `warmup` runs (fewer repeats, but at least
-    `min_repeats`, once `max_seconds` is spent, so a quick run stays quick).
-
-    GPU work (`device` "cuda", or None and the output lives on a GPU) is timed with CUDA events
-    with the L2 flushed before each run; CPU work with a wall clock. The first call is timed on
-    its own (it holds compile time). With `track_memory` the last warm-up runs under the memory
-    probe (`peak_memory`)."""
+def warm_up(fn: Callable[[], object], warmup: int, device: Optional[str], track_memory: bool) -> dict:
+    """The first call timed alone (it holds compile time), then the other warm-up calls, the
+    last one under the memory probe with `track_memory`."""
     calls = max(warmup, 2 if track_memory else 1)
     begin = time.perf_counter()
     output = fn()
@@ -192,19 +189,56 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds
         else:
             fn()
     synchronize()
-    timer = _timed_cuda if device == "cuda" else _timed_wall
+    state = {"first_call_s": first_call_s, "device": device,
+             "timer": "cuda events, L2 flushed" if device == "cuda" else "wall clock"}
+    if track_memory:
+        state["peak_bytes"] = peak
+    return state
+
+
+def _summary(state: dict, times: list) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times), **state}
+
+
+def _timer(device: str) -> Callable[[Callable[[], object]], float]:
+    return _timed_cuda if device == "cuda" else _timed_wall
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0,
+            min_repeats: int = 3, device: Optional[str] = None, track_memory: bool = False) -> dict:
+    """Median time of `fn` over `repeats` runs after `warmup` runs (fewer repeats, but at least
+    `min_repeats`, once `max_seconds` is spent, so a quick run stays quick).
+
+    GPU work (`device` "cuda", or None and the output lives on a GPU) is timed with CUDA events
+    with the L2 flushed before each run; CPU work with a wall clock. The first call is timed on
+    its own (it holds compile time). With `track_memory` the last warm-up runs under the memory
+    probe (`peak_memory`)."""
+    state = warm_up(fn, warmup, device, track_memory)
+    timer = _timer(state["device"])
     times = []
     started = time.perf_counter()
     for _ in range(repeats):
         times.append(timer(fn))
         if time.perf_counter() - started > max_seconds and len(times) >= min_repeats:
             break
-    result = {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times),
-              "first_call_s": first_call_s, "device": device,
-              "timer": "cuda events, L2 flushed" if device == "cuda" else "wall clock"}
-    if track_memory:
-        result["peak_bytes"] = peak
-    return result
+    return _summary(state, times)
+
+
+def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: float = 20.0,
+                        min_repeats: int = 3) -> list:
+    """`measure` for several functions, each already warmed up (`warm_up` gave `states`), timed
+    in turn (A B C A B C ...): for variants whose times differ by less than the machine drifts
+    over a run (whole training steps on a shared CPU drift by 30 % within seconds), timing each
+    after the other would measure the drift. `max_seconds` is per function, as in `measure`."""
+    times = [[] for _ in fns]
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for fn, state, own in zip(fns, states, times):
+            own.append(_timer(state["device"])(fn))
+        if time.perf_counter() - started > max_seconds * len(fns) and len(times[0]) >= min_repeats:
+            break
+    return [{**_summary(state, own), "timer": state["timer"] + ", interleaved"}
+            for state, own in zip(states, times)]
 
 
 @functools.lru_cache(maxsize=None)

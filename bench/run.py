@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import gmkernels  # noqa: E402
 from bench import report  # noqa: E402
-from bench.common import measure  # noqa: E402
+from bench.common import measure, measure_interleaved, warm_up  # noqa: E402
 from bench.machine import Limits, device_facts, device_label, judge  # noqa: E402
 
 OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(ROOT, "bench", "ops"))
@@ -121,23 +121,36 @@ def compare(rows: list, case, dropped=frozenset()) -> None:
                 "no reason recorded (the case has no note and declares no bytes_moved/flops)"
 
 
-def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
-    rows = []
-    selected = select_variants(case, only_backends, settings["smoke"])
-    for variant in selected:
-        where = {"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name}
+def _timed_rows(case, variants: list, settings: dict, errors: list) -> list:
+    """(variant, timing) for each variant that ran; a failure is recorded in `errors` and costs
+    only its own variant."""
+    warm = dict(warmup=settings["warmup"], device=case.device, track_memory=True)
+    repeat = dict(max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"])
+    ready = []
+    for variant in variants:
         try:
             if variant.setup:
                 variant.setup()
-            timing = measure(variant.run, settings["repeats"], warmup=settings["warmup"],
-                             max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"],
-                             device=case.device, track_memory=True)
+            if case.interleave:
+                ready.append((variant, warm_up(variant.run, **warm)))
+            else:
+                ready.append((variant, measure(variant.run, settings["repeats"], **warm, **repeat)))
         except Exception as error:   # one broken variant must not cost the rest of the run
-            errors.append({**where, "error": f"{type(error).__name__}: {error}",
-                           "traceback": traceback.format_exc()})
+            errors.append({"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name,
+                           "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
             print(f"  FAILED {case.op} {case.size} {case.mode} {variant.name}: {error}", flush=True)
-            continue
-        row = {**where, **timing}
+    if case.interleave and ready:
+        timings = measure_interleaved([variant.run for variant, _ in ready], [state for _, state in ready],
+                                      settings["repeats"], **repeat)
+        ready = [(variant, timing) for (variant, _), timing in zip(ready, timings)]
+    return ready
+
+
+def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
+    rows = []
+    selected = select_variants(case, only_backends, settings["smoke"])
+    for variant, timing in _timed_rows(case, selected, settings, errors):
+        row = {"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name, **timing}
         judge(row, case, limits)
         if case.note:
             row["note"] = case.note

@@ -112,6 +112,31 @@ def test_measure_reports_the_runs_it_made_and_the_memory_of_a_call():
     assert timing["peak_bytes"] >= MiB
 
 
+def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_one():
+    order = []
+
+    def variant(name, fail=False):
+        def run():
+            if fail:
+                raise RuntimeError("cannot run here")
+            order.append(name)
+            return torch.zeros(4)
+        return Variant(name, run)
+
+    case = Case("op", "s", "train step", [variant("a"), variant("broken", fail=True), variant("b")],
+                baseline="a", interleave=True)
+    settings = {"smoke": False, "repeats": 4, "warmup": 2, "max_seconds": 10.0, "min_repeats": 1}
+    errors = []
+    rows = run.run_case(case, settings, _limits(), None, errors)
+
+    assert [row["variant"] for row in rows] == ["a", "b"]
+    assert [error["variant"] for error in errors] == ["broken"] and "cannot run here" in errors[0]["error"]
+    assert order[-8:] == ["a", "b"] * 4, "timed calls alternate after each variant's warm-up"
+    for row in rows:
+        assert row["repeats"] == 4 and row["timer"] == "wall clock, interleaved"
+        assert row["speedup_vs_baseline"] > 0
+
+
 def test_judge_reports_the_fraction_of_the_limit_that_binds():
     limits = _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes={(64, 32, 8): 20.0})
     memory_bound = {"median_s": 2.0, "device": "cpu"}
