@@ -73,9 +73,12 @@ def command_train(args) -> int:
     except KeyboardInterrupt:
         print(f"gmgan: interrupted at step {trainer.step}, checkpointed; continue with "
               f"gmgan train --resume {trainer.run_dir}", file=sys.stderr)
+        close_world(trainer.world, wait_for_peers=False)
         return 130
-    finally:
-        close_world(trainer.world)
+    except BaseException:
+        close_world(trainer.world, wait_for_peers=False)
+        raise
+    close_world(trainer.world)
     return 0
 
 

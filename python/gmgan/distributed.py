@@ -41,8 +41,14 @@ def init_world(device_kind: str) -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def close_world(world: World) -> None:
+def close_world(world: World, wait_for_peers: bool = True) -> None:
+    """Tear the process group down. On a normal exit every rank first waits for the others: a
+    gloo rank that destroys its group and exits while rank 0 is still writing plots was seen to
+    abort ("terminate called without an active exception"). After an interrupt the peers may be
+    gone, so no barrier then."""
     if world.active and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 
