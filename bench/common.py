@@ -200,8 +200,18 @@ def _summary(state: dict, times: list) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times), **state}
 
 
-def _timer(device: str) -> Callable[[Callable[[], object]], float]:
-    return _timed_cuda if device == "cuda" else _timed_wall
+def _time_in_turn(fns: list, states: list, repeats: int, max_seconds: float, min_repeats: int) -> list:
+    """Seconds of each timed call, one list per function: up to `repeats` rounds of one call of
+    each in turn, fewer (but at least `min_repeats`) once `max_seconds` per function is spent."""
+    timers = [_timed_cuda if state["device"] == "cuda" else _timed_wall for state in states]
+    times = [[] for _ in fns]
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for fn, timer, own in zip(fns, timers, times):
+            own.append(timer(fn))
+        if time.perf_counter() - started > max_seconds * len(fns) and len(times[0]) >= min_repeats:
+            break
+    return times
 
 
 def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0,
@@ -214,14 +224,7 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds
     its own (it holds compile time). With `track_memory` the last warm-up runs under the memory
     probe (`peak_memory`)."""
     state = warm_up(fn, warmup, device, track_memory)
-    timer = _timer(state["device"])
-    times = []
-    started = time.perf_counter()
-    for _ in range(repeats):
-        times.append(timer(fn))
-        if time.perf_counter() - started > max_seconds and len(times) >= min_repeats:
-            break
-    return _summary(state, times)
+    return _summary(state, _time_in_turn([fn], [state], repeats, max_seconds, min_repeats)[0])
 
 
 def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: float = 20.0,
@@ -230,13 +233,7 @@ def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: floa
     in turn (A B C A B C ...): for variants whose times differ by less than the machine drifts
     over a run (whole training steps on a shared CPU drift by 30 % within seconds), timing each
     after the other would measure the drift. `max_seconds` is per function, as in `measure`."""
-    times = [[] for _ in fns]
-    started = time.perf_counter()
-    for _ in range(repeats):
-        for fn, state, own in zip(fns, states, times):
-            own.append(_timer(state["device"])(fn))
-        if time.perf_counter() - started > max_seconds * len(fns) and len(times[0]) >= min_repeats:
-            break
+    times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats)
     return [{**_summary(state, own), "timer": state["timer"] + ", interleaved"}
             for state, own in zip(states, times)]
 

@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     if args.quick and total_s > QUICK_BUDGET_S:
         print(f"# note: this quick run took {total_s:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget: "
               "shrink the QUICK sizes of the slowest sections above")
-    missed = report.below_target(rows)
+    missed = result["below_target"]
     if missed:
         print("\nBelow target" + (" (smoke run: single runs of tiny sizes, the verdicts mean nothing):"
                                    if args.smoke else ":"))
