@@ -238,6 +238,14 @@ def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: floa
             for state, own in zip(states, times)]
 
 
+def kernel_backends(backends, device: torch.device, implemented=None) -> list:
+    """The gmkernels kernel backends timed on tensors of `device`: cpp on the CPU, cuda and
+    triton on a GPU (Triton also runs CPU tensors under its interpreter, a correctness tool, not
+    timed); only those in `backends` (usable here) and, when given, in `implemented`."""
+    wanted = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
+    return [name for name in wanted if name in backends and (implemented is None or name in implemented)]
+
+
 @functools.lru_cache(maxsize=None)
 def pykeops_lazy_tensor():
     """pykeops.torch.LazyTensor when KeOps is installed and loads, else None (an optional extra)."""

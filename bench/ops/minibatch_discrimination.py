@@ -11,7 +11,7 @@ from gmkernels.nn import MinibatchDiscrimination
 from gmkernels.ops import minibatch_discrimination as op
 from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
 
-from bench.common import Case, Variant
+from bench.common import Case, Variant, kernel_backends
 
 # (N, B, C). N=1024 B=100 C=5 is the target: >= 10x eager and faster than torch.compile.
 # Each table: full, quick, smoke.
@@ -20,12 +20,6 @@ COMPARED_SIZES = ([(256, 50, 5), (1024, 100, 5)], [(256, 50, 5)], [(64, 10, 5)])
 # with their peak memory in the report.
 LARGE_SIZES = ([(4096, 50, 5)], [(1024, 20, 5)], [(256, 8, 5)])
 D_STEP_BATCH = (1024, 128, 16)
-
-
-def fused_backends(backends: tuple, device: torch.device) -> list:
-    # On CPU tensors Triton only runs under its interpreter, a correctness tool, not timed.
-    usable = [name for name in backends if name in op.IMPLEMENTED and name != "reference"]
-    return [name for name in usable if (name == "cpp") == (device.type == "cpu")]
 
 
 def bench_device(backends: tuple) -> torch.device:
@@ -100,7 +94,7 @@ def _d_step_variants(batch, names, device):
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     device = bench_device(backends)
-    names = fused_backends(backends, device)
+    names = kernel_backends(backends, device, op.IMPLEMENTED)
     kind = 2 if smoke else 1 if quick else 0
     result = []
     for N, B, C in COMPARED_SIZES[kind]:

@@ -24,7 +24,7 @@ import gmkernels
 from gmkernels.ops.mixture_log_likelihood import IMPLEMENTED
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from bench.common import Case, Variant, pykeops_variants
+from bench.common import Case, Variant, kernel_backends, pykeops_variants
 
 # Size grids (the last full size of each is the issue's).
 PARZEN = {"full": [(512, 2000, 784), (4096, 10000, 784)], "quick": [(128, 512, 32)], "smoke": [(16, 80, 8)]}
@@ -48,12 +48,6 @@ def keops_formula(lazy_tensor, x, means, var, log_weights):
     squared = ((lazy_tensor(x[:, None, :]) - lazy_tensor(means[None, :, :])) ** 2).sum(-1)
     exponent = lazy_tensor(log_weights[None, :, None]) - squared / (2 * var)
     return exponent.logsumexp(dim=1).view(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi * var)
-
-
-def _fused_backends(device: torch.device, backends: tuple) -> list:
-    """Kernel backends timed on `device` (the Triton interpreter is a test tool, not timed)."""
-    wanted = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
-    return [name for name in wanted if name in backends and name in IMPLEMENTED]
 
 
 def _variants(x, means, var, log_weights, grad_inputs, fused_backends):
@@ -131,7 +125,7 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     result = []
     for device in devices:
-        fused_backends = _fused_backends(device, backends)
+        fused_backends = kernel_backends(backends, device, IMPLEMENTED)
         gen = torch.Generator().manual_seed(0)
         for num_rows, num_components, dim in PARZEN[scale]:
             test = torch.rand(num_rows, dim, generator=gen).to(device)

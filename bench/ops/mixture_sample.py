@@ -14,7 +14,7 @@ import gmkernels
 from gmkernels.ops.mixture_sample import IMPLEMENTED, draw_seed, mixture_sample_with_seed
 from gmkernels.reference import mixture_sample as reference
 
-from bench.common import Case, Variant
+from bench.common import Case, Variant, kernel_backends
 
 # (N, K, n, full). The issue's case is N=100 K=512 n=65536 (diagonal). The full-scale case is
 # sized so that the reference, which gathers an (n, K, K) factor, fits in memory.
@@ -36,12 +36,6 @@ def forward_bytes(mu, scale, component) -> int:
     itemsize = mu.element_size()
     return (itemsize * (component.shape[0] * mu.shape[1] + mu.numel() + scale.numel())
             + component.element_size() * component.shape[0])
-
-
-def _fused_backends(device: torch.device, backends: tuple) -> list:
-    """Kernel backends timed on `device` (the Triton interpreter is a test tool, not timed)."""
-    wanted = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
-    return [name for name in wanted if name in backends and name in IMPLEMENTED]
 
 
 def _variants(mu, scale, component, seed, backward, fused_backends):
@@ -77,7 +71,7 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     sizes = SMOKE_SIZES if smoke else QUICK_SIZES if quick else SIZES
     result = []
     for device in devices:
-        fused_backends = _fused_backends(device, backends)
+        fused_backends = kernel_backends(backends, device, IMPLEMENTED)
         fused_names = [f"gmkernels[{name}]" for name in fused_backends]
         for num_components, dim, n, full in sizes:
             mu = torch.randn(num_components, dim, device=device, requires_grad=True)

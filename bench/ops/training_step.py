@@ -20,7 +20,7 @@ import torch
 
 import gmkernels
 
-from bench.common import Case, Variant
+from bench.common import Case, Variant, kernel_backends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # This checkout's gmgan (python/, setup.py's package_dir), even when another checkout is installed.
@@ -56,14 +56,6 @@ PLANS = {
 }
 
 
-def kernel_backends(backends: tuple) -> list:
-    """The gmkernels backends a step can run on here: on CPU tensors Triton only runs under its
-    interpreter (a correctness tool, not timed); CUDA and Triton need the GPU the step runs on."""
-    on_gpu = torch.cuda.is_available()
-    return [name for name in backends
-            if name != "reference" and (name == "cpp") != on_gpu]
-
-
 def make_trainer(dataset: str, batch: int, overrides: dict, backend: str) -> Trainer:
     # The Trainer writes its config into a run folder: a temporary one, removed at exit.
     out_dir = tempfile.mkdtemp(prefix="gmkernels-bench-")
@@ -91,7 +83,9 @@ def step_variant(name: str, dataset: str, batch: int, steps: int, overrides: dic
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     kind = "smoke" if smoke else "quick" if quick else "full"
-    names = kernel_backends(backends)
+    # The Trainer puts its step on the GPU when there is one (device "auto").
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = kernel_backends(backends, device)
     result = []
     for dataset, batch, steps, plan in PLANS[kind]:
         for label, overrides in plan:
@@ -103,7 +97,7 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
                 # No compiled peer: torch.compile of a whole GAN step (two optimizers, n_critic
                 # loops) is not what users run; the op sections carry the compile comparisons.
                 peer="reference eager",
-                device="cuda" if torch.cuda.is_available() else "cpu",
+                device=device.type,
                 # Steps of the same model on two backends differ by less than a shared CPU
                 # drifts over a few seconds (measured: 19 -> 25 ms for the same GAN step).
                 interleave=True,
