@@ -238,6 +238,11 @@ def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: floa
             for state, own in zip(states, times)]
 
 
+def bench_devices() -> list:
+    """The devices an op section times its kernels on: the CPU, and the GPU where there is one."""
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
 def kernel_backends(backends, device: torch.device, implemented=None) -> list:
     """The gmkernels kernel backends timed on tensors of `device`: cpp on the CPU, cuda and
     triton on a GPU (Triton also runs CPU tensors under its interpreter, a correctness tool, not

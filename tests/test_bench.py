@@ -1,6 +1,7 @@
 """The benchmark suite's machinery: an end-to-end smoke run that writes every result file, the
 memory probe, the roofline judgement, the target verdicts and the filters. No timing assertions:
 numbers on a shared machine are noise, only their presence and consistency are checked."""
+import importlib
 import json
 
 import pytest
@@ -81,6 +82,17 @@ def test_an_interrupted_run_keeps_its_finished_sections_marked_partial(tmp_path,
     assert result["settings"]["sections_pending"] == [interrupted]
     assert {row["op"] for row in result["rows"]} == {finished}
     assert f"**Partial**: the run stopped before the sections {interrupted}" in written[".md"].read_text()
+
+
+def test_sections_offer_only_the_kernel_backends_that_run_their_tensors():
+    # As on a GPU machine: CPU cases time cpp alone (cuda cannot take CPU tensors; Triton would
+    # run them only under its interpreter).
+    everything = ("cuda", "triton", "cpp", "reference")
+    for op in run.OPS:
+        module = importlib.import_module(f"bench.ops.{op}")
+        for case in module.cases(True, everything, smoke=True):
+            kernels = {variant.name for variant in case.variants if variant.backend is not None}
+            assert kernels <= {"gmkernels[cpp]"}, (op, case.size, kernels)
 
 
 def test_peak_memory_is_the_high_water_mark_of_live_cpu_allocations():

@@ -15,7 +15,7 @@ import gmkernels
 from gmkernels.ops import class_pairwise_kl as op
 from gmkernels.reference import class_pairwise_kl as reference
 
-from bench.common import Case, Variant
+from bench.common import Case, Variant, bench_devices, kernel_backends
 
 EPS = 1e-12
 CLASS_MEANS_EAGER = "class-means eager"
@@ -29,12 +29,12 @@ SMOKE_SIZES = [(64, 5, False)]
 PAIRWISE_SIZE = {"full": 20000, "quick": 2000, "smoke": 32}
 
 
-def _inputs(num_samples, num_categories, seed=0):
-    """A leaf P (shared by the forward and the forward + backward cases of one size) and its
-    argmax labels."""
+def _inputs(num_samples, num_categories, device, seed=0):
+    """A leaf P on `device` (shared by the forward and the forward + backward cases of one size)
+    and its argmax labels."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        probs = torch.softmax(3 * torch.randn(num_samples, num_categories, generator=gen), 1)
+        probs = torch.softmax(3 * torch.randn(num_samples, num_categories, generator=gen), 1).to(device)
     return probs.requires_grad_(), probs.argmax(1)
 
 
@@ -56,13 +56,11 @@ def _step(fn, probs, backward):
 
 def _fused_variants(backends, num_classes, labels, probs, backward):
     out = []
-    for name in backends:
-        if name in ("cpp", "triton", "cuda") and name in op.IMPLEMENTED and \
-                (name != "triton" or probs.is_cuda):
-            def fused(p, name=name):
-                with gmkernels.use_backend(name):
-                    return gmkernels.class_pairwise_kl(p, labels, EPS, num_classes=num_classes)
-            out.append(Variant(f"gmkernels[{name}]", _step(fused, probs, backward)))
+    for name in kernel_backends(backends, probs.device, op.IMPLEMENTED):
+        def fused(p, name=name):
+            with gmkernels.use_backend(name):
+                return gmkernels.class_pairwise_kl(p, labels, EPS, num_classes=num_classes)
+        out.append(Variant(f"gmkernels[{name}]", _step(fused, probs, backward)))
     return out
 
 
@@ -93,9 +91,9 @@ def _class_means_case(probs, labels, backends, backward, with_targets):
         " from its forward and reuses it")
 
 
-def _pairwise_case(num_samples, num_categories, backends):
+def _pairwise_case(num_samples, num_categories, backends, device):
     """Fused vs the literal pairwise reference (expect orders of magnitude)."""
-    probs, labels = _inputs(num_samples, num_categories)
+    probs, labels = _inputs(num_samples, num_categories, device)
     variants = _fused_variants(backends, num_categories, labels, probs, False) + [
         Variant("reference eager", _step(lambda p: reference.class_pairwise_kl(p, labels, EPS),
                                          probs, False)),
@@ -110,9 +108,11 @@ def _pairwise_case(num_samples, num_categories, backends):
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     kind = "smoke" if smoke else "quick" if quick else "full"
     sizes = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": SIZES}[kind]
-    result = [_pairwise_case(PAIRWISE_SIZE[kind], 10, backends)]
-    for num_samples, num_categories, with_targets in sizes:
-        probs, labels = _inputs(num_samples, num_categories)
-        result += [_class_means_case(probs, labels, backends, False, with_targets),
-                   _class_means_case(probs, labels, backends, True, False)]
+    result = []
+    for device in bench_devices():
+        result.append(_pairwise_case(PAIRWISE_SIZE[kind], 10, backends, device))
+        for num_samples, num_categories, with_targets in sizes:
+            probs, labels = _inputs(num_samples, num_categories, device)
+            result += [_class_means_case(probs, labels, backends, False, with_targets),
+                       _class_means_case(probs, labels, backends, True, False)]
     return result

@@ -11,7 +11,7 @@ from gmkernels.nn import MinibatchDiscrimination
 from gmkernels.ops import minibatch_discrimination as op
 from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
 
-from bench.common import Case, Variant, kernel_backends
+from bench.common import Case, Variant, bench_devices, kernel_backends
 
 # (N, B, C). N=1024 B=100 C=5 is the target: >= 10x eager and faster than torch.compile.
 # Each table: full, quick, smoke.
@@ -20,10 +20,6 @@ COMPARED_SIZES = ([(256, 50, 5), (1024, 100, 5)], [(256, 50, 5)], [(64, 10, 5)])
 # with their peak memory in the report.
 LARGE_SIZES = ([(4096, 50, 5)], [(1024, 20, 5)], [(256, 8, 5)])
 D_STEP_BATCH = (1024, 128, 16)
-
-
-def bench_device(backends: tuple) -> torch.device:
-    return torch.device("cuda" if "cuda" in backends else "cpu")
 
 
 def _op_variants(M, grad_out, backward, names, with_reference):
@@ -93,7 +89,7 @@ def _d_step_variants(batch, names, device):
 
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    device = bench_device(backends)
+    device = bench_devices()[-1]   # the GPU where there is one: the quadratic op is what it is for
     names = kernel_backends(backends, device, op.IMPLEMENTED)
     kind = 2 if smoke else 1 if quick else 0
     result = []

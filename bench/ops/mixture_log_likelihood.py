@@ -24,7 +24,7 @@ import gmkernels
 from gmkernels.ops.mixture_log_likelihood import IMPLEMENTED
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from bench.common import Case, Variant, kernel_backends, pykeops_variants
+from bench.common import Case, Variant, bench_devices, kernel_backends, pykeops_variants
 
 # Size grids (the last full size of each is the issue's).
 PARZEN = {"full": [(512, 2000, 784), (4096, 10000, 784)], "quick": [(128, 512, 32)], "smoke": [(16, 80, 8)]}
@@ -122,9 +122,8 @@ def _cases(label, x, means, var, fused_backends, mode_targets, backward_note="")
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     scale = "smoke" if smoke else "quick" if quick else "full"
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     result = []
-    for device in devices:
+    for device in bench_devices():
         fused_backends = kernel_backends(backends, device, IMPLEMENTED)
         gen = torch.Generator().manual_seed(0)
         for num_rows, num_components, dim in PARZEN[scale]:

@@ -14,7 +14,7 @@ import gmkernels
 from gmkernels.ops.mixture_sample import IMPLEMENTED, draw_seed, mixture_sample_with_seed
 from gmkernels.reference import mixture_sample as reference
 
-from bench.common import Case, Variant, kernel_backends
+from bench.common import Case, Variant, bench_devices, kernel_backends
 
 # (N, K, n, full). The case is N=100 K=512 n=65536 (diagonal). The full-scale case is
 # sized so that the reference, which gathers an (n, K, K) factor, fits in memory.
@@ -67,10 +67,9 @@ def _variants(mu, scale, component, seed, backward, fused_backends):
 
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     sizes = SMOKE_SIZES if smoke else QUICK_SIZES if quick else SIZES
     result = []
-    for device in devices:
+    for device in bench_devices():
         fused_backends = kernel_backends(backends, device, IMPLEMENTED)
         fused_names = [f"gmkernels[{name}]" for name in fused_backends]
         for num_components, dim, n, full in sizes:

@@ -16,11 +16,7 @@ import shutil
 import sys
 import tempfile
 
-import torch
-
-import gmkernels
-
-from bench.common import Case, Variant, kernel_backends
+from bench.common import Case, Variant, bench_devices, kernel_backends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # This checkout's gmgan (python/, setup.py's package_dir), even when another checkout is installed.
@@ -83,8 +79,7 @@ def step_variant(name: str, dataset: str, batch: int, steps: int, overrides: dic
 
 def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
     kind = "smoke" if smoke else "quick" if quick else "full"
-    # The Trainer puts its step on the GPU when there is one (device "auto").
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_devices()[-1]   # the Trainer's device "auto": the GPU where there is one
     names = kernel_backends(backends, device)
     result = []
     for dataset, batch, steps, plan in PLANS[kind]:
