@@ -91,7 +91,6 @@ def _parse_floats(text: str, name: str) -> list:
 
 def command_evaluate(args) -> int:
     from .compare import markdown_table
-    from .scoring import evaluate_generator
     from .trainer import Trainer
 
     overrides = {"progress": not args.quiet}
@@ -100,13 +99,13 @@ def command_evaluate(args) -> int:
     trainer = Trainer.from_run_dir(args.run_dir, overrides)
     temperatures = _parse_floats(args.temperature, "--temperature") if args.temperature else [trainer.config.temperature]
     if len(temperatures) == 1:
-        metrics = evaluate_generator(trainer, write=True, temperature=temperatures[0])
+        metrics = trainer.evaluate(write=True, temperature=temperatures[0])
         _print_metrics(metrics)
         return 0
     # GM-GAN's quality-diversity trade-off: the same generator sampled with scaled std.
     rows, keys = [], None
     for temperature in temperatures:
-        metrics = evaluate_generator(trainer, plots=False, temperature=temperature)
+        metrics = trainer.evaluate(plots=False, temperature=temperature)
         keys = keys or [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in
                         ("step", "seed", "eval_samples", "temperature")]
         rows.append([temperature] + [f"{metrics[k]:.4g}" if isinstance(metrics[k], float) else metrics[k] for k in keys])
@@ -135,7 +134,8 @@ def command_sample(args) -> int:
             trainer.G.eval()
             samples = trainer.sample_component(args.component, args.n, generator, temperature).cpu()
     else:
-        samples, _, _ = generate(trainer, args.n, temperature)
+        samples, _, _ = generate(trainer.config, trainer.G, trainer.sample_fake, args.n, world=trainer.world,
+                                 temperature=temperature)
     out = args.out or os.path.join(args.run_dir, f"sample-t{temperature:g}" +
                                    (f"-k{args.component}" if args.component is not None else "") + ".png")
     if trainer.dataset.is_2d:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .config import NUM_MODES, build_config
+from .config import NUM_MODES, build_config, config_from_dict
 from .plots import image_grid, scatter_grid
 from .trainer import Trainer, saved_config_matches
 
@@ -59,8 +59,6 @@ def _finished_metrics(run_dir: str, config) -> dict | None:
 
 def _train(config_values: dict) -> str:
     """Train one run in a worker process; the parent reads its metrics.json."""
-    from .config import config_from_dict
-
     trainer = Trainer(config_from_dict(config_values))
     trainer.run()
     return trainer.run_dir

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from gmkernels.nn import GaussianMixturePrior
 
+from .base import register
 from .gan import GAN
 
 
+@register
 class DeLiGAN(GAN):
     name = "deligan"
+    # The published code: N = 50, mu ~ U(-1, 1); sigma 0.02 and penalty 0.1 on toy data, sigma 0.2
+    # and penalty 1/3 on images.
+    defaults = dict(GAN.defaults, components=50, mean_range=1.0, assignment="uniform")
+    toy_defaults = dict(prior_std=0.02, sigma_penalty=0.1)
+    image_defaults = dict(prior_std=0.2, sigma_penalty=1 / 3)
 
     def make_prior(self):
         config = self.config
