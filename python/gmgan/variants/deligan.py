@@ -3,7 +3,7 @@
 p(z) = (1/N) sum_i N(mu_i, diag(sigma_i)^2), mu ~ U(-1, 1), sigma initialised to prior_std
 (0.2 on images, 0.02 on toy data, as the published code), trained with G through the
 reparameterisation z = mu_i + sigma_i eps (gmkernels.mixture_sample). G's loss adds
-sigma_penalty * mean((1 - sigma)^2) over all N K entries (the published code's form; the deck
+sigma_penalty * mean((1 - sigma)^2) over all N K entries (the published code's form; the paper
 writes sum_i ||1 - sigma_i||^2 / N, K times larger). ``assignment per_row`` gives batch row s the
 component s mod N (the published code, N = batch size); ``uniform`` draws components at random.
 """

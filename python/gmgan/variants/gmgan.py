@@ -2,8 +2,8 @@
 supervised variant with an N-way discriminator.
 
 Unsupervised: the GAN losses with p(z) = (1/K) sum_k N(mu_k, Sigma_k). ``mixture static``: mu_k ~
-U[-c, c]^d fixed, Sigma_k = sigma^2 I fixed (c = mean_range, sigma = prior_std; the deck's
-"Sigma = sigma I" names sigma the variance, we use it as the std, documented in docs/results.md);
+U[-c, c]^d fixed, Sigma_k = sigma^2 I fixed (c = mean_range, sigma = prior_std; the method's
+"Sigma = sigma I" makes sigma a variance, we use it as the std, documented in docs/results.md);
 ``mixture dynamic``: mu_k and A_k learned, z = A_k eps + mu_k (gmkernels.mixture_sample with a
 (K, d, d) factor), A_k initialised to sigma I. No published code exists; c, sigma and K are ours.
 
@@ -12,8 +12,8 @@ m). With y(x) the class of x and f(k) the classes of Gaussian k,
     L(D) = -E_x[log D(x)_y + sum_{m != y} log(1 - D(x)_m)] - E_z[sum_m log(1 - D(G(z))_m)]
     L(G) = -E_z[sum_{m in f(k)} log D(G(z))_m + sum_{m not in f(k)} log(1 - D(G(z))_m)].
 f: Gaussian k serves class m iff k = m (mod min(K, N)): K = N one-to-one; K > N several
-Gaussians per class (k mod N); K < N each Gaussian serves several classes {m : m mod K = k} (the
-deck's "map a single Gaussian to multiple classes"), whose outputs its samples then target jointly.
+Gaussians per class (k mod N); K < N each Gaussian serves several classes {m : m mod K = k} (one
+Gaussian mapped to several classes), whose outputs its samples then target jointly.
 """
 from __future__ import annotations
 
