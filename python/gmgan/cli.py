@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmgan", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", formatter_class=HelpFormatter, help="train one run (torchrun for several processes)")
+    train = commands.add_parser("train", help="train one run (torchrun for several processes)",
+                                formatter_class=HelpFormatter)
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     train.set_defaults(handler=command_train)
@@ -264,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--save", action="store_true", help="also write the samples as safetensors")
     sample.set_defaults(handler=command_sample)
 
-    cluster = commands.add_parser("cluster", formatter_class=HelpFormatter, help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI")
+    cluster = commands.add_parser("cluster", help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI",
+                                  formatter_class=HelpFormatter)
     add_config_flags(cluster)
     cluster.add_argument("--run", metavar="RUN_DIR", help="use this trained GM-GAN instead of training one")
     cluster.add_argument("--seeds", help="train and score one GM-GAN per seed, e.g. 0,1,2 (mean ± std)")
@@ -272,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--quiet", action="store_true")
     cluster.set_defaults(handler=command_cluster)
 
-    compare = commands.add_parser("compare", formatter_class=HelpFormatter, help="variants x seeds on one dataset: a mean ± std table")
+    compare = commands.add_parser("compare", help="variants x seeds on one dataset: a mean ± std table",
+                                  formatter_class=HelpFormatter)
     add_config_flags(compare, skip=("variant", "seed"))
     compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan")
     compare.add_argument("--seeds", default="0,1,2")

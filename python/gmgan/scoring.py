@@ -24,8 +24,9 @@ import math
 import os
 
 import torch
-from gmkernels import metrics as kernel_metrics
 from safetensors.torch import save_file
+
+from gmkernels import metrics as kernel_metrics
 
 from .classifier import metrics_classifier
 from .config import Config, replace
@@ -153,7 +154,8 @@ def image_metrics(config: Config, dataset: Dataset, samples: torch.Tensor) -> di
     results["fid"] = float(kernel_metrics.frechet_distance(features.double(), test_features.double()))
     parzen = kernel_metrics.parzen_log_likelihood(samples.flatten(1).double(), test_x.flatten(1).double(),
                                                   validation=validation_x.flatten(1).double())
-    results.update(parzen_mean=float(parzen.mean), parzen_stderr=float(parzen.stderr), parzen_sigma=float(parzen.sigma))
+    results.update(parzen_mean=float(parzen.mean), parzen_stderr=float(parzen.stderr),
+                   parzen_sigma=float(parzen.sigma))
     return results
 
 
