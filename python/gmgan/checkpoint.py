@@ -4,6 +4,7 @@ A checkpoint is ``checkpoints/step_XXXXXXX.safetensors`` + ``.json`` (the JSON i
 a JSON file marks a complete checkpoint). Tensors: model state dicts (``G.*``, ``D.*``), optimizer
 state tensors (``optim.G.<param index>.<key>``), RNG states (a torch generator state is a uint8
 tensor) and the data order. JSON: step, optimizer hyper-parameters, data position, config.
+:func:`save_trainer` and :func:`restore_trainer` write and read a gmgan.trainer.Trainer's state.
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import os
 
 import torch
 from safetensors.torch import load_file, save_file
+
+import gmkernels
+
+from .config import RESUMABLE, ConfigError, upgrade_saved_config
+from .distributed import check_replicas, gather_rows
 
 FORMAT = 1
 
@@ -80,3 +86,54 @@ def prefixed(prefix: str, tensors: dict) -> dict:
     """The entries under ``prefix.`` with the prefix removed."""
     start = len(prefix) + 1
     return {name[start:]: value for name, value in tensors.items() if name.startswith(prefix + ".")}
+
+
+def save_trainer(trainer) -> None:
+    """A checkpoint of the trainer at its step. Rank 0 writes; every rank's noise generator state
+    is gathered first, and the replicas are checked to be identical."""
+    world = trainer.world
+    check_replicas(trainer.G, world)
+    check_replicas(trainer.D, world)
+    noise_states = gather_rows(trainer.noise_rng.get_state().to(trainer.device)[None], world).cpu()
+    if not world.is_main:
+        return
+    tensors = {f"G.{k}": v for k, v in trainer.G.state_dict().items()}
+    tensors.update({f"D.{k}": v for k, v in trainer.D.state_dict().items()})
+    optim_g, plain_g = optimizer_tensors("optim.G", trainer.opt_g)
+    optim_d, plain_d = optimizer_tensors("optim.D", trainer.opt_d)
+    tensors.update(optim_g)
+    tensors.update(optim_d)
+    tensors["rng.data"] = trainer.data_rng.get_state()
+    for rank in range(world.size):
+        tensors[f"rng.noise.{rank}"] = noise_states[rank]
+    if trainer.order is not None:
+        tensors["data.order"] = trainer.order
+    info = dict(position=trainer.position, world_size=world.size, optim_G=plain_g, optim_D=plain_d,
+                config=trainer.config.to_dict(), torch=torch.__version__,
+                backend=trainer.config.backend or gmkernels.get_backend())
+    save(trainer.checkpoint_dir, trainer.step, tensors, info)
+
+
+def restore_trainer(trainer) -> None:
+    """Load the newest checkpoint of trainer.checkpoint_dir into the trainer, after checking that
+    it was written by a run of the same config and number of processes."""
+    stem = latest(trainer.checkpoint_dir)
+    if stem is None:
+        raise ConfigError(f"no checkpoint to resume in {trainer.checkpoint_dir}")
+    tensors, info = load(stem)
+    world = trainer.world
+    if info["world_size"] != world.size:
+        raise ConfigError(f"the checkpoint was written by {info['world_size']} processes; resume it with "
+                          f"the same number (got {world.size}) to continue the same run")
+    for name, value in upgrade_saved_config(info["config"]).items():
+        if name not in RESUMABLE and value != getattr(trainer.config, name):
+            raise ConfigError(f"checkpoint has {name}={value!r}, config says {getattr(trainer.config, name)!r}")
+    trainer.G.load_state_dict(prefixed("G", tensors))
+    trainer.D.load_state_dict(prefixed("D", tensors))
+    load_optimizer("optim.G", trainer.opt_g, tensors, info["optim_G"])
+    load_optimizer("optim.D", trainer.opt_d, tensors, info["optim_D"])
+    trainer.data_rng.set_state(tensors["rng.data"])
+    trainer.noise_rng.set_state(tensors[f"rng.noise.{world.rank}"].to(trainer.noise_rng.get_state().device))
+    trainer.order = tensors.get("data.order")
+    trainer.position = info["position"]
+    trainer.step = info["step"]

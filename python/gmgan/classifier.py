@@ -69,7 +69,7 @@ def fit(x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, seed: int = 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = steps or int(min(MAX_STEPS, max(MIN_STEPS, 15 * math.ceil(x.shape[0] / batch_size))))
     model.train()
-    for _ in tqdm(range(steps), desc="classifier", disable=not progress, leave=False):
+    for _ in tqdm(range(steps), desc="classifier", disable=None if progress else True, leave=False):
         index = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=generator)
         logits, _ = model(x[index].to(device))
         loss = F.cross_entropy(logits, labels[index].to(device))

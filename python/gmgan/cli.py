@@ -12,9 +12,19 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 from dataclasses import fields
 
-from .config import PRESETS, Config, ConfigError, build_config
+from .config import CHOICES, PRESETS, Config, ConfigError, backend_choices, build_config
+from .extras import install_hint, missing_training_modules
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that hyphenated names (wgan-gp, gmgan-supervised) are never split
+    across lines."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _flag(name: str) -> str:
@@ -26,13 +36,18 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple = ()) -> None:
     for field in fields(Config):
         if field.name in skip:
             continue
-        default = "auto" if field.default is None else field.default
+        default = f"(default {'auto' if field.default is None else field.default})"
+        if field.name == "backend":
+            default = "(default: the process's choice, GMKERNELS_BACKEND)"
+        options = backend_choices() if field.name == "backend" else CHOICES.get(field.name)
+        # Choices are listed, not enforced by argparse: validate() gives its one-line error.
+        text = f"one of {', '.join(map(str, options))} {default}" if options else default
         if field.type.startswith("bool"):
             group.add_argument(_flag(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=f"(default {default})")
+                               default=None, help=text)
         else:
             group.add_argument(_flag(field.name), dest=field.name, default=None, metavar=field.name.upper(),
-                               help=f"(default {default})")
+                               help=text)
     parser.add_argument("--config", dest="config_file", help="YAML or JSON file of settings")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of settings")
 
@@ -91,7 +106,6 @@ def _parse_floats(text: str, name: str) -> list:
 
 def command_evaluate(args) -> int:
     from .compare import markdown_table
-    from .scoring import evaluate_generator
     from .trainer import Trainer
 
     overrides = {"progress": not args.quiet}
@@ -100,13 +114,13 @@ def command_evaluate(args) -> int:
     trainer = Trainer.from_run_dir(args.run_dir, overrides)
     temperatures = _parse_floats(args.temperature, "--temperature") if args.temperature else [trainer.config.temperature]
     if len(temperatures) == 1:
-        metrics = evaluate_generator(trainer, write=True, temperature=temperatures[0])
+        metrics = trainer.evaluate(write=True, temperature=temperatures[0])
         _print_metrics(metrics)
         return 0
     # GM-GAN's quality-diversity trade-off: the same generator sampled with scaled std.
     rows, keys = [], None
     for temperature in temperatures:
-        metrics = evaluate_generator(trainer, plots=False, temperature=temperature)
+        metrics = trainer.evaluate(plots=False, temperature=temperature)
         keys = keys or [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in
                         ("step", "seed", "eval_samples", "temperature")]
         rows.append([temperature] + [f"{metrics[k]:.4g}" if isinstance(metrics[k], float) else metrics[k] for k in keys])
@@ -135,7 +149,8 @@ def command_sample(args) -> int:
             trainer.G.eval()
             samples = trainer.sample_component(args.component, args.n, generator, temperature).cpu()
     else:
-        samples, _, _ = generate(trainer, args.n, temperature)
+        samples, _, _ = generate(trainer.config, trainer.G, trainer.sample_fake, args.n, world=trainer.world,
+                                 temperature=temperature)
     out = args.out or os.path.join(args.run_dir, f"sample-t{temperature:g}" +
                                    (f"-k{args.component}" if args.component is not None else "") + ".png")
     if trainer.dataset.is_2d:
@@ -216,6 +231,8 @@ def command_compare(args) -> int:
                           file=args.config_file, name=args.name, command=command, jobs=args.jobs)
     if outcome:
         print(outcome["table"])
+        for paragraph in outcome["reading"].split("\n"):
+            print(textwrap.fill(paragraph, 100, break_on_hyphens=False))
         print(f"table: {os.path.join(outcome['folder'], 'compare.md')}")
         print(f"plot: {outcome['figure']}")
     return 0
@@ -225,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmgan", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train one run (torchrun for several processes)")
+    train = commands.add_parser("train", help="train one run (torchrun for several processes)",
+                                formatter_class=HelpFormatter)
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     train.set_defaults(handler=command_train)
@@ -247,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--save", action="store_true", help="also write the samples as safetensors")
     sample.set_defaults(handler=command_sample)
 
-    cluster = commands.add_parser("cluster", help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI")
+    cluster = commands.add_parser("cluster", help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI",
+                                  formatter_class=HelpFormatter)
     add_config_flags(cluster)
     cluster.add_argument("--run", metavar="RUN_DIR", help="use this trained GM-GAN instead of training one")
     cluster.add_argument("--seeds", help="train and score one GM-GAN per seed, e.g. 0,1,2 (mean ± std)")
@@ -255,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--quiet", action="store_true")
     cluster.set_defaults(handler=command_cluster)
 
-    compare = commands.add_parser("compare", help="variants x seeds on one dataset: a mean ± std table")
+    compare = commands.add_parser("compare", help="variants x seeds on one dataset: a mean ± std table",
+                                  formatter_class=HelpFormatter)
     add_config_flags(compare, skip=("variant", "seed"))
     compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan")
     compare.add_argument("--seeds", default="0,1,2")
@@ -267,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    missing = missing_training_modules()
+    if missing:
+        print(f"gmgan: error: {install_hint(missing)}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

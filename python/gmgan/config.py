@@ -13,9 +13,18 @@ from dataclasses import dataclass, fields
 
 import gmkernels
 
-VARIANTS = ("gan", "wgan", "wgan-gp", "deligan", "gmgan", "gmgan-supervised", "mdgan")
+from .penalty import KINDS as PENALTY_KINDS
+from .variants import REGISTRY
+
+VARIANTS = tuple(REGISTRY)
 DATASETS = ("grid25", "ring8", "digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10")
 FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+# Settings a resumed run may change: they do not change the model, the data or the schedule.
+# (Results stay bit-exact across a resume when backend, device and threads are also unchanged.)
+RESUMABLE = ("steps", "checkpoint_every", "log_every", "eval_every", "progress", "threads", "out_dir",
+             "backend", "device", "eval_samples")
 
 
 class ConfigError(ValueError):
@@ -51,7 +60,8 @@ class Config:
     # losses
     gan_loss: str = "nonsaturating"         # nonsaturating | minimax (gan, deligan, gmgan)
     clip: float = 0.01                      # wgan weight clipping
-    gp_weight: float = 10.0                 # wgan-gp
+    gp_weight: float | None = None          # gradient penalty on D, any variant (10 for wgan-gp, else 0)
+    gp_kind: str = "wgan-gp"                # wgan-gp: (||grad D(x_hat)|| - 1)^2 on interpolates | r1: ||grad D(x)||^2 / 2 on real data
     # mixture priors (deligan, gmgan, gmgan-supervised)
     components: int | None = None           # N (deligan) or K (gmgan)
     prior_std: float | None = None          # DeLiGAN sigma init; GM-GAN sigma (static) / A init scale
@@ -95,14 +105,24 @@ class Config:
     def is_2d(self) -> bool:
         return self.dataset in ("grid25", "ring8")
 
-    @property
-    def mixture_prior(self) -> bool:
-        return self.variant in ("deligan", "gmgan", "gmgan-supervised")
-
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 
-# Dataset defaults. grid25 follows MD-GAN's published grid25 setup (PROTOCOLS.md): z ~ U[-1,1]^2,
+# Settings that take one of a fixed set of values (validate checks them, ``gmgan train --help``
+# lists them); the backends depend on the machine: backend_choices().
+CHOICES = {"variant": VARIANTS, "dataset": DATASETS, "arch": ("mlp", "conv"), "optimizer": ("adam", "rmsprop"),
+           "latent": ("uniform", "normal"), "gan_loss": ("nonsaturating", "minimax"),
+           "assignment": ("uniform", "per_row"), "mixture": ("static", "dynamic"), "fm_p": (1, 2),
+           "gp_kind": PENALTY_KINDS}
+
+
+def backend_choices() -> tuple:
+    """The backend values usable here: auto (the fastest for the inputs' device) and every backend
+    of gmkernels.backends(). Leaving backend unset keeps the process's choice (GMKERNELS_BACKEND)."""
+    return ("auto",) + gmkernels.backends()
+
+# Dataset defaults (each variant's own settings come from its class, gmgan.variants). grid25
+# follows MD-GAN's published grid25 setup (docs/protocols.md): z ~ U[-1,1]^2,
 # G 128-128-2 ReLU with 6 tanh output, D 128-128 LeakyReLU(0.2), batch 500, Adam 1e-3 / beta1 0.5,
 # lr halved every 500 epochs (= 10,000 steps of 20 batches per epoch). ring8 uses the same nets
 # with a 2 tanh output (its modes lie on the unit circle). Images follow DeLiGAN's MNIST setting
@@ -121,39 +141,8 @@ _IMAGE_DEFAULTS = dict(batch_size=100, lr_g=5e-4, lr_d=5e-4, beta1=0.5, beta2=0.
 for _name in ("digits", "stacked-digits", "mnist", "fashion-mnist", "cifar10"):
     DATASET_DEFAULTS[_name] = dict(_IMAGE_DEFAULTS)
 
-# Variant defaults. WGAN: RMSprop 5e-5, 5 critic steps (Arjovsky et al.); WGAN-GP: Adam 1e-4,
-# betas (0.5, 0.9), 5 critic steps, lambda 10 (Gulrajani et al.). DeLiGAN (published code): N = 50,
-# mu ~ U(-1,1), sigma 0.2 and penalty 1/3 on images, sigma 0.02 and penalty 0.1 on toy data.
-# GM-GAN has no published code: c, sigma and K are our choice (_mixture_defaults, docs/results.md).
-VARIANT_DEFAULTS = {
-    "gan": dict(n_critic=1, optimizer="adam"),
-    "wgan": dict(n_critic=5, optimizer="rmsprop", lr_g=5e-5, lr_d=5e-5),
-    "wgan-gp": dict(n_critic=5, optimizer="adam", lr_g=1e-4, lr_d=1e-4, beta1=0.5, beta2=0.9),
-    "deligan": dict(n_critic=1, optimizer="adam", components=50, mean_range=1.0, assignment="uniform"),
-    "gmgan": dict(n_critic=1, optimizer="adam", mean_range=1.0, sigma_penalty=0.0, assignment="uniform"),
-    "gmgan-supervised": dict(n_critic=1, optimizer="adam", mean_range=1.0, sigma_penalty=0.0,
-                             assignment="uniform"),
-    "mdgan": dict(n_critic=1, optimizer="adam"),
-}
-
 NUM_MODES = {"grid25": 25, "ring8": 8, "digits": 10, "stacked-digits": 1000, "mnist": 10,
              "fashion-mnist": 10, "cifar10": 10}
-
-
-def _mixture_defaults(dataset: str, variant: str) -> dict:
-    if variant == "deligan":
-        if dataset in ("grid25", "ring8"):
-            return dict(prior_std=0.02, sigma_penalty=0.1)
-        return dict(prior_std=0.2, sigma_penalty=1 / 3)
-    if variant in ("gmgan", "gmgan-supervised"):
-        # K = number of modes (the supervised variant then maps K = N Gaussians one-to-one to the
-        # N classes), capped at 100 (stacked-digits has 1,000 modes). c = 1; sigma 0.1 on the 2-D
-        # latents of the toy data, where K means in [-1, 1]^2 lie ~2/sqrt(K) = 0.4 apart (grid25),
-        # and 0.2 on the 30-D image latents (DeLiGAN's sigma), where random means are far apart.
-        components = min(NUM_MODES[dataset], 100)
-        std = 0.1 if dataset in ("grid25", "ring8") else 0.2
-        return dict(components=components, prior_std=std)
-    return {}
 
 
 PRESETS = {
@@ -253,8 +242,7 @@ def build_config(overrides: dict | None = None, *, preset: str | None = None,
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
     auto = dict(DATASET_DEFAULTS[config.dataset])
-    auto.update(VARIANT_DEFAULTS[config.variant])
-    auto.update(_mixture_defaults(config.dataset, config.variant))
+    auto.update(REGISTRY[config.variant].defaults_for(NUM_MODES[config.dataset], config.is_2d))
     for name, value in auto.items():
         if getattr(config, name) is None:
             setattr(config, name, value)
@@ -268,8 +256,18 @@ def build_config(overrides: dict | None = None, *, preset: str | None = None,
     return config
 
 
+def upgrade_saved_config(values: dict) -> dict:
+    """A config saved by an older gmgan, in today's meaning."""
+    if "gp_kind" not in values and values.get("variant") != "wgan-gp":
+        # Saved before the gradient penalty was an option of every variant: gp_weight then held
+        # WGAN-GP's 10 in every run, and only wgan-gp read it.
+        values = dict(values, gp_weight=0.0)
+    return values
+
+
 def config_from_dict(values: dict) -> Config:
     """A Config saved by a run (every field concrete), validated."""
+    values = upgrade_saved_config(values)
     unknown = sorted(set(values) - set(FIELD_TYPES))
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} in saved config")
@@ -285,15 +283,8 @@ def _choice(config: Config, name: str, options) -> None:
 
 def validate(config: Config) -> None:
     """Raise ConfigError with one clear line for anything the run cannot do."""
-    _choice(config, "variant", VARIANTS)
-    _choice(config, "dataset", DATASETS)
-    _choice(config, "arch", ("mlp", "conv"))
-    _choice(config, "optimizer", ("adam", "rmsprop"))
-    _choice(config, "latent", ("uniform", "normal"))
-    _choice(config, "gan_loss", ("nonsaturating", "minimax"))
-    _choice(config, "assignment", ("uniform", "per_row"))
-    _choice(config, "mixture", ("static", "dynamic"))
-    _choice(config, "fm_p", (1, 2))
+    for name, options in CHOICES.items():
+        _choice(config, name, options)
     for name in ("steps", "batch_size", "n_critic", "z_dim", "components", "mdgan_dim", "mbd_kernels",
                  "mbd_dim", "eval_samples", "checkpoint_every", "log_every"):
         if getattr(config, name) < 1:
@@ -307,7 +298,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
         raise ConfigError(f"beta1 and beta2 must lie in [0, 1), got {config.beta1}, {config.beta2}")
-    _choice(config, "backend", (None, "auto") + gmkernels.backends())
+    if config.backend is not None:
+        _choice(config, "backend", backend_choices())
     if config.is_2d and config.arch == "conv":
         raise ConfigError(f"arch conv needs image data; {config.dataset} is 2-D points (use arch mlp)")
     if not config.g_hidden or not config.d_hidden or min(config.g_hidden + config.d_hidden) < 1:

@@ -18,23 +18,6 @@ from gmkernels.nn import MinibatchDiscrimination
 from .config import Config, ConfigError
 
 
-class SimplePrior(nn.Module):
-    """z ~ U[-1, 1]^dim or N(0, I): the latent of the non-mixture variants."""
-
-    def __init__(self, dim: int, kind: str = "uniform"):
-        super().__init__()
-        self.dim, self.kind = dim, kind
-        self.register_buffer("anchor", torch.zeros(()))  # follows .to(device)
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None, temperature: float = 1.0):
-        device = self.anchor.device
-        if self.kind == "uniform":
-            z = torch.rand(n, self.dim, generator=generator, device=device) * 2 - 1
-        else:
-            z = torch.randn(n, self.dim, generator=generator, device=device)
-        return z * temperature, None
-
-
 def one_hot(labels: torch.Tensor | None, num_classes: int, dtype) -> torch.Tensor | None:
     return None if labels is None else F.one_hot(labels, num_classes).to(dtype)
 

@@ -1,6 +1,6 @@
-"""Evaluation of a trained generator, by the protocols of the papers' tables.
+"""Evaluation of a trained generator, by the protocols of the papers' tables (docs/protocols.md).
 
-2-D data (MD-GAN Tables 1-2, PROTOCOLS.md): ``eval_samples`` (2,500) samples; a sample is high
+2-D data (MD-GAN Tables 1-2): ``eval_samples`` (2,500) samples; a sample is high
 quality when it lies within 3 std of its nearest mode; modes covered = modes that are the nearest
 mode of at least one high-quality sample; ``reverse_kl`` = KL(p_gen || uniform) of the histogram
 of high-quality samples over the modes (PacGAN), zero-count modes left out of the sum.
@@ -11,6 +11,10 @@ Parzen-window log-likelihood of the test split under the samples (sigma chosen o
 split), and a PNG of samples next to their nearest training images (DeLiGAN's memorisation check).
 Stacked digits: each channel is classified; modes = distinct (a, b, c) triples of 1,000 and KL of
 their histogram to uniform (PacGAN / VEEGAN protocol), plus FID of the concatenated features.
+
+The metrics themselves come from gmkernels.metrics; this module is the one place that calls them.
+Its functions take what they use: the config, the dataset, the generator G and a sampler
+``sample(n, generator, temperature) -> Batch`` (gmgan.trainer.Trainer.sample_fake).
 """
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from . import evaluation
+from gmkernels import metrics as kernel_metrics
+
 from .classifier import metrics_classifier
-from .config import replace
-from .distributed import gather_rows
+from .config import Config, replace
+from .data import Dataset, load_dataset
+from .distributed import World, gather_rows
 from .plots import image_grid, scatter_2d
 
 HQ_THRESHOLD = 3.0   # in units of the mode std
@@ -59,20 +65,21 @@ def stacked_statistics(digit_labels: torch.Tensor, digit_classes: int) -> dict:
 
 
 @torch.no_grad()
-def generate(trainer, n: int, temperature: float | None = None):
-    """n samples (x, component, labels) on the CPU, drawn with a generator reserved for evaluation
-    (so evaluating never moves the training RNG), split over ranks and gathered."""
-    config, world = trainer.config, trainer.world
+def generate(config: Config, G: torch.nn.Module, sample, n: int, *, world: World | None = None,
+             temperature: float | None = None):
+    """n samples (x, component, labels) on the CPU, drawn by ``sample`` with a generator reserved
+    for evaluation (so evaluating never moves the training RNG), split over ranks and gathered."""
+    world = world or World()
     temperature = config.temperature if temperature is None else temperature
     per_rank = math.ceil(n / world.size)
-    generator = torch.Generator(device=trainer.device).manual_seed(_EVAL_SEED + config.seed * 1009 + world.rank)
-    was_training = trainer.G.training
-    trainer.G.eval()
+    device = next(G.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(_EVAL_SEED + config.seed * 1009 + world.rank)
+    was_training = G.training
+    G.eval()
     parts = []
     for start in range(0, per_rank, 2500):
-        batch = trainer.sample_fake(min(2500, per_rank - start), generator=generator, temperature=temperature)
-        parts.append(batch)
-    trainer.G.train(was_training)
+        parts.append(sample(min(2500, per_rank - start), generator=generator, temperature=temperature))
+    G.train(was_training)
     x = gather_rows(torch.cat([b.x for b in parts]), world)[:n].cpu()
     component = labels = None
     if parts[0].component is not None:
@@ -82,18 +89,16 @@ def generate(trainer, n: int, temperature: float | None = None):
     return x, component, labels
 
 
-def _pair(prefix: str, pair: tuple) -> dict:
-    return {prefix: pair[0], prefix + "_std": pair[1]}
+def _pair(prefix: str, pair) -> dict:
+    """{prefix: mean, prefix_std: std} of a metric's (mean, std)."""
+    return {prefix: float(pair[0]), prefix + "_std": float(pair[1])}
 
 
-def classifier_for(trainer):
+def classifier_for(config: Config, dataset: Dataset):
     """The cached metrics classifier: digits for stacked digits (applied per channel), else the
     dataset's own, always trained on the full real training split."""
-    from .data import load_dataset
-
-    config = trainer.config
     base = "digits" if config.dataset == "stacked-digits" else config.dataset
-    data = trainer.dataset
+    data = dataset
     if base != config.dataset or config.train_per_class:
         data = load_dataset(replace(config, dataset=base, train_per_class=0))
     train_x, train_y = data.train.get(torch.arange(len(data.train)))
@@ -129,10 +134,11 @@ def nearest_training_images(samples: torch.Tensor, train: torch.Tensor, count: i
     return best_index
 
 
-def image_metrics(trainer, samples: torch.Tensor) -> dict:
-    dataset = trainer.dataset
+def image_metrics(config: Config, dataset: Dataset, samples: torch.Tensor) -> dict:
+    """IS / mIS (improved-gan's 10 splits; DeLiGAN's per-class mIS) or the stacked modes, FID
+    against the test split and Parzen LL of the test split (sigma chosen on the validation split)."""
     results: dict = {}
-    classifier = classifier_for(trainer)
+    classifier = classifier_for(config, dataset)
     results["classifier_test_accuracy"] = classifier.test_accuracy
     test_x, _ = dataset.test.get(torch.arange(len(dataset.test)))
     validation_x, _ = dataset.validation.get(torch.arange(len(dataset.validation)))
@@ -143,18 +149,19 @@ def image_metrics(trainer, samples: torch.Tensor) -> dict:
     else:
         probs, features = classifier.predict(samples)
         _, test_features = classifier.predict(test_x)
-        results.update(_pair("is", evaluation.inception_score(probs)))
-        results.update(_pair("mis", evaluation.modified_inception_score(probs)))
-    results["fid"] = evaluation.frechet_distance(features, test_features)
-    parzen = evaluation.parzen_log_likelihood(samples.flatten(1).double(), test_x.flatten(1).double(),
-                                              validation_x.flatten(1).double())
-    results.update({f"parzen_{k}": v for k, v in parzen.items()})
+        results.update(_pair("is", kernel_metrics.inception_score(probs, splits=10)))
+        results.update(_pair("mis", kernel_metrics.modified_inception_score(probs, mode="per_class")))
+    results["fid"] = float(kernel_metrics.frechet_distance(features.double(), test_features.double()))
+    parzen = kernel_metrics.parzen_log_likelihood(samples.flatten(1).double(), test_x.flatten(1).double(),
+                                                  validation=validation_x.flatten(1).double())
+    results.update(parzen_mean=float(parzen.mean), parzen_stderr=float(parzen.stderr),
+                   parzen_sigma=float(parzen.sigma))
     return results
 
 
-def neighbours_figure(trainer, samples: torch.Tensor, path: str, rows: int = 8, count: int = 3) -> str:
+def neighbours_figure(dataset: Dataset, samples: torch.Tensor, path: str, rows: int = 8, count: int = 3) -> str:
     """Each row: a generated sample, then its `count` nearest training images."""
-    train_x, _ = trainer.dataset.get(torch.arange(len(trainer.dataset)))
+    train_x, _ = dataset.get(torch.arange(len(dataset)))
     shown = samples[:rows]
     index = nearest_training_images(shown, train_x, count)
     tiles = torch.cat([torch.cat([shown[i:i + 1], train_x[index[i]]]) for i in range(rows)])
@@ -171,30 +178,33 @@ def write_metrics(run_dir: str, metrics: dict) -> None:
         writer.writerow(scalars.values())
 
 
-def evaluate_generator(trainer, *, plots: bool = True, write: bool = False, temperature: float | None = None) -> dict:
-    """Metrics of trainer's generator (module docstring); rank 0 computes them from the samples
-    of every rank, other ranks return {}."""
-    config = trainer.config
-    samples, component, _ = generate(trainer, config.eval_samples, temperature)
-    if not trainer.world.is_main:
+def evaluate_generator(config: Config, dataset: Dataset, G: torch.nn.Module, sample, *, step: int,
+                       world: World | None = None, run_dir: str | None = None, plots: bool = True,
+                       write: bool = False, temperature: float | None = None) -> dict:
+    """Metrics of generator G (module docstring); rank 0 computes them from the samples of every
+    rank, other ranks return {}. ``plots`` and ``write`` put their files in run_dir."""
+    world = world or World()
+    temperature = config.temperature if temperature is None else temperature
+    samples, _, _ = generate(config, G, sample, config.eval_samples, world=world, temperature=temperature)
+    if not world.is_main:
         return {}
-    metrics: dict = {"step": trainer.step, "variant": config.variant, "dataset": config.dataset,
-                     "seed": config.seed, "eval_samples": config.eval_samples,
-                     "temperature": config.temperature if temperature is None else temperature}
-    if trainer.dataset.is_2d:
-        metrics.update(mode_statistics(samples, trainer.dataset.modes, trainer.dataset.mode_std))
+    if (plots or write) and run_dir is None:
+        raise ValueError("run_dir is needed to write plots or metrics")
+    metrics: dict = {"step": step, "variant": config.variant, "dataset": config.dataset, "seed": config.seed,
+                     "eval_samples": config.eval_samples, "temperature": temperature}
+    if dataset.is_2d:
+        metrics.update(mode_statistics(samples, dataset.modes, dataset.mode_std))
         if plots:
             metrics["samples_png"] = scatter_2d(
-                samples, trainer.dataset.modes, os.path.join(trainer.run_dir, "samples.png"),
+                samples, dataset.modes, os.path.join(run_dir, "samples.png"),
                 f"{config.variant} seed {config.seed}: {metrics['modes']} modes, {metrics['high_quality']:.1f}% hq")
     else:
-        metrics.update(image_metrics(trainer, samples))
+        metrics.update(image_metrics(config, dataset, samples))
         if plots:
-            metrics["samples_png"] = image_grid(samples[:100], os.path.join(trainer.run_dir, "samples.png"),
+            metrics["samples_png"] = image_grid(samples[:100], os.path.join(run_dir, "samples.png"),
                                                 title=f"{config.variant} seed {config.seed}")
-            metrics["neighbours_png"] = neighbours_figure(trainer, samples,
-                                                          os.path.join(trainer.run_dir, "neighbours.png"))
+            metrics["neighbours_png"] = neighbours_figure(dataset, samples, os.path.join(run_dir, "neighbours.png"))
     if write:
-        write_metrics(trainer.run_dir, metrics)
-        save_file({"samples": samples.contiguous()}, os.path.join(trainer.run_dir, "samples.safetensors"))
+        write_metrics(run_dir, metrics)
+        save_file({"samples": samples.contiguous()}, os.path.join(run_dir, "samples.safetensors"))
     return metrics

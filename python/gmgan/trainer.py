@@ -1,37 +1,35 @@
 """The one training loop every variant shares.
 
 A step = ``n_critic`` discriminator updates (each on a fresh real batch and fresh fakes), then one
-generator update. Randomness comes only from two generators owned by the trainer: ``data_rng``
+generator update; with ``gp_weight`` > 0 each discriminator update adds a gradient penalty
+(gmgan.penalty). Randomness comes only from two generators owned by the trainer: ``data_rng``
 (the epoch permutations; identical on every rank) and ``noise_rng`` (latents, condition labels,
 WGAN-GP's mixing weights; one per rank). Their states, the optimizers, the data position and the
-step are checkpointed, so ``resume`` continues to exactly the result of an uninterrupted run.
+step are checkpointed (gmgan.checkpoint), so ``resume`` continues to exactly the result of an
+uninterrupted run.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import gmkernels
 
-from . import checkpoint
-from .config import Config, ConfigError
+from . import checkpoint, scoring
+from .config import RESUMABLE, Config, ConfigError, coerce, config_from_dict, replace
 from .data import Dataset, load_dataset
-from .distributed import (World, average_gradients, broadcast_parameters, check_replicas, gather_rows,
-                          init_world, mean_over_ranks)
+from .distributed import World, average_gradients, broadcast_parameters, init_world, mean_over_ranks
+from .history import History
 from .models import build_networks
+from .penalty import gradient_penalty
 from .variants import Batch, make_variant
 
-HISTORY_FIELDS = ("step", "d_loss", "g_loss", "samples_per_s", "lr_g", "lr_d")
-# Settings a resumed run may change: they do not change the model, the data or the schedule.
-# (Results stay bit-exact across a resume when backend, device and threads are also unchanged.)
-RESUMABLE = ("steps", "checkpoint_every", "log_every", "eval_every", "progress", "threads", "out_dir",
-             "backend", "device", "eval_samples")
 # The noise generator of rank r starts from seed * _RANK_STRIDE + r.
 _RANK_STRIDE = 1_000_003
 
@@ -103,20 +101,20 @@ class Trainer:
         self.step = 0
         self.run_dir = run_dir or os.path.join(config.out_dir, config.run_name)
         self.checkpoint_dir = os.path.join(self.run_dir, "checkpoints")
+        self.history = History(os.path.join(self.run_dir, "history.csv"), writer=self.world.is_main)
         if resume:
-            self.load_latest()
+            checkpoint.restore_trainer(self)
+            self.history.truncate(self.step)
         elif self.world.is_main:
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "config.json"), "w") as handle:
                 json.dump(config.to_dict(), handle, indent=1)
-            self._reset_history()
+            self.history.reset()
 
     @classmethod
     def from_run_dir(cls, run_dir: str, overrides: dict | None = None, *, world: World | None = None,
                      resume: bool = True) -> "Trainer":
         """The run saved in run_dir (its config.json), with only RESUMABLE settings changed."""
-        from .config import coerce, config_from_dict, replace
-
         path = os.path.join(run_dir, "config.json")
         if not os.path.isfile(path):
             raise ConfigError(f"{run_dir} is not a run folder (no config.json)")
@@ -205,7 +203,10 @@ class Trainer:
             real = self.next_real()
             with torch.no_grad():
                 fake = self.sample_fake(self.local_batch)
-            d_loss = variant.discriminator_loss(self.D, real, fake, self.noise_rng)
+            d_loss = variant.discriminator_loss(self.D, real, fake)
+            if config.gp_weight:
+                d_loss = d_loss + config.gp_weight * gradient_penalty(variant, self.D, real, fake, config.gp_kind,
+                                                                      self.noise_rng)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             average_gradients(self.D, self.world)
@@ -235,12 +236,12 @@ class Trainer:
         """Train to step ``until`` (default config.steps), checkpointing every checkpoint_every
         steps and at the end. On Ctrl-C, checkpoints the last completed step and re-raises.
         Returns the final metrics when the run reached config.steps and evaluate_end is set."""
-        from tqdm import tqdm
-
         config = self.config
         until = config.steps if until is None else min(until, config.steps)
-        bar = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.world.is_main),
-                   desc=config.run_name, unit="step", dynamic_ncols=True)
+        # disable=None: tqdm draws only on a terminal (a log file would get a line of \r updates).
+        shown = config.progress and self.world.is_main
+        bar = tqdm(total=config.steps, initial=self.step, disable=None if shown else True, desc=config.run_name,
+                   unit="step", dynamic_ncols=True)
         loss_sum = torch.zeros(2, device=self.device, dtype=torch.float64)
         window_steps, window_start = 0, time.perf_counter()
         try:
@@ -260,7 +261,7 @@ class Trainer:
                     if config.eval_every and self.step % config.eval_every == 0:
                         row.update({k: v for k, v in self.evaluate(plots=False).items()
                                     if isinstance(v, (int, float)) and k not in row})
-                    self._append_history(row)
+                    self.history.append(row)
                     bar.set_postfix(d=f"{losses[0]:.3f}", g=f"{losses[1]:.3f}", samples_s=f"{rate:,.0f}")
                     loss_sum.zero_()
                     window_steps, window_start = 0, time.perf_counter()
@@ -276,86 +277,13 @@ class Trainer:
             return self.evaluate(plots=True, write=True)
         return None
 
-    def evaluate(self, *, plots: bool = True, write: bool = False) -> dict:
+    def evaluate(self, *, plots: bool = True, write: bool = False, temperature: float | None = None) -> dict:
         """Metrics of the current generator (gmgan.scoring), written to metrics.json / .csv and
-        samples.png by rank 0 when ``write``."""
-        from .scoring import evaluate_generator
+        samples.png by rank 0 when ``write``; ``temperature`` defaults to the config's."""
+        return scoring.evaluate_generator(self.config, self.dataset, self.G, self.sample_fake, step=self.step,
+                                          world=self.world, run_dir=self.run_dir, plots=plots, write=write,
+                                          temperature=temperature)
 
-        return evaluate_generator(self, plots=plots, write=write)
-
-    # ---- history -------------------------------------------------------------------------
-    @property
-    def history_path(self) -> str:
-        return os.path.join(self.run_dir, "history.csv")
-
-    def _reset_history(self) -> None:
-        with open(self.history_path, "w", newline="") as handle:
-            csv.writer(handle).writerow(HISTORY_FIELDS)
-
-    def _append_history(self, row: dict) -> None:
-        if not self.world.is_main:
-            return
-        extra = [k for k in row if k not in HISTORY_FIELDS]
-        with open(self.history_path, "a", newline="") as handle:
-            values = [row[k] for k in HISTORY_FIELDS] + [f"{k}={row[k]}" for k in extra]
-            csv.writer(handle).writerow(values)
-
-    def _truncate_history(self) -> None:
-        """Drop rows logged after the checkpoint being resumed (they will be logged again)."""
-        if not os.path.isfile(self.history_path):
-            self._reset_history()
-            return
-        with open(self.history_path, newline="") as handle:
-            rows = list(csv.reader(handle))
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
-        with open(self.history_path, "w", newline="") as handle:
-            csv.writer(handle).writerows(kept)
-
-    # ---- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        """Rank 0 writes; every rank's noise generator state is gathered first, and the replicas
-        are checked to be identical."""
-        check_replicas(self.G, self.world)
-        check_replicas(self.D, self.world)
-        noise_states = gather_rows(self.noise_rng.get_state().to(self.device)[None], self.world).cpu()
-        if not self.world.is_main:
-            return
-        tensors = {f"G.{k}": v for k, v in self.G.state_dict().items()}
-        tensors.update({f"D.{k}": v for k, v in self.D.state_dict().items()})
-        optim_g, plain_g = checkpoint.optimizer_tensors("optim.G", self.opt_g)
-        optim_d, plain_d = checkpoint.optimizer_tensors("optim.D", self.opt_d)
-        tensors.update(optim_g)
-        tensors.update(optim_d)
-        tensors["rng.data"] = self.data_rng.get_state()
-        for rank in range(self.world.size):
-            tensors[f"rng.noise.{rank}"] = noise_states[rank]
-        if self.order is not None:
-            tensors["data.order"] = self.order
-        info = dict(position=self.position, world_size=self.world.size, optim_G=plain_g, optim_D=plain_d,
-                    config=self.config.to_dict(), torch=torch.__version__,
-                    backend=self.config.backend or gmkernels.get_backend())
-        checkpoint.save(self.checkpoint_dir, self.step, tensors, info)
-
-    def load_latest(self) -> None:
-        stem = checkpoint.latest(self.checkpoint_dir)
-        if stem is None:
-            raise ConfigError(f"no checkpoint to resume in {self.checkpoint_dir}")
-        tensors, info = checkpoint.load(stem)
-        if info["world_size"] != self.world.size:
-            raise ConfigError(f"the checkpoint was written by {info['world_size']} processes; resume it with "
-                              f"the same number (got {self.world.size}) to continue the same run")
-        saved = info["config"]
-        for name, value in saved.items():
-            if name not in RESUMABLE and value != getattr(self.config, name):
-                raise ConfigError(f"checkpoint has {name}={value!r}, config says {getattr(self.config, name)!r}")
-        self.G.load_state_dict(checkpoint.prefixed("G", tensors))
-        self.D.load_state_dict(checkpoint.prefixed("D", tensors))
-        checkpoint.load_optimizer("optim.G", self.opt_g, tensors, info["optim_G"])
-        checkpoint.load_optimizer("optim.D", self.opt_d, tensors, info["optim_D"])
-        self.data_rng.set_state(tensors["rng.data"])
-        self.noise_rng.set_state(tensors[f"rng.noise.{self.world.rank}"].to(self.noise_rng.get_state().device))
-        self.order = tensors.get("data.order")
-        self.position = info["position"]
-        self.step = info["step"]
-        if self.world.is_main:
-            self._truncate_history()
+        """checkpoints/step_<step> (gmgan.checkpoint.save_trainer)."""
+        checkpoint.save_trainer(self)

@@ -1,17 +1,20 @@
-"""The GAN variants: each is its losses and its prior (gmgan.trainer runs them all)."""
-from .base import Batch, Variant
-from .deligan import DeLiGAN
+"""The GAN variants: each is its losses, its prior and its settings (gmgan.trainer runs them all).
+
+REGISTRY is the one list of variants (gmgan.config.VARIANTS and the CLI's choices come from it):
+each variant's class registers itself with ``@register``, so a new variant is its own file and
+one import line below (the order of the imports is the order the CLI lists them).
+"""
+from .base import REGISTRY, Batch, SimplePrior, Variant, register
 from .gan import GAN
+from .wgan import WGAN, WGANGP
+from .deligan import DeLiGAN
 from .gmgan import GMGAN, GMGANSupervised, class_map
 from .mdgan import MDGAN
-from .wgan import WGAN, WGANGP
-
-REGISTRY = {cls.name: cls for cls in (GAN, WGAN, WGANGP, DeLiGAN, GMGAN, GMGANSupervised, MDGAN)}
 
 
 def make_variant(config, num_classes: int) -> Variant:
     return REGISTRY[config.variant](config, num_classes)
 
 
-__all__ = ["Batch", "DeLiGAN", "GAN", "GMGAN", "GMGANSupervised", "MDGAN", "REGISTRY", "Variant", "WGAN",
-           "WGANGP", "class_map", "make_variant"]
+__all__ = ["Batch", "DeLiGAN", "GAN", "GMGAN", "GMGANSupervised", "MDGAN", "REGISTRY", "SimplePrior", "Variant",
+           "WGAN", "WGANGP", "class_map", "make_variant", "register"]

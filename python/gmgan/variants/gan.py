@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Variant
+from .base import Variant, register
 
 
+@register
 class GAN(Variant):
     name = "gan"
 
-    def discriminator_loss(self, D, real, fake, generator):
+    def discriminator_loss(self, D, real, fake):
         real_logit, _ = self.discriminate(D, real)
         fake_logit, _ = self.discriminate(D, fake)
         return F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()

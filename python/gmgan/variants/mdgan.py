@@ -12,9 +12,10 @@ import torch
 
 from gmkernels.nn import SimplexGMM
 
-from .base import Variant
+from .base import Variant, register
 
 
+@register
 class MDGAN(Variant):
     name = "mdgan"
 
@@ -30,10 +31,16 @@ class MDGAN(Variant):
         output, features = super().discriminate(D, batch)
         return 5 * torch.sigmoid(output) - 2.5, features
 
-    def discriminator_loss(self, D, real, fake, generator):
+    def discriminator_loss(self, D, real, fake):
         real_embedding, _ = self.discriminate(D, real)
         fake_embedding, _ = self.discriminate(D, fake)
         return self.sgmm.to(real_embedding.device).discriminator_loss(real_embedding, fake_embedding)
+
+    def critic_score(self, D, batch):
+        """log lk(D(x)): the simplex mixture's log-likelihood of the embedding, which D raises on
+        real data (a penalty differentiates through gmkernels.mixture_log_likelihood)."""
+        embedding, _ = self.discriminate(D, batch)
+        return self.sgmm.to(embedding.device).log_likelihood(embedding)
 
     def generator_loss(self, D, fake):
         fake_embedding, _ = self.discriminate(D, fake)
