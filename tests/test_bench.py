@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench import report, run
-from bench.common import Case, Variant, measure, peak_memory
+from bench.common import Case, Contender, measure, peak_memory
 from bench.machine import Limits, judge
 
 MiB = 1 << 20
@@ -28,8 +28,7 @@ def _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes=None) -> Lim
 
 
 def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_path):
-    ops = [op for op in run.OPS if run.supports_smoke(op)]
-    assert "mixture_sample" in ops
+    ops = list(run.OPS)
     argv = ["--smoke", "--out", str(tmp_path)] + [arg for op in ops for arg in ("--op", op)]
     assert run.main(argv) == 0
 
@@ -45,7 +44,7 @@ def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_p
     assert result["device"]["torch"] == torch.__version__
     rows = result["rows"]
     assert {row["op"] for row in rows} == set(ops)
-    assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling variants out"
+    assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling contenders out"
     for row in rows:
         assert row["median_s"] > 0 and row["repeats"] == 1
         assert row["peak_bytes"] is not None and row["peak_bytes"] >= 0
@@ -90,8 +89,8 @@ def test_sections_offer_only_the_kernel_backends_that_run_their_tensors():
     everything = ("cuda", "triton", "cpp", "reference")
     for op in run.OPS:
         module = importlib.import_module(f"bench.ops.{op}")
-        for case in module.cases(True, everything, smoke=True):
-            kernels = {variant.name for variant in case.variants if variant.backend is not None}
+        for case in module.cases("smoke", everything):
+            kernels = {contender.name for contender in case.contenders if contender.backend is not None}
             assert kernels <= {"gmkernels[cpp]"}, (op, case.size, kernels)
 
 
@@ -127,15 +126,15 @@ def test_measure_reports_the_runs_it_made_and_the_memory_of_a_call():
 def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_one():
     order = []
 
-    def variant(name, fail=False):
+    def contender(name, fail=False):
         def run():
             if fail:
                 raise RuntimeError("cannot run here")
             order.append(name)
             return torch.zeros(4)
-        return Variant(name, run)
+        return Contender(name, run)
 
-    case = Case("op", "s", "train step", [variant("a"), variant("broken", fail=True), variant("b")],
+    case = Case("op", "s", "train step", [contender("a"), contender("broken", fail=True), contender("b")],
                 baseline="a", interleave=True)
     settings = {"smoke": False, "repeats": 4, "warmup": 2, "max_seconds": 10.0, "min_repeats": 1}
     errors = []
@@ -143,7 +142,7 @@ def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_o
 
     assert [row["variant"] for row in rows] == ["a", "b"]
     assert [error["variant"] for error in errors] == ["broken"] and "cannot run here" in errors[0]["error"]
-    assert order[-8:] == ["a", "b"] * 4, "timed calls alternate after each variant's warm-up"
+    assert order[-8:] == ["a", "b"] * 4, "timed calls alternate after each contender's warm-up"
     for row in rows:
         assert row["repeats"] == 4 and row["timer"] == "wall clock, interleaved"
         assert row["speedup_vs_baseline"] > 0
@@ -171,8 +170,8 @@ def test_judge_reports_the_fraction_of_the_limit_that_binds():
     assert "limit" not in training
 
 
-def _row(variant, seconds, limit_fraction=None):
-    row = {"op": "op", "size": "n=1", "mode": "forward", "variant": variant, "median_s": seconds,
+def _row(contender, seconds, limit_fraction=None):
+    row = {"op": "op", "size": "n=1", "mode": "forward", "variant": contender, "median_s": seconds,
            "min_s": seconds, "repeats": 1, "device": "cpu"}
     if limit_fraction is not None:
         row.update(limit="bandwidth", limit_fraction=limit_fraction)
@@ -180,7 +179,7 @@ def _row(variant, seconds, limit_fraction=None):
 
 
 def test_missed_target_is_listed_first_with_the_roofline_reason(tmp_path):
-    # The baseline already runs at 50% of bandwidth, so no variant can be more than 2x faster.
+    # The baseline already runs at 50% of bandwidth, so no contender can be more than 2x faster.
     rows = [_row("gmkernels[cpp]", 0.6, 0.83), _row("reference eager", 1.0, 0.5),
             _row("reference compile", 0.5, 1.0)]
     case = Case("op", "n=1", "forward", [], targets={"gmkernels[cpp]": 5.0},
@@ -225,12 +224,12 @@ def test_filters_keep_reference_variants_and_drop_compiling_ones_in_smoke_runs()
         return None
 
     case = Case("op", "N=4 n=64", "forward", [
-        Variant("gmkernels[cpp]", noop), Variant("gmkernels[triton]", noop), Variant("pykeops", noop),
-        Variant("reference eager", noop), Variant("reference compile", noop),
-        Variant("fused by hand", noop, jit=True)])
-    names = [variant.name for variant in run.select_variants(case, ["cpp"], smoke=False)]
+        Contender("gmkernels[cpp]", noop), Contender("gmkernels[triton]", noop), Contender("pykeops", noop),
+        Contender("reference eager", noop), Contender("reference compile", noop),
+        Contender("fused by hand", noop, jit=True)])
+    names = [contender.name for contender in run.select_contenders(case, ["cpp"], smoke=False)]
     assert names == ["gmkernels[cpp]", "reference eager", "reference compile", "fused by hand"]
-    names = [variant.name for variant in run.select_variants(case, None, smoke=True)]
+    names = [contender.name for contender in run.select_contenders(case, None, smoke=True)]
     assert names == ["gmkernels[cpp]", "gmkernels[triton]", "reference eager"]
 
     other = Case("op", "N=8 n=128", "forward", [])
@@ -245,8 +244,8 @@ def test_pykeops_variant_is_added_only_when_keops_loads(monkeypatch):
         pass
 
     monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: None)
-    assert common.pykeops_variants(lambda lazy_tensor: None) == []
+    assert common.pykeops_contenders(lambda lazy_tensor: None) == []
     monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: FakeLazyTensor)
-    (variant,) = common.pykeops_variants(lambda lazy_tensor: lambda: lazy_tensor)
-    assert variant.name == "pykeops" and variant.backend == "pykeops" and variant.compiles
-    assert variant.run() is FakeLazyTensor
+    (contender,) = common.pykeops_contenders(lambda lazy_tensor: lambda: lazy_tensor)
+    assert contender.name == "pykeops" and contender.backend == "pykeops" and contender.compiles
+    assert contender.run() is FakeLazyTensor
