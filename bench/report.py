@@ -222,6 +222,19 @@ def _plotted_against(row: dict) -> Optional[tuple]:
     return None
 
 
+def plot_series(panel_rows: list) -> tuple:
+    """(sizes, series) of one plot panel: the sizes in the order the rows list them, and
+    {(contender, what it is compared with): [(size index, speed-up), ...]}."""
+    sizes = list(dict.fromkeys(row["size"] for row in panel_rows))
+    series = {}
+    for row in panel_rows:
+        found = _plotted_against(row)
+        if found:
+            against, speedup = found
+            series.setdefault((row["variant"], against), []).append((sizes.index(row["size"]), speedup))
+    return sizes, series
+
+
 def write_plot(path: str, rows: list, title: str) -> Optional[str]:
     """Speed-up vs size, one panel per op, mode and device, one line per contender and what it is
     compared with (the peer, torch.compile of the baseline as a rule, else the baseline); sizes in
@@ -242,13 +255,7 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
     figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.2 * lines), squeeze=False)
     for axis, (op, mode, device) in zip(axes.flat, panels):
         panel_rows = [row for row in rows if (row["op"], row["mode"], row["device"]) == (op, mode, device)]
-        sizes = list(dict.fromkeys(row["size"] for row in panel_rows))
-        series = {}
-        for row in panel_rows:
-            found = _plotted_against(row)
-            if found:
-                against, speedup = found
-                series.setdefault((row["variant"], against), []).append((sizes.index(row["size"]), speedup))
+        sizes, series = plot_series(panel_rows)
         references = {against for _, against in series}
         # Training-step sizes are different models, not a growing size: points, no lines.
         style = dict(marker="o", linestyle="none" if mode == "train step" else "-")

@@ -3,12 +3,14 @@ memory probe, the roofline judgement, the target verdicts and the filters. No ti
 numbers on a shared machine are noise, only their presence and consistency are checked."""
 import importlib
 import json
+import sys
 
 import pytest
 import torch
 
 from bench import report, run
-from bench.common import Case, Contender, measure, peak_memory
+import gmkernels
+from bench.common import PROFILER_NOISE, Case, Contender, measure, peak_memory
 from bench.machine import Limits, judge
 
 MiB = 1 << 20
@@ -249,3 +251,124 @@ def test_pykeops_variant_is_added_only_when_keops_loads(monkeypatch):
     (contender,) = common.pykeops_contenders(lambda lazy_tensor: lambda: lazy_tensor)
     assert contender.name == "pykeops" and contender.backend == "pykeops" and contender.compiles
     assert contender.run() is FakeLazyTensor
+
+
+def _compared(variant, size, baseline, peer, speedup_vs_baseline, speedup_vs_compile=None):
+    row = {"op": "op", "size": size, "mode": "forward", "variant": variant, "baseline": baseline,
+           "speedup_vs_baseline": speedup_vs_baseline, "device": "cpu"}
+    if speedup_vs_compile is not None:
+        row.update(peer=peer, speedup_vs_compile=speedup_vs_compile)
+    return row
+
+
+def test_plot_draws_one_line_per_contender_and_comparison_and_keeps_every_size():
+    rows = [
+        # A case without a compiled peer: compared with its baseline.
+        _compared("gmkernels[cpp]", "N=2000 pairwise", "reference eager", None, 70.0),
+        _compared("reference eager", "N=2000 pairwise", "reference eager", None, 1.0),
+        # Two cases with another baseline and its compiled peer.
+        _compared("gmkernels[cpp]", "N=20000", "class-means eager", "class-means compile", 3.7, 4.6),
+        _compared("class-means compile", "N=20000", "class-means eager", "class-means compile", 0.8, 1.0),
+        _compared("gmkernels[cpp]", "N=200000", "class-means eager", "class-means compile", 3.0, 2.5),
+        # A case with a single contender: no ratio, but still a size on the axis.
+        _compared("gmkernels[cpp]", "N=4096 large", "gmkernels[cpp]", None, 1.0),
+    ]
+    sizes, series = report.plot_series(rows)
+    assert sizes == ["N=2000 pairwise", "N=20000", "N=200000", "N=4096 large"]
+    assert series == {("gmkernels[cpp]", "reference eager"): [(0, 70.0)],
+                      ("gmkernels[cpp]", "class-means compile"): [(1, 4.6), (2, 2.5)]}
+    assert report.readable("class-means compile") == "torch.compile of the class-means formula"
+    assert report.readable("reference eager") == "the eager reference"
+    assert report.readable("gmkernels[cpp]") == "gmkernels (cpp)"
+
+
+def test_memory_probe_drops_the_profilers_own_lines_and_keeps_the_calls(capfd):
+    existing = torch.ones(MiB)
+
+    def frees_a_block_from_before_the_probe():
+        nonlocal existing
+        existing = None                       # the CPU allocator notes a block of unknown size
+        print("the call's own line", file=sys.stderr, flush=True)
+        return torch.ones(4)
+
+    peak_memory(frees_a_block_from_before_the_probe, "cpu")
+    err = capfd.readouterr().err
+    assert "the call's own line" in err
+    assert not any(noise in err for noise in PROFILER_NOISE), err
+
+
+def _fake_section(monkeypatch):
+    """One case whose contenders cost nothing and miss their target; no limits measured."""
+    def cases(kind, backends):
+        return [Case("op", "n=1", "forward", [Contender("gmkernels[cpp]", lambda: torch.zeros(1)),
+                                               Contender("reference eager", lambda: torch.zeros(1))],
+                     targets={"gmkernels[cpp]": 1e6})]
+    monkeypatch.setattr(run, "load_cases", lambda op, kind: cases(kind, ()))
+    monkeypatch.setattr(run, "measure_limits", lambda limits: _limits())
+
+
+@pytest.mark.parametrize("kind", ["--quick", None])
+def test_below_target_list_is_printed_by_full_runs_only_and_budget_notes_never(kind, monkeypatch, capsys, tmp_path):
+    _fake_section(monkeypatch)
+    monkeypatch.setattr(run, "QUICK_BUDGET_S", 0.0)   # every quick run is over budget
+    argv = ["--op", run.OPS[0], "--out", str(tmp_path)] + ([kind] if kind else [])
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert report.TABLE_LEGEND.splitlines()[0] in out
+    assert ("Below target:" in out) == (kind is None)
+    assert "budget" not in out
+    (markdown,) = tmp_path.glob("*.md")
+    assert ("## Notes for maintainers" in markdown.read_text()) == (kind == "--quick")
+
+
+def test_a_case_runs_on_its_own_thread_count_and_the_runs_is_restored():
+    seen = []
+    case = Case("op", "s", "train step", [Contender("a", lambda: seen.append(torch.get_num_threads()))],
+                baseline="a", threads=1)
+    before = torch.get_num_threads()
+    settings = {"smoke": False, "repeats": 1, "warmup": 1, "max_seconds": 1.0, "min_repeats": 1}
+    rows = run.run_case(case, settings, _limits(), None, [])
+    assert set(seen) == {1} and rows[0]["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def test_second_order_times_a_kernel_only_when_its_second_derivative_is_the_references(monkeypatch):
+    from bench.ops import second_order
+
+    class OnceDifferentiable(torch.autograd.Function):
+        """x^3 / 3 whose backward x^2 is computed off the graph: a zero second derivative."""
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.pow(3) / 3
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * x.detach().pow(2)
+
+    def exact_cube(x):
+        return x.pow(3) / 3
+
+    def cube_whose_kernels(kernel_cube):
+        """An op whose kernel backends compute `kernel_cube` instead of the reference's."""
+        def make(device, dtype=torch.float32):
+            x = torch.linspace(-1, 1, 5, dtype=dtype, device=device).requires_grad_()
+            return second_order.Problem(
+                "cube", "n=5", (x,),
+                lambda x: exact_cube(x) if gmkernels.get_backend() == "reference" else kernel_cube(x),
+                exact_cube)
+        monkeypatch.setitem(second_order.CHECK_SIZES, make, ())
+        return make
+
+    cpu = torch.device("cpu")
+    check = second_order.second_derivative_problem
+    assert check(cube_whose_kernels(exact_cube), "cpp", cpu) is None
+    assert check(cube_whose_kernels(OnceDifferentiable.apply), "cpp", cpu).startswith("raises RuntimeError")
+    off_by_one_percent = cube_whose_kernels(lambda x: 1.01 * exact_cube(x))
+    assert check(off_by_one_percent, "cpp", cpu) == "its second derivative differs from the reference backend's"
+
+    monkeypatch.setattr(second_order, "second_derivative_problem", lambda make, name, device: None)
+    for case in second_order.cases("smoke", ("cpp", "reference")):
+        assert [c.name for c in case.contenders] == ["gmkernels[cpp]", "reference eager"]
+        assert case.mode == "gradient penalty"
