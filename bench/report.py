@@ -42,7 +42,7 @@ TABLE_COLUMNS = (  # title, width, cell
 # Printed above the table: what its columns mean, for someone who has not read the code.
 TABLE_LEGEND = """\
 How to read: each row is one implementation ("contender") of an op at one size; ms = median time of one call
-(of one training step in `train step` rows). x base = times faster than the row's baseline (the op's eager
+(`train step`: one training step; `gradient penalty`: forward, gradient, backward of its squared norm). x base = times faster than the row's baseline (the op's eager
 PyTorch reference unless noted), x peer = times faster than the contender to beat, torch.compile of that
 baseline as a rule: above 1 is faster. % limit = share of this machine's limit, measured above (memory
 bandwidth or matmul rate), that the call reaches; peak mem = the most memory one call allocates.
@@ -169,6 +169,9 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
         "", "## How to read", "",
         f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}); "
         "`first call s` is the first call alone (torch.compile / KeOps compile time lands there).",
+        "- Modes: `forward`; `forward+backward` (into the inputs named); `train step`, one gmgan "
+        "training step; `gradient penalty`, forward, gradient with create_graph and backward of its "
+        "squared norm (what WGAN-GP or R1 adds to a discriminator step).",
         "- `x base`: speed-up over the case's baseline (`reference eager` unless the case says "
         "otherwise); `x peer`: over the contender to beat (the baseline's compiled twin unless the "
         "case names another). Above 1 is faster.",
@@ -246,6 +249,9 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed"
+    # A section that times several ops (second_order) gets one panel, its sizes named with the op.
+    rows = [row if row.get("section", row["op"]) == row["op"] else
+            dict(row, op=row["section"], size=f"{row['op']} {row['size']}") for row in rows]
     panels = list(dict.fromkeys((row["op"], row["mode"], row["device"]) for row in rows))
     several_devices = len({row["device"] for row in rows}) > 1
     if not panels:

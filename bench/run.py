@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     for op, cases in sections.items():
         started = time.perf_counter()
         for case in cases:
-            case_rows = run_case(case, settings, limits, args.backend, errors)
+            case_rows = [dict(row, section=op) for row in run_case(case, settings, limits, args.backend, errors)]
             show_status("")
             if case_rows:
                 if header:

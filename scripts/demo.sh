@@ -73,8 +73,9 @@ cat <<'EOF'
 Each GAN variant learns grid25, 25 Gaussians on a 5 x 5 grid. In the table, "modes" counts the modes
 that receive at least one good sample, "% hq" is the share of samples within 3 standard deviations of
 a mode, and "reverse KL" how unevenly the good samples spread over the modes (0 = evenly): mean ± std
-over seeds. With these networks even the plain GAN reaches all 25 modes in short runs, so % hq and
-reverse KL are what tell the variants apart (docs/protocols.md has the details).
+over seeds. With these networks even the plain GAN reaches (nearly) all 25 modes, so % hq and reverse
+KL are what tell the variants apart; runs as short as the default leave % hq low, --full sharpens it.
+Details: docs/protocols.md.
 EOF
 stage "compare GAN variants on grid25 ($what)" \
   "$PYTHON" -m gmgan compare "${compare[@]}" ${COMPARE_OUT:+--out-dir "$COMPARE_OUT"}

@@ -45,7 +45,7 @@ def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_p
     assert result["device"]["threads"] == torch.get_num_threads()
     assert result["device"]["torch"] == torch.__version__
     rows = result["rows"]
-    assert {row["op"] for row in rows} == set(ops)
+    assert {row["section"] for row in rows} == set(ops)
     assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling contenders out"
     for row in rows:
         assert row["median_s"] > 0 and row["repeats"] == 1
