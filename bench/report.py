@@ -247,6 +247,7 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "matplotlib not installed"
     # A section that times several ops (second_order) gets one panel, its sizes named with the op.
@@ -270,6 +271,12 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
             axis.plot(*zip(*points), label=label, **style)
         axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         axis.set_yscale("log")
+        times = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
+        axis.yaxis.set_major_formatter(times)
+        low, high = axis.get_ylim()
+        # Within one decade the log axis has a single major tick: label the minor ones too.
+        axis.yaxis.set_minor_formatter(times if high / low < 10 else matplotlib.ticker.NullFormatter())
+        axis.tick_params(axis="y", which="both", labelsize=7)
         compared = {index for points in series.values() for index, _ in points}
         axis.set_xticks(range(len(sizes)))
         axis.set_xticklabels([size if index in compared else f"{size}\n(one contender: no ratio)"
