@@ -164,6 +164,9 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
         lines.append(f"None: every row with a target ({targeted}) meets it." if targeted
                      else "No row in this run has a target.")
     lines += ["", "## Device", ""] + _device_lines(facts)
+    if settings.get("seconds_total") is not None:
+        lines.append(f"- run time: {settings['seconds_total']:.0f} s wall, "
+                     f"{settings.get('cpu_seconds_total', float('nan')):.0f} s CPU (all threads)")
     lines += ["", "## Machine limits, measured in this run", ""] + _limit_lines(result["limits"])
     lines += [
         "", "## How to read", "",
