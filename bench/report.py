@@ -41,11 +41,12 @@ TABLE_COLUMNS = (  # title, width, cell
 
 # Printed above the table: what its columns mean, for someone who has not read the code.
 TABLE_LEGEND = """\
-How to read: each row is one implementation ("contender") of an op at one size; ms = median time of one call
-(`train step`: one training step; `gradient penalty`: forward, gradient, backward of its squared norm). x base = times faster than the row's baseline (the op's eager
-PyTorch reference unless noted), x peer = times faster than the contender to beat, torch.compile of that
-baseline as a rule: above 1 is faster. % limit = share of this machine's limit, measured above (memory
-bandwidth or matmul rate), that the call reaches; peak mem = the most memory one call allocates.
+How to read: each row is one implementation ("contender") of an op at one size. ms = median time of one
+call (`train step`: one training step; `gradient penalty`: forward, gradient, backward of its squared norm).
+x base = times faster than the row's baseline (the op's eager PyTorch reference unless noted); x peer = times
+faster than the contender to beat, torch.compile of that baseline as a rule: above 1 is faster. % limit =
+share of this machine's limit measured above (memory bandwidth or matmul rate) that the call reaches;
+peak mem = the most memory one call allocates.
 """
 
 
