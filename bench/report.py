@@ -29,7 +29,7 @@ def _bytes(nbytes) -> str:
 TABLE_COLUMNS = (  # title, width, cell
     ("op", 24, lambda r: r["op"]),
     ("size", 36, lambda r: r["size"]),
-    ("mode", 16, lambda r: r["mode"]),
+    ("mode", 24, lambda r: r["mode"]),
     ("contender", 20, lambda r: r["variant"]),
     ("ms", 10, lambda r: _number(1e3 * r["median_s"], ".3f")),
     ("x base", 7, lambda r: _number(r.get("speedup_vs_baseline"), ".2f")),
