@@ -173,7 +173,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--quick", action="store_true",
-                      help="small sizes, few repeats: a demo (QUICK_S on a 2-core CPU)")
+                      help="small sizes, few repeats: a demo (about a minute on an idle 2-core CPU, many times "
+                           "that on a busy one; its last line gives its wall and CPU time)")
     kind.add_argument("--smoke", action="store_true",
                       help="tiny sizes, 1 repeat, no compiling contenders, tiny limit runs: checks the machinery only")
     parser.add_argument("--op", action="append", choices=OPS, help="only these op sections (repeatable)")

@@ -16,7 +16,7 @@ full=0
 for argument in "$@"; do
   case "$argument" in
     --full) full=1 ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown argument $argument (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -24,20 +24,22 @@ done
 demo_started=$SECONDS
 timings=()
 
-# Runs a command as one stage of the demo: a title before it, and its wall time after. While it
-# runs, a line every 15 s says it is still working (the build and the training runs are silent
-# for minutes); the line goes to stderr so that logs of the results stay clean.
+# Runs a command as one stage of the demo: stage NAME "what it does" command... prints the title
+# before it and its wall time after. While it runs, a line every 15 s (every minute after the
+# first) says it is still working: the build and the training runs are silent for minutes.
 stage() {
-  local title=$1
-  shift
+  local name=$1 title=$2
+  shift 2
   echo
-  echo "=== $title"
+  echo "=== $name: $title"
   local started=$SECONDS
   "$@" &
   local command=$!
   (
-    while sleep 15; do
-      echo "    ... $title: still running, $((SECONDS - started)) s" >&2
+    interval=15
+    while sleep "$interval"; do
+      echo "    ... $name still running ($((SECONDS - started)) s)" >&2
+      if [ $((SECONDS - started)) -ge 60 ]; then interval=60; fi
     done
   ) &
   local ticker=$!
@@ -46,19 +48,19 @@ stage() {
   kill "$ticker" 2>/dev/null || true
   wait "$ticker" 2>/dev/null || true
   local seconds=$((SECONDS - started))
-  timings+=("$(printf '%-46s %4d s' "$title" "$seconds")")
-  echo "=== $title: $seconds s"
+  timings+=("$(printf '%-10s %5d s' "$name" "$seconds")")
+  echo "=== $name: $seconds s"
   if [ "$status" -ne 0 ]; then
-    echo "demo.sh: '$title' failed (exit status $status)" >&2
+    echo "demo.sh: $name failed (exit status $status)" >&2
     exit "$status"
   fi
 }
 
 if [ "${GMKERNELS_DEMO_SETUP:-1}" != "0" ]; then
-  stage "setup: install and build gmkernels (minutes the first time)" bash scripts/setup.sh
+  stage setup "install gmkernels and build its extension (minutes the first time)" bash scripts/setup.sh
 fi
 
-stage "tour of the ops" "$PYTHON" examples/demo_ops.py
+stage tour "each op once, on every backend usable here" "$PYTHON" examples/demo_ops.py
 
 if [ "$full" = 1 ]; then
   compare=(--preset quick --jobs 2)
@@ -77,10 +79,10 @@ over seeds. With these networks even the plain GAN reaches (nearly) all 25 modes
 KL are what tell the variants apart; runs as short as the default leave % hq low, --full sharpens it.
 Details: docs/protocols.md.
 EOF
-stage "compare GAN variants on grid25 ($what)" \
+stage compare "GAN, DeLiGAN, GM-GAN and MD-GAN on grid25 ($what)" \
   "$PYTHON" -m gmgan compare "${compare[@]}" ${COMPARE_OUT:+--out-dir "$COMPARE_OUT"}
 
-stage "quick benchmark: the ops against PyTorch and torch.compile" \
+stage benchmark "each op against its PyTorch reference and torch.compile, small sizes" \
   "$PYTHON" bench/run.py --quick --out "${BENCH_OUT:-runs/bench}"
 
 echo
