@@ -276,10 +276,11 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
         axis.set_yscale("log")
         times = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
+        axis.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.yaxis.set_major_formatter(times)
         low, high = axis.get_ylim()
-        # Within one decade the log axis has a single major tick: label the minor ones too.
-        axis.yaxis.set_minor_formatter(times if high / low < 10 else matplotlib.ticker.NullFormatter())
+        # Within a factor of 3 there may be a single major tick: label the minor ones too.
+        axis.yaxis.set_minor_formatter(times if high / low < 3 else matplotlib.ticker.NullFormatter())
         axis.tick_params(axis="y", which="both", labelsize=7)
         compared = {index for points in series.values() for index, _ in points}
         axis.set_xticks(range(len(sizes)))
@@ -290,7 +291,7 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
         axis.set_ylabel(f"speed-up over {readable(references.pop())}" if len(references) == 1
                         else "speed-up (over what each line names)", fontsize=8)
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=6, framealpha=0.6)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle(title + " (above 1: faster)", fontsize=10)
