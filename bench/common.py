@@ -1,7 +1,7 @@
 """The one timer, the one memory probe and the case description shared by every benchmark section.
 
 A section (`bench/ops/<op>.py`) returns `Case`s; each case is one op at one size in one mode with
-the `Variant`s to run side by side. `bench/run.py` times every variant with `measure`, judges it
+the `Contender`s to run side by side. `bench/run.py` times every contender with `measure`, judges it
 against the machine's limits (`bench/machine.py`) and writes the results (`bench/report.py`).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import functools
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -19,12 +20,13 @@ import torch
 
 
 @dataclasses.dataclass
-class Variant:
+class Contender:
+    """One implementation timed in a case (a kernel backend, the reference, a compiled formula)."""
     name: str                      # e.g. "gmkernels[cpp]", "reference eager", "plain compile", "pykeops"
     run: Callable[[], object]      # one full call (forward, or forward + backward); return the output
     setup: Optional[Callable[[], None]] = None  # untimed, e.g. torch.compile warm-up
     # Whether the first call compiles (torch.compile, KeOps): `--smoke` leaves these out. None: a
-    # name containing "compile", or the pykeops variant.
+    # name containing "compile", or the pykeops contender.
     jit: Optional[bool] = None
 
     @property
@@ -33,8 +35,8 @@ class Variant:
 
     @property
     def backend(self) -> Optional[str]:
-        """The backend this variant stands for ("cpp" for "gmkernels[cpp]", "pykeops"), None for the
-        reference and plain-PyTorch variants (which `--backend` never filters out)."""
+        """The backend this contender stands for ("cpp" for "gmkernels[cpp]", "pykeops"), None for the
+        reference and plain-PyTorch contenders (which `--backend` never filters out)."""
         if self.name.startswith("gmkernels[") and self.name.endswith("]"):
             return self.name[len("gmkernels["):-1]
         return "pykeops" if self.name == "pykeops" else None
@@ -45,25 +47,28 @@ class Case:
     op: str
     size: str                      # e.g. "N=100 K=512 n=65536" (`--sizes` matches on this label)
     mode: str                      # "forward", "forward+backward" (a training step: "train step")
-    variants: list
+    contenders: list
     bytes_moved: Optional[float] = None   # minimal bytes a call must read + write (bandwidth fraction)
     flops: Optional[float] = None         # useful FLOPs of a call (FLOP-rate fraction)
-    baseline: str = "reference eager"    # speed-ups are reported against this variant
-    targets: dict = dataclasses.field(default_factory=dict)  # variant -> min speed-up vs baseline
+    baseline: str = "reference eager"    # speed-ups are reported against this contender
+    targets: dict = dataclasses.field(default_factory=dict)  # contender -> min speed-up vs baseline
     # A plain fp32 matmul of this shape, (M, K, N) or (B, M, K, N), is timed in the same run and
     # `flops` is judged against its rate: the honest roof for an op whose work is a contraction of
     # that shape (a huge square matmul's rate is out of reach for a skinny one).
     matmul_shape: Optional[tuple] = None
-    # The variant to beat besides the baseline (default: the baseline's compiled twin, e.g.
+    # The contender to beat besides the baseline (default: the baseline's compiled twin, e.g.
     # "reference compile" for "reference eager"), and min speed-ups vs that peer.
     peer: Optional[str] = None
     peer_targets: dict = dataclasses.field(default_factory=dict)
     note: str = ""                        # why a row misses its target (shown with the miss)
-    # Time the variants in turn (measure_interleaved) instead of one after the other: for
-    # variants whose difference is smaller than the machine's drift over a run.
+    # Time the contenders in turn (measure_interleaved) instead of one after the other: for
+    # contenders whose difference is smaller than the machine's drift over a run.
     interleave: bool = False
     items: Optional[int] = None           # samples per call (training steps): reported as items/s
-    device: Optional[str] = None          # "cpu" / "cuda"; None: the device of the variants' output
+    device: Optional[str] = None          # "cpu" / "cuda"; None: the device of the contenders' output
+    # torch.set_num_threads while this case runs (the run's setting is restored after); None:
+    # the run's. Rows report the count they ran with.
+    threads: Optional[int] = None
 
     @property
     def peer_name(self) -> str:
@@ -119,19 +124,34 @@ CPU_MEMORY_METHOD = ("high-water mark of live torch CPU-allocator bytes over one
 CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated over one call, minus what was allocated before"
 
 
+# Lines torch's profiler writes to stderr by itself around a memory probe: Kineto's start and stop
+# (logged from C++, whatever KINETO_LOG_LEVEL says once torch is loaded), and the CPU allocator's
+# note on every block freed during the probe that was allocated before it started (expected: the
+# probe counts what the call allocates, and a training step frees the previous step's tensors).
+PROFILER_NOISE = ("] profiler_start", "] profiler_stop",
+                  "Memory block of unknown size was allocated before the profiling started")
+
+
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Silences file descriptor 2: Kineto logs a line at every profiler start and stop, whatever
-    KINETO_LOG_LEVEL says once torch is loaded. Only wraps the start and stop, never the call."""
+def _profiler_noise_filtered():
+    """Sends file descriptor 2 to a temporary file while the probe runs, then writes back every
+    line but the profiler's own: what the probed call itself prints still shows."""
     sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not any(noise in line for noise in PROFILER_NOISE))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
@@ -148,15 +168,14 @@ def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
         return peak
     from torch.profiler import ProfilerActivity, profile
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    try:
-        with _quiet_stderr():
+    with _profiler_noise_filtered():
+        try:
             prof.start()
-    except RuntimeError:   # another profiler is already running (the suite run under a profiler)
-        return None
-    try:
-        output = fn()
-    finally:
-        with _quiet_stderr():
+        except RuntimeError:   # another profiler is already running (the suite run under a profiler)
+            return None
+        try:
+            output = fn()
+        finally:
             prof.stop()
     del output
     try:
@@ -230,7 +249,7 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds
 def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: float = 20.0,
                         min_repeats: int = 3) -> list:
     """`measure` for several functions, each already warmed up (`warm_up` gave `states`), timed
-    in turn (A B C A B C ...): for variants whose times differ by less than the machine drifts
+    in turn (A B C A B C ...): for contenders whose times differ by less than the machine drifts
     over a run (whole training steps on a shared CPU drift by 30 % within seconds), timing each
     after the other would measure the drift. `max_seconds` is per function, as in `measure`."""
     times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats)
@@ -261,9 +280,9 @@ def pykeops_lazy_tensor():
     return LazyTensor
 
 
-def pykeops_variants(make_run: Callable[[type], Callable[[], object]]) -> list:
-    """[Variant("pykeops", make_run(LazyTensor))] when KeOps is importable, else []: a section adds
+def pykeops_contenders(make_run: Callable[[type], Callable[[], object]]) -> list:
+    """[Contender("pykeops", make_run(LazyTensor))] when KeOps is importable, else []: a section adds
     KeOps's lazy-tensor formulation of its op as a peer this way. KeOps compiles a formula on its
-    first call (cached on disk), so the variant counts as compiling."""
+    first call (cached on disk), so the contender counts as compiling."""
     lazy_tensor = pykeops_lazy_tensor()
-    return [] if lazy_tensor is None else [Variant("pykeops", make_run(lazy_tensor), jit=True)]
+    return [] if lazy_tensor is None else [Contender("pykeops", make_run(lazy_tensor), jit=True)]

@@ -6,20 +6,18 @@ in one run, judged against the machine's limits measured in the same run.
 
 Prints a table and writes JSON, Markdown and a PNG speed-up plot under bench/results/, named by
 device, date and kind (full / quick / smoke). Rows below their target are listed first in the
-Markdown, with the reason.
+Markdown, with the reason, and after the table of a full run.
 
-Sections: each bench/ops/<name>.py exposes `cases(quick, backends) -> list[Case]` (see
-bench/common.py), optionally with a `smoke=False` keyword for tiny sizes. A training-step section
-is one more such file (bench/ops/training_step.py): its cases set `mode="train step"` and
-`items=<batch size>`, so rows report samples/s.
+Sections: each bench/ops/<name>.py exposes `cases(kind, backends) -> list[Case]` (see
+bench/common.py and bench/ops/__init__.py), `kind` one of "full", "quick", "smoke".
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import importlib
-import inspect
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -37,7 +35,7 @@ from bench.machine import Limits, device_facts, device_label, judge  # noqa: E40
 OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join(ROOT, "bench", "ops"))
                     if name.endswith(".py") and not name.startswith("_")))
 
-# repeats, warm-up calls (the last one under the memory probe), seconds after which a variant
+# repeats, warm-up calls (the last one under the memory probe), seconds after which a contender
 # stops repeating, the fewest repeats before it may stop, and the size of the limit measurements.
 MODES = {
     "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, limit_scale=1.0),
@@ -46,25 +44,17 @@ MODES = {
 }
 
 
-def load_cases(op: str, quick: bool, smoke: bool) -> list:
-    module = importlib.import_module(f"bench.ops.{op}")
-    if smoke and "smoke" in inspect.signature(module.cases).parameters:
-        return module.cases(True, gmkernels.backends(), smoke=True)
-    return module.cases(quick or smoke, gmkernels.backends())
+def load_cases(op: str, kind: str) -> list:
+    return importlib.import_module(f"bench.ops.{op}").cases(kind, gmkernels.backends())
 
 
-def supports_smoke(op: str) -> bool:
-    module = importlib.import_module(f"bench.ops.{op}")
-    return "smoke" in inspect.signature(module.cases).parameters
-
-
-def select_variants(case, only_backends, smoke: bool) -> list:
-    """The variants to run: `--backend` drops other gmkernels/pykeops backends (never the
-    reference and plain-PyTorch variants the speed-ups are measured against); `--smoke` drops
-    every variant that compiles on its first call."""
-    return [variant for variant in case.variants
-            if not (smoke and variant.compiles)
-            and not (only_backends and variant.backend is not None and variant.backend not in only_backends)]
+def select_contenders(case, only_backends, smoke: bool) -> list:
+    """The contenders to run: `--backend` drops other gmkernels/pykeops backends (never the
+    reference and plain-PyTorch contenders the speed-ups are measured against); `--smoke` drops
+    every contender that compiles on its first call."""
+    return [contender for contender in case.contenders
+            if not (smoke and contender.compiles)
+            and not (only_backends and contender.backend is not None and contender.backend not in only_backends)]
 
 
 def select_cases(cases: list, sizes) -> list:
@@ -86,8 +76,8 @@ def _roof_reason(row: dict, reference: dict, target: float, against: str):
 
 def compare(rows: list, case, dropped=frozenset()) -> None:
     """Speed-ups over the baseline and the peer, and the verdict on each target, in place. A
-    target whose reference variant was `dropped` by the filters gets no verdict; one whose
-    reference is missing otherwise (it failed, or the case names a variant it lacks) is a miss."""
+    target whose reference contender was `dropped` by the filters gets no verdict; one whose
+    reference is missing otherwise (it failed, or the case names a contender it lacks) is a miss."""
     by_name = {row["variant"]: row for row in rows}
     baseline, peer = by_name.get(case.baseline), by_name.get(case.peer_name)
     for row in rows:
@@ -121,41 +111,51 @@ def compare(rows: list, case, dropped=frozenset()) -> None:
                 "no reason recorded (the case has no note and declares no bytes_moved/flops)"
 
 
-def _timed_rows(case, variants: list, settings: dict, errors: list) -> list:
-    """(variant, timing) for each variant that ran; a failure is recorded in `errors` and costs
-    only its own variant."""
+def _timed_rows(case, contenders: list, settings: dict, errors: list) -> list:
+    """(contender, timing) for each contender that ran; a failure is recorded in `errors` and costs
+    only its own contender."""
     warm = dict(warmup=settings["warmup"], device=case.device, track_memory=True)
     repeat = dict(max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"])
     ready = []
-    for variant in variants:
+    for contender in contenders:
+        show_status(f"running {case.op} {case.size} {case.mode}: {contender.name}")
         try:
-            if variant.setup:
-                variant.setup()
+            if contender.setup:
+                contender.setup()
             if case.interleave:
-                ready.append((variant, warm_up(variant.run, **warm)))
+                ready.append((contender, warm_up(contender.run, **warm)))
             else:
-                ready.append((variant, measure(variant.run, settings["repeats"], **warm, **repeat)))
-        except Exception as error:   # one broken variant must not cost the rest of the run
-            errors.append({"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name,
+                ready.append((contender, measure(contender.run, settings["repeats"], **warm, **repeat)))
+        except Exception as error:   # one broken contender must not cost the rest of the run
+            errors.append({"op": case.op, "size": case.size, "mode": case.mode, "variant": contender.name,
                            "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
-            print(f"  FAILED {case.op} {case.size} {case.mode} {variant.name}: {error}", flush=True)
+            print(f"  FAILED {case.op} {case.size} {case.mode} {contender.name}: {error}", flush=True)
     if case.interleave and ready:
-        timings = measure_interleaved([variant.run for variant, _ in ready], [state for _, state in ready],
+        show_status(f"running {case.op} {case.size} {case.mode}: {', '.join(c.name for c, _ in ready)} in turn")
+        timings = measure_interleaved([contender.run for contender, _ in ready], [state for _, state in ready],
                                       settings["repeats"], **repeat)
-        ready = [(variant, timing) for (variant, _), timing in zip(ready, timings)]
+        ready = [(contender, timing) for (contender, _), timing in zip(ready, timings)]
     return ready
 
 
 def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
     rows = []
-    selected = select_variants(case, only_backends, settings["smoke"])
-    for variant, timing in _timed_rows(case, selected, settings, errors):
-        row = {"op": case.op, "size": case.size, "mode": case.mode, "variant": variant.name, **timing}
+    selected = select_contenders(case, only_backends, settings["smoke"])
+    run_threads = torch.get_num_threads()
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    try:
+        timed = _timed_rows(case, selected, settings, errors)
+    finally:
+        torch.set_num_threads(run_threads)
+    for contender, timing in timed:
+        row = {"op": case.op, "size": case.size, "mode": case.mode, "variant": contender.name,
+               "threads": case.threads or run_threads, **timing}
         judge(row, case, limits)
         if case.note:
             row["note"] = case.note
         rows.append(row)
-    compare(rows, case, dropped={variant.name for variant in case.variants} - {variant.name for variant in selected})
+    compare(rows, case, dropped={contender.name for contender in case.contenders} - {contender.name for contender in selected})
     return rows
 
 
@@ -172,19 +172,21 @@ def result_basename(facts: dict, settings: dict) -> str:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--quick", action="store_true", help="small sizes, few repeats (a demo; < 2 min on 2 CPU cores)")
+    kind.add_argument("--quick", action="store_true",
+                      help="small sizes, few repeats: a demo (about a minute on an idle 2-core CPU, many times "
+                           "that on a busy one; its last line gives its wall and CPU time)")
     kind.add_argument("--smoke", action="store_true",
-                      help="tiny sizes, 1 repeat, no compiling variants, tiny limit runs: checks the machinery only")
+                      help="tiny sizes, 1 repeat, no compiling contenders, tiny limit runs: checks the machinery only")
     parser.add_argument("--op", action="append", choices=OPS, help="only these op sections (repeatable)")
     parser.add_argument("--backend", action="append",
-                        help="only these gmkernels backends (or pykeops); reference/plain variants always run")
+                        help="only these gmkernels backends (or pykeops); reference/plain contenders always run")
     parser.add_argument("--sizes", action="append",
                         help="only cases whose size label contains this text, e.g. 'n=8192' (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (reported)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results folder")
     parser.add_argument("--no-save", action="store_true", help="print only")
-    parser.add_argument("--list", action="store_true", help="list the cases and variants, run nothing")
+    parser.add_argument("--list", action="store_true", help="list the cases and contenders, run nothing")
     return parser.parse_args(argv)
 
 
@@ -192,11 +194,24 @@ def measure_limits(limits: Limits) -> Limits:
     """Measures the limits of every device here before any case runs, and prints them."""
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         measured = limits.for_device(device)
+        show_status("")
         print(f"# limits {device}: copy {measured['copy_gb_per_s']:.1f} GB/s, read {measured['read_gb_per_s']:.1f} GB/s, "
               f"fp32 matmul {measured['fp32_matmul_gflop_per_s']:.1f} GFLOP/s (n={measured['matmul_size']})"
               + "".join(f", {dtype} {measured[f'{dtype}_matmul_gflop_per_s']:.1f}" for dtype in ("tf32", "bf16")
                         if f"{dtype}_matmul_gflop_per_s" in measured), flush=True)
     return limits
+
+
+QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
+
+
+def show_status(text: str) -> None:
+    """A progress line on a terminal, overwritten by the next one ("" clears it); nothing when
+    stderr goes to a file."""
+    if sys.stderr.isatty():
+        width = shutil.get_terminal_size().columns - 1
+        sys.stderr.write("\r\033[K" + text[:width])
+        sys.stderr.flush()
 
 
 def assemble(facts: dict, settings: dict, limits: Limits, rows: list, errors: list, seconds: dict,
@@ -210,7 +225,17 @@ def assemble(facts: dict, settings: dict, limits: Limits, rows: list, errors: li
     settings["timers"] = ", ".join(sorted({row["timer"] for row in rows})) or "none"
     settings["seconds_per_section"] = dict(seconds)
     settings["seconds_total"] = time.perf_counter() - run_started
+    # CPU seconds of all this process's threads: what the run costs whatever the machine's load
+    # (on a busy machine the wall time above is several times longer).
+    settings["cpu_seconds_total"] = time.process_time()
     settings["sections_pending"] = [op for op in sections if op not in seconds]
+    # For whoever maintains the suite, kept in the JSON and Markdown record, not printed.
+    settings["maintainer_notes"] = []
+    if settings["kind"] == "quick" and not settings["sections_pending"] \
+            and settings["seconds_total"] > QUICK_BUDGET_S:
+        settings["maintainer_notes"].append(
+            f"this quick run took {settings['seconds_total']:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget "
+            f"(load average {facts.get('load_average_end')}): shrink the quick sizes of the slowest sections")
     return {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
             "rows": list(rows), "below_target": report.below_target(rows), "errors": list(errors)}
 
@@ -229,7 +254,6 @@ def save(result: dict, folder: str, quiet: bool = False) -> None:
     print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
 
 
-QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
 
 
 def main(argv=None) -> int:
@@ -252,7 +276,7 @@ def main(argv=None) -> int:
     ops, errors, sections = args.op or list(OPS), [], {}
     for op in ops:
         try:
-            cases = load_cases(op, args.quick, args.smoke)
+            cases = load_cases(op, kind)
         except Exception as error:   # a section that cannot even list its cases is reported, not fatal
             errors.append({"op": op, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
             print(f"# section {op} failed to load: {error}", flush=True)
@@ -261,13 +285,14 @@ def main(argv=None) -> int:
     if args.list:
         for op, cases in sections.items():
             for case in cases:
-                names = [variant.name for variant in select_variants(case, args.backend, args.smoke)]
+                names = [contender.name for contender in select_contenders(case, args.backend, args.smoke)]
                 print(f"{op:<24} {case.size:<28} {case.mode:<17} {', '.join(names)}")
         return 1 if errors else 0
 
     facts = device_facts()
     print(f"# device: {facts['cpu']} | threads {facts['threads']} | torch {facts['torch']} | "
           f"backends {facts['backends']}" + (f" | gpu {facts['gpu']['name']}" if facts["gpu"] else ""), flush=True)
+    show_status("measuring this machine's limits (memory bandwidth, matmul rate)")
     limits = measure_limits(Limits(repeats=1 if args.smoke else max(3, settings["repeats"]),
                                    scale=mode["limit_scale"]))
 
@@ -275,8 +300,11 @@ def main(argv=None) -> int:
     for op, cases in sections.items():
         started = time.perf_counter()
         for case in cases:
-            case_rows = run_case(case, settings, limits, args.backend, errors)
+            case_rows = [dict(row, section=op) for row in run_case(case, settings, limits, args.backend, errors)]
+            show_status("")
             if case_rows:
+                if header:
+                    print(report.TABLE_LEGEND)
                 print(report.format_table(case_rows, header=header), flush=True)
                 header = False
             rows += case_rows
@@ -286,16 +314,14 @@ def main(argv=None) -> int:
             # the run is stopped before the end.
             save(assemble(facts, settings, limits, rows, errors, seconds, run_started, sections), args.out,
                  quiet=True)
-    print("\n# seconds per section: " + ", ".join(f"{op} {value:.1f}" for op, value in seconds.items()))
     result = assemble(facts, settings, limits, rows, errors, seconds, run_started, sections)
-    total_s = settings["seconds_total"]
-    if args.quick and total_s > QUICK_BUDGET_S:
-        print(f"# note: this quick run took {total_s:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget: "
-              "shrink the QUICK sizes of the slowest sections above")
+    print("\n# seconds per section: " + ", ".join(f"{op} {value:.1f}" for op, value in seconds.items())
+          + f"; total {settings['seconds_total']:.1f} (CPU time {settings['cpu_seconds_total']:.1f})")
+    # Targets are about the full sizes: the quick and smoke sizes are too small to judge them, so
+    # their verdicts stay in the Markdown record and only a full run lists its misses here.
     missed = result["below_target"]
-    if missed:
-        print("\nBelow target" + (" (smoke run: single runs of tiny sizes, the verdicts mean nothing):"
-                                   if args.smoke else ":"))
+    if missed and kind == "full":
+        print("\nBelow target:")
         for row in missed:
             print("  " + report.miss_line(row))
     if errors:

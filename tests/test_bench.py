@@ -3,12 +3,14 @@ memory probe, the roofline judgement, the target verdicts and the filters. No ti
 numbers on a shared machine are noise, only their presence and consistency are checked."""
 import importlib
 import json
+import sys
 
 import pytest
 import torch
 
 from bench import report, run
-from bench.common import Case, Variant, measure, peak_memory
+import gmkernels
+from bench.common import PROFILER_NOISE, Case, Contender, measure, peak_memory
 from bench.machine import Limits, judge
 
 MiB = 1 << 20
@@ -28,8 +30,7 @@ def _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes=None) -> Lim
 
 
 def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_path):
-    ops = [op for op in run.OPS if run.supports_smoke(op)]
-    assert "mixture_sample" in ops
+    ops = list(run.OPS)
     argv = ["--smoke", "--out", str(tmp_path)] + [arg for op in ops for arg in ("--op", op)]
     assert run.main(argv) == 0
 
@@ -44,8 +45,8 @@ def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_p
     assert result["device"]["threads"] == torch.get_num_threads()
     assert result["device"]["torch"] == torch.__version__
     rows = result["rows"]
-    assert {row["op"] for row in rows} == set(ops)
-    assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling variants out"
+    assert {row["section"] for row in rows} == set(ops)
+    assert not any("compile" in row["variant"] for row in rows), "smoke runs leave compiling contenders out"
     for row in rows:
         assert row["median_s"] > 0 and row["repeats"] == 1
         assert row["peak_bytes"] is not None and row["peak_bytes"] >= 0
@@ -90,8 +91,8 @@ def test_sections_offer_only_the_kernel_backends_that_run_their_tensors():
     everything = ("cuda", "triton", "cpp", "reference")
     for op in run.OPS:
         module = importlib.import_module(f"bench.ops.{op}")
-        for case in module.cases(True, everything, smoke=True):
-            kernels = {variant.name for variant in case.variants if variant.backend is not None}
+        for case in module.cases("smoke", everything):
+            kernels = {contender.name for contender in case.contenders if contender.backend is not None}
             assert kernels <= {"gmkernels[cpp]"}, (op, case.size, kernels)
 
 
@@ -127,15 +128,15 @@ def test_measure_reports_the_runs_it_made_and_the_memory_of_a_call():
 def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_one():
     order = []
 
-    def variant(name, fail=False):
+    def contender(name, fail=False):
         def run():
             if fail:
                 raise RuntimeError("cannot run here")
             order.append(name)
             return torch.zeros(4)
-        return Variant(name, run)
+        return Contender(name, run)
 
-    case = Case("op", "s", "train step", [variant("a"), variant("broken", fail=True), variant("b")],
+    case = Case("op", "s", "train step", [contender("a"), contender("broken", fail=True), contender("b")],
                 baseline="a", interleave=True)
     settings = {"smoke": False, "repeats": 4, "warmup": 2, "max_seconds": 10.0, "min_repeats": 1}
     errors = []
@@ -143,7 +144,7 @@ def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_o
 
     assert [row["variant"] for row in rows] == ["a", "b"]
     assert [error["variant"] for error in errors] == ["broken"] and "cannot run here" in errors[0]["error"]
-    assert order[-8:] == ["a", "b"] * 4, "timed calls alternate after each variant's warm-up"
+    assert order[-8:] == ["a", "b"] * 4, "timed calls alternate after each contender's warm-up"
     for row in rows:
         assert row["repeats"] == 4 and row["timer"] == "wall clock, interleaved"
         assert row["speedup_vs_baseline"] > 0
@@ -171,8 +172,8 @@ def test_judge_reports_the_fraction_of_the_limit_that_binds():
     assert "limit" not in training
 
 
-def _row(variant, seconds, limit_fraction=None):
-    row = {"op": "op", "size": "n=1", "mode": "forward", "variant": variant, "median_s": seconds,
+def _row(contender, seconds, limit_fraction=None):
+    row = {"op": "op", "size": "n=1", "mode": "forward", "variant": contender, "median_s": seconds,
            "min_s": seconds, "repeats": 1, "device": "cpu"}
     if limit_fraction is not None:
         row.update(limit="bandwidth", limit_fraction=limit_fraction)
@@ -180,7 +181,7 @@ def _row(variant, seconds, limit_fraction=None):
 
 
 def test_missed_target_is_listed_first_with_the_roofline_reason(tmp_path):
-    # The baseline already runs at 50% of bandwidth, so no variant can be more than 2x faster.
+    # The baseline already runs at 50% of bandwidth, so no contender can be more than 2x faster.
     rows = [_row("gmkernels[cpp]", 0.6, 0.83), _row("reference eager", 1.0, 0.5),
             _row("reference compile", 0.5, 1.0)]
     case = Case("op", "n=1", "forward", [], targets={"gmkernels[cpp]": 5.0},
@@ -225,12 +226,12 @@ def test_filters_keep_reference_variants_and_drop_compiling_ones_in_smoke_runs()
         return None
 
     case = Case("op", "N=4 n=64", "forward", [
-        Variant("gmkernels[cpp]", noop), Variant("gmkernels[triton]", noop), Variant("pykeops", noop),
-        Variant("reference eager", noop), Variant("reference compile", noop),
-        Variant("fused by hand", noop, jit=True)])
-    names = [variant.name for variant in run.select_variants(case, ["cpp"], smoke=False)]
+        Contender("gmkernels[cpp]", noop), Contender("gmkernels[triton]", noop), Contender("pykeops", noop),
+        Contender("reference eager", noop), Contender("reference compile", noop),
+        Contender("fused by hand", noop, jit=True)])
+    names = [contender.name for contender in run.select_contenders(case, ["cpp"], smoke=False)]
     assert names == ["gmkernels[cpp]", "reference eager", "reference compile", "fused by hand"]
-    names = [variant.name for variant in run.select_variants(case, None, smoke=True)]
+    names = [contender.name for contender in run.select_contenders(case, None, smoke=True)]
     assert names == ["gmkernels[cpp]", "gmkernels[triton]", "reference eager"]
 
     other = Case("op", "N=8 n=128", "forward", [])
@@ -245,8 +246,129 @@ def test_pykeops_variant_is_added_only_when_keops_loads(monkeypatch):
         pass
 
     monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: None)
-    assert common.pykeops_variants(lambda lazy_tensor: None) == []
+    assert common.pykeops_contenders(lambda lazy_tensor: None) == []
     monkeypatch.setattr(common, "pykeops_lazy_tensor", lambda: FakeLazyTensor)
-    (variant,) = common.pykeops_variants(lambda lazy_tensor: lambda: lazy_tensor)
-    assert variant.name == "pykeops" and variant.backend == "pykeops" and variant.compiles
-    assert variant.run() is FakeLazyTensor
+    (contender,) = common.pykeops_contenders(lambda lazy_tensor: lambda: lazy_tensor)
+    assert contender.name == "pykeops" and contender.backend == "pykeops" and contender.compiles
+    assert contender.run() is FakeLazyTensor
+
+
+def _compared(variant, size, baseline, peer, speedup_vs_baseline, speedup_vs_compile=None):
+    row = {"op": "op", "size": size, "mode": "forward", "variant": variant, "baseline": baseline,
+           "speedup_vs_baseline": speedup_vs_baseline, "device": "cpu"}
+    if speedup_vs_compile is not None:
+        row.update(peer=peer, speedup_vs_compile=speedup_vs_compile)
+    return row
+
+
+def test_plot_draws_one_line_per_contender_and_comparison_and_keeps_every_size():
+    rows = [
+        # A case without a compiled peer: compared with its baseline.
+        _compared("gmkernels[cpp]", "N=2000 pairwise", "reference eager", None, 70.0),
+        _compared("reference eager", "N=2000 pairwise", "reference eager", None, 1.0),
+        # Two cases with another baseline and its compiled peer.
+        _compared("gmkernels[cpp]", "N=20000", "class-means eager", "class-means compile", 3.7, 4.6),
+        _compared("class-means compile", "N=20000", "class-means eager", "class-means compile", 0.8, 1.0),
+        _compared("gmkernels[cpp]", "N=200000", "class-means eager", "class-means compile", 3.0, 2.5),
+        # A case with a single contender: no ratio, but still a size on the axis.
+        _compared("gmkernels[cpp]", "N=4096 large", "gmkernels[cpp]", None, 1.0),
+    ]
+    sizes, series = report.plot_series(rows)
+    assert sizes == ["N=2000 pairwise", "N=20000", "N=200000", "N=4096 large"]
+    assert series == {("gmkernels[cpp]", "reference eager"): [(0, 70.0)],
+                      ("gmkernels[cpp]", "class-means compile"): [(1, 4.6), (2, 2.5)]}
+    assert report.readable("class-means compile") == "torch.compile of the class-means formula"
+    assert report.readable("reference eager") == "the eager reference"
+    assert report.readable("gmkernels[cpp]") == "gmkernels (cpp)"
+
+
+def test_memory_probe_drops_the_profilers_own_lines_and_keeps_the_calls(capfd):
+    existing = torch.ones(MiB)
+
+    def frees_a_block_from_before_the_probe():
+        nonlocal existing
+        existing = None                       # the CPU allocator notes a block of unknown size
+        print("the call's own line", file=sys.stderr, flush=True)
+        return torch.ones(4)
+
+    peak_memory(frees_a_block_from_before_the_probe, "cpu")
+    err = capfd.readouterr().err
+    assert "the call's own line" in err
+    assert not any(noise in err for noise in PROFILER_NOISE), err
+
+
+def _fake_section(monkeypatch):
+    """One case whose contenders cost nothing and miss their target; no limits measured."""
+    def cases(kind, backends):
+        return [Case("op", "n=1", "forward", [Contender("gmkernels[cpp]", lambda: torch.zeros(1)),
+                                               Contender("reference eager", lambda: torch.zeros(1))],
+                     targets={"gmkernels[cpp]": 1e6})]
+    monkeypatch.setattr(run, "load_cases", lambda op, kind: cases(kind, ()))
+    monkeypatch.setattr(run, "measure_limits", lambda limits: _limits())
+
+
+@pytest.mark.parametrize("kind", ["--quick", None])
+def test_below_target_list_is_printed_by_full_runs_only_and_budget_notes_never(kind, monkeypatch, capsys, tmp_path):
+    _fake_section(monkeypatch)
+    monkeypatch.setattr(run, "QUICK_BUDGET_S", 0.0)   # every quick run is over budget
+    argv = ["--op", run.OPS[0], "--out", str(tmp_path)] + ([kind] if kind else [])
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert report.TABLE_LEGEND.splitlines()[0] in out
+    assert ("Below target:" in out) == (kind is None)
+    assert "budget" not in out
+    (markdown,) = tmp_path.glob("*.md")
+    assert ("## Notes for maintainers" in markdown.read_text()) == (kind == "--quick")
+
+
+def test_a_case_runs_on_its_own_thread_count_and_the_runs_is_restored():
+    seen = []
+    case = Case("op", "s", "train step", [Contender("a", lambda: seen.append(torch.get_num_threads()))],
+                baseline="a", threads=1)
+    before = torch.get_num_threads()
+    settings = {"smoke": False, "repeats": 1, "warmup": 1, "max_seconds": 1.0, "min_repeats": 1}
+    rows = run.run_case(case, settings, _limits(), None, [])
+    assert set(seen) == {1} and rows[0]["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+def test_second_order_times_a_kernel_only_when_its_second_derivative_is_the_references(monkeypatch):
+    from bench.ops import second_order
+
+    class OnceDifferentiable(torch.autograd.Function):
+        """x^3 / 3 whose backward x^2 is computed off the graph: a zero second derivative."""
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.pow(3) / 3
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * x.detach().pow(2)
+
+    def exact_cube(x):
+        return x.pow(3) / 3
+
+    def cube_whose_kernels(kernel_cube):
+        """An op whose kernel backends compute `kernel_cube` instead of the reference's."""
+        def make(device, dtype=torch.float32):
+            x = torch.linspace(-1, 1, 5, dtype=dtype, device=device).requires_grad_()
+            return second_order.Problem(
+                "cube", "n=5", (x,),
+                lambda x: exact_cube(x) if gmkernels.get_backend() == "reference" else kernel_cube(x),
+                exact_cube)
+        monkeypatch.setitem(second_order.CHECK_SIZES, make, ())
+        return make
+
+    cpu = torch.device("cpu")
+    check = second_order.second_derivative_problem
+    assert check(cube_whose_kernels(exact_cube), "cpp", cpu) is None
+    assert check(cube_whose_kernels(OnceDifferentiable.apply), "cpp", cpu).startswith("raises RuntimeError")
+    off_by_one_percent = cube_whose_kernels(lambda x: 1.01 * exact_cube(x))
+    assert check(off_by_one_percent, "cpp", cpu) == "its second derivative differs from the reference backend's"
+
+    monkeypatch.setattr(second_order, "second_derivative_problem", lambda make, name, device: None)
+    for case in second_order.cases("smoke", ("cpp", "reference")):
+        assert [c.name for c in case.contenders] == ["gmkernels[cpp]", "reference eager"]
+        assert case.mode == "gradient penalty"

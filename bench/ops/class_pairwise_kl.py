@@ -15,7 +15,7 @@ import gmkernels
 from gmkernels.ops import class_pairwise_kl as op
 from gmkernels.reference import class_pairwise_kl as reference
 
-from bench.common import Case, Variant, bench_devices, kernel_backends
+from bench.common import Case, Contender, bench_devices, kernel_backends
 
 EPS = 1e-12
 CLASS_MEANS_EAGER = "class-means eager"
@@ -54,13 +54,13 @@ def _step(fn, probs, backward):
     return run
 
 
-def _fused_variants(backends, num_classes, labels, probs, backward):
+def _fused_contenders(backends, num_classes, labels, probs, backward):
     out = []
     for name in kernel_backends(backends, probs.device, op.IMPLEMENTED):
         def fused(p, name=name):
             with gmkernels.use_backend(name):
                 return gmkernels.class_pairwise_kl(p, labels, EPS, num_classes=num_classes)
-        out.append(Variant(f"gmkernels[{name}]", _step(fused, probs, backward)))
+        out.append(Contender(f"gmkernels[{name}]", _step(fused, probs, backward)))
     return out
 
 
@@ -73,15 +73,15 @@ def _class_means_case(probs, labels, backends, backward, with_targets):
         return reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_classes)
 
     compiled = torch.compile(reference.class_pairwise_kl_by_class_means)
-    variants = _fused_variants(backends, num_classes, labels, probs, backward) + [
-        Variant(CLASS_MEANS_EAGER, _step(class_means, probs, backward)),
-        Variant(CLASS_MEANS_COMPILE, _step(lambda p: compiled(p, labels, EPS, num_classes), probs,
+    contenders = _fused_contenders(backends, num_classes, labels, probs, backward) + [
+        Contender(CLASS_MEANS_EAGER, _step(class_means, probs, backward)),
+        Contender(CLASS_MEANS_COMPILE, _step(lambda p: compiled(p, labels, EPS, num_classes), probs,
                                            backward)),
     ]
     fused = [f"gmkernels[{name}]" for name in ("cpp", "cuda", "triton")]
     return Case(
         op="class_pairwise_kl", size=f"N={num_samples} C={num_categories}",
-        mode="forward+backward" if backward else "forward", variants=variants,
+        mode="forward+backward" if backward else "forward", contenders=contenders,
         bytes_moved=None if backward else probs.numel() * probs.element_size(),
         baseline=CLASS_MEANS_EAGER, peer=CLASS_MEANS_COMPILE,
         targets={name: 3.0 for name in fused} if with_targets else {},
@@ -94,19 +94,18 @@ def _class_means_case(probs, labels, backends, backward, with_targets):
 def _pairwise_case(num_samples, num_categories, backends, device):
     """Fused vs the literal pairwise reference (expect orders of magnitude)."""
     probs, labels = _inputs(num_samples, num_categories, device)
-    variants = _fused_variants(backends, num_categories, labels, probs, False) + [
-        Variant("reference eager", _step(lambda p: reference.class_pairwise_kl(p, labels, EPS),
+    contenders = _fused_contenders(backends, num_categories, labels, probs, False) + [
+        Contender("reference eager", _step(lambda p: reference.class_pairwise_kl(p, labels, EPS),
                                          probs, False)),
-        Variant(CLASS_MEANS_EAGER, _step(
+        Contender(CLASS_MEANS_EAGER, _step(
             lambda p: reference.class_pairwise_kl_by_class_means(p, labels, EPS), probs, False)),
     ]
     return Case(op="class_pairwise_kl", size=f"N={num_samples} C={num_categories} pairwise",
-                mode="forward", variants=variants,
+                mode="forward", contenders=contenders,
                 bytes_moved=probs.numel() * probs.element_size())
 
 
-def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    kind = "smoke" if smoke else "quick" if quick else "full"
+def cases(kind: str, backends: tuple) -> list:
     sizes = {"smoke": SMOKE_SIZES, "quick": QUICK_SIZES, "full": SIZES}[kind]
     result = []
     for device in bench_devices():

@@ -11,18 +11,17 @@ from gmkernels.nn import MinibatchDiscrimination
 from gmkernels.ops import minibatch_discrimination as op
 from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
 
-from bench.common import Case, Variant, bench_devices, kernel_backends
+from bench.common import Case, Contender, bench_devices, kernel_backends
 
 # (N, B, C). N=1024 B=100 C=5 is the target: >= 10x eager and faster than torch.compile.
-# Each table: full, quick, smoke.
-COMPARED_SIZES = ([(256, 50, 5), (1024, 100, 5)], [(256, 50, 5)], [(64, 10, 5)])
+COMPARED_SIZES = {"full": [(256, 50, 5), (1024, 100, 5)], "quick": [(256, 50, 5)], "smoke": [(64, 10, 5)]}
 # The reference would hold N^2 B C floats (16.8 GB at N=4096, B=50, C=5): fused kernels only,
 # with their peak memory in the report.
-LARGE_SIZES = ([(4096, 50, 5)], [(1024, 20, 5)], [(256, 8, 5)])
-D_STEP_BATCH = (1024, 128, 16)
+LARGE_SIZES = {"full": [(4096, 50, 5)], "quick": [(1024, 20, 5)], "smoke": [(256, 8, 5)]}
+D_STEP_BATCH = {"full": 1024, "quick": 128, "smoke": 16}
 
 
-def _op_variants(M, grad_out, backward, names, with_reference):
+def _op_contenders(M, grad_out, backward, names, with_reference):
     def step(fn):
         def run():
             out = fn(M)
@@ -37,12 +36,12 @@ def _op_variants(M, grad_out, backward, names, with_reference):
                 return gmkernels.minibatch_discrimination(m)
         return call
 
-    variants = [Variant(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
+    contenders = [Contender(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
     if with_reference:
         compiled = torch.compile(reference)
-        variants += [Variant("reference eager", step(reference)),
-                     Variant("reference compile", step(compiled))]
-    return variants
+        contenders += [Contender("reference eager", step(reference)),
+                     Contender("reference compile", step(compiled))]
+    return contenders
 
 
 def make_discriminator(in_features: int, device: torch.device) -> nn.Module:
@@ -57,7 +56,7 @@ def make_discriminator(in_features: int, device: torch.device) -> nn.Module:
     ).to(device)
 
 
-def _d_step_variants(batch, names, device):
+def _d_step_contenders(batch, names, device):
     in_features = 784
     real = torch.rand(batch, in_features, device=device) * 2 - 1
     fake = torch.rand(batch, in_features, device=device) * 2 - 1
@@ -83,15 +82,14 @@ def _d_step_variants(batch, names, device):
             return loss
         return run
 
-    variants = [Variant(f"gmkernels[{name}]", step(d_loss, name)) for name in names]
-    return variants + [Variant("reference eager", step(d_loss, "reference")),
-                       Variant("reference compile", step(compiled_loss, "reference"))]
+    contenders = [Contender(f"gmkernels[{name}]", step(d_loss, name)) for name in names]
+    return contenders + [Contender("reference eager", step(d_loss, "reference")),
+                       Contender("reference compile", step(compiled_loss, "reference"))]
 
 
-def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
+def cases(kind: str, backends: tuple) -> list:
     device = bench_devices()[-1]   # the GPU where there is one: the quadratic op is what it is for
     names = kernel_backends(backends, device, op.IMPLEMENTED)
-    kind = 2 if smoke else 1 if quick else 0
     result = []
     for N, B, C in COMPARED_SIZES[kind]:
         M = torch.randn(N, B, C, device=device, requires_grad=True)
@@ -100,7 +98,7 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
             result.append(Case(
                 op="minibatch_discrimination", size=f"N={N} B={B} C={C}",
                 mode="forward+backward" if backward else "forward",
-                variants=_op_variants(M, grad_out, backward, names, with_reference=True),
+                contenders=_op_contenders(M, grad_out, backward, names, with_reference=True),
                 # M read once, the output written once: what any implementation must move.
                 bytes_moved=None if backward else 4 * (N * B * C + N * B),
                 targets={f"gmkernels[{name}]": 10.0 for name in names} if backward else {},
@@ -112,14 +110,14 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
         grad_out = torch.randn(N, B, device=device)
         result.append(Case(
             op="minibatch_discrimination", size=f"N={N} B={B} C={C}", mode="forward+backward",
-            variants=_op_variants(M, grad_out, True, names, with_reference=False),
+            contenders=_op_contenders(M, grad_out, True, names, with_reference=False),
             baseline=f"gmkernels[{names[0]}]" if names else "reference eager",
             note=f"reference would hold N^2 B C floats ({4 * N * N * B * C / 1e9:.1f} GB): not run",
         ))
     batch = D_STEP_BATCH[kind]
     result.append(Case(
         op="minibatch_discrimination", size=f"D step N={batch} 784-512-256-MBD(100x5)-1",
-        mode="train step", variants=_d_step_variants(batch, names, device),
+        mode="train step", contenders=_d_step_contenders(batch, names, device),
         items=2 * batch,   # a real and a fake minibatch per step
         peer="reference compile",
     ))

@@ -24,7 +24,7 @@ import gmkernels
 from gmkernels.ops.mixture_log_likelihood import IMPLEMENTED
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from bench.common import Case, Variant, bench_devices, kernel_backends, pykeops_variants
+from bench.common import Case, Contender, bench_devices, kernel_backends, pykeops_contenders
 
 # Size grids (the last full size of each is the issue's).
 PARZEN = {"full": [(512, 2000, 784), (4096, 10000, 784)], "quick": [(128, 512, 32)], "smoke": [(16, 80, 8)]}
@@ -50,8 +50,8 @@ def keops_formula(lazy_tensor, x, means, var, log_weights):
     return exponent.logsumexp(dim=1).view(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi * var)
 
 
-def _variants(x, means, var, log_weights, grad_inputs, fused_backends):
-    """One Variant per implementation; with grad_inputs each call is forward + backward of
+def _contenders(x, means, var, log_weights, grad_inputs, fused_backends):
+    """One Contender per implementation; with grad_inputs each call is forward + backward of
     sum(log-likelihood) into those inputs."""
     def step(fn):
         def run():
@@ -68,23 +68,23 @@ def _variants(x, means, var, log_weights, grad_inputs, fused_backends):
         def fused(name=name):
             with gmkernels.use_backend(name):
                 return gmkernels.mixture_log_likelihood(x, means, var, log_weights)
-        out.append(Variant(f"gmkernels[{name}]", step(fused)))
+        out.append(Contender(f"gmkernels[{name}]", step(fused)))
     var_tensor = torch.full((means.shape[0],), var, dtype=x.dtype, device=x.device)
     small = x.shape[0] * means.shape[0] * x.shape[1] <= REFERENCE_MAX_ELEMENTS
     if small:
-        out.append(Variant("reference eager", step(lambda: reference(x, means, var_tensor, log_weights))))
+        out.append(Contender("reference eager", step(lambda: reference(x, means, var_tensor, log_weights))))
     if small or not grad_inputs:
         # Inductor fuses the reference's forward into one loop nest (no B x C x d tensor), so it
         # runs at full size; its backward would materialise B x C x d.
         compiled_reference = torch.compile(reference)
-        out.append(Variant("reference compile",
+        out.append(Contender("reference compile",
                            step(lambda: compiled_reference(x, means, var_tensor, log_weights))))
     compiled_plain = torch.compile(plain_formula)
     out += [
-        Variant("plain eager", step(lambda: plain_formula(x, means, var, log_weights))),
-        Variant("plain compile", step(lambda: compiled_plain(x, means, var, log_weights))),
+        Contender("plain eager", step(lambda: plain_formula(x, means, var, log_weights))),
+        Contender("plain compile", step(lambda: compiled_plain(x, means, var, log_weights))),
     ]
-    out += pykeops_variants(lambda lazy: step(lambda: keops_formula(lazy, x, means, var, log_weights)))
+    out += pykeops_contenders(lambda lazy: step(lambda: keops_formula(lazy, x, means, var, log_weights)))
     return out
 
 
@@ -109,7 +109,7 @@ def _cases(label, x, means, var, fused_backends, mode_targets, backward_note="")
         result.append(Case(
             op="mixture_log_likelihood", size=f"{label} B={num_rows} C={num_components} d={dim}",
             mode=mode,
-            variants=_variants(x_run, means_run, var, log_weights, grad_inputs, fused_backends),
+            contenders=_contenders(x_run, means_run, var, log_weights, grad_inputs, fused_backends),
             flops=2.0 * num_rows * num_components * dim,
             matmul_shape=(num_rows, dim, num_components),
             baseline=baseline, peer=peer,
@@ -120,31 +120,30 @@ def _cases(label, x, means, var, fused_backends, mode_targets, backward_note="")
     return result
 
 
-def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    scale = "smoke" if smoke else "quick" if quick else "full"
+def cases(kind: str, backends: tuple) -> list:
     result = []
     for device in bench_devices():
         fused_backends = kernel_backends(backends, device, IMPLEMENTED)
         gen = torch.Generator().manual_seed(0)
-        for num_rows, num_components, dim in PARZEN[scale]:
+        for num_rows, num_components, dim in PARZEN[kind]:
             test = torch.rand(num_rows, dim, generator=gen).to(device)
             samples = torch.rand(num_components, dim, generator=gen).to(device)
-            # Quick runs keep one case per kernel path and direction (each compiling variant
+            # Quick runs keep one case per kernel path and direction (each compiling contender
             # costs seconds of compile time).
             parzen_targets = {"forward": 2.0, "forward+backward x,means": 2.0}
-            if scale == "full":
+            if kind == "full":
                 parzen_targets["forward+backward x"] = 2.0
             result += _cases(
                 "parzen", test, samples, PARZEN_VAR, fused_backends, parzen_targets,
                 backward_note="the fused backward recomputes each tile's product (FlashAttention-style, "
                               "no B x C buffer) where the compiled plain formula keeps its B x C matrix: "
                               "one product more; the tiled products also wait more on a shared core")
-        for num_rows, dim in SIMPLEX[scale]:
+        for num_rows, dim in SIMPLEX[kind]:
             embeddings = (torch.rand(num_rows, dim, generator=gen) * 5 - 2.5).to(device)
             vertices = gmkernels.simplex_vertices(dim, dtype=torch.float32, device=device)
             # The simplex's means are fixed vertices: no gradient into them.
             simplex_targets = {"forward+backward x": 3.0}
-            if scale == "full":
+            if kind == "full":
                 simplex_targets["forward"] = None
             result += _cases("simplex", embeddings, vertices, SIMPLEX_VAR, fused_backends, simplex_targets)
     return result

@@ -14,7 +14,7 @@ import gmkernels
 from gmkernels.ops.mixture_sample import IMPLEMENTED, draw_seed, mixture_sample_with_seed
 from gmkernels.reference import mixture_sample as reference
 
-from bench.common import Case, Variant, bench_devices, kernel_backends
+from bench.common import Case, Contender, bench_devices, kernel_backends
 
 # (N, K, n, full). The case is N=100 K=512 n=65536 (diagonal). The full-scale case is
 # sized so that the reference, which gathers an (n, K, K) factor, fits in memory.
@@ -38,7 +38,7 @@ def forward_bytes(mu, scale, component) -> int:
             + component.element_size() * component.shape[0])
 
 
-def _variants(mu, scale, component, seed, backward, fused_backends):
+def _contenders(mu, scale, component, seed, backward, fused_backends):
     grad_z = torch.randn(component.shape[0], mu.shape[1], device=mu.device, dtype=mu.dtype)
 
     def step(fn):
@@ -54,20 +54,20 @@ def _variants(mu, scale, component, seed, backward, fused_backends):
         def fused(name=name):
             with gmkernels.use_backend(name):
                 return mixture_sample_with_seed(mu, scale, component, seed)
-        out.append(Variant(f"gmkernels[{name}]", step(fused)))
+        out.append(Contender(f"gmkernels[{name}]", step(fused)))
     compiled_reference = torch.compile(reference.mixture_sample)
     compiled_plain = torch.compile(plain_formula)
     out += [
-        Variant("reference eager", step(lambda: reference.mixture_sample(mu, scale, component, seed))),
-        Variant("reference compile", step(lambda: compiled_reference(mu, scale, component, seed))),
-        Variant("plain eager", step(lambda: plain_formula(mu, scale, component))),
-        Variant("plain compile", step(lambda: compiled_plain(mu, scale, component))),
+        Contender("reference eager", step(lambda: reference.mixture_sample(mu, scale, component, seed))),
+        Contender("reference compile", step(lambda: compiled_reference(mu, scale, component, seed))),
+        Contender("plain eager", step(lambda: plain_formula(mu, scale, component))),
+        Contender("plain compile", step(lambda: compiled_plain(mu, scale, component))),
     ]
     return out
 
 
-def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    sizes = SMOKE_SIZES if smoke else QUICK_SIZES if quick else SIZES
+def cases(kind: str, backends: tuple) -> list:
+    sizes = {"full": SIZES, "quick": QUICK_SIZES, "smoke": SMOKE_SIZES}[kind]
     result = []
     for device in bench_devices():
         fused_backends = kernel_backends(backends, device, IMPLEMENTED)
@@ -86,7 +86,7 @@ def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
                 result.append(Case(
                     op="mixture_sample", size=size,
                     mode="forward+backward" if backward else "forward",
-                    variants=_variants(mu, scale, component, seed, backward, fused_backends),
+                    contenders=_contenders(mu, scale, component, seed, backward, fused_backends),
                     bytes_moved=None if backward else forward_bytes(mu, scale, component),
                     targets={name: 5.0 for name in fused_names} if backward else {},
                     peer_targets={name: 1.0 for name in fused_names} if backward else {},

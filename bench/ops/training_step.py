@@ -7,6 +7,13 @@ likelihood (mixture_log_likelihood) and the minibatch-discrimination layer go th
 gmkernels ops; the GAN and WGAN-GP rows use none of them and show the floor (ratio ~1). A step
 holds much more than the ops (two small networks, Adam), so these ratios are far below the
 op-level ones: they say what a user gains per step, not what a kernel is worth.
+
+A timed call is one step, so `ms` is the time of one step and items/s the samples/s that
+`gmgan train` logs. The steps run on one thread, as gmgan's presets and `gmgan compare --jobs 2`
+run them: these networks are small (a 2-D grid25 step is a few hundred microsecond-sized ops),
+and with two threads on a busy two-core machine every op waits at a barrier for a descheduled
+thread (measured under load ~5: a grid25 DeLiGAN step of batch 100 took 210-590 ms on two
+threads, 27-37 ms on one, in `gmgan train` and here alike).
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import shutil
 import sys
 import tempfile
 
-from bench.common import Case, Variant, bench_devices, kernel_backends
+from bench.common import Case, Contender, bench_devices, kernel_backends
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # This checkout's gmgan (python/, setup.py's package_dir), even when another checkout is installed.
@@ -44,51 +51,48 @@ DIGITS = [
     ("mdgan", dict(variant="mdgan")),
     ("gan + mbd", dict(variant="gan", minibatch_discrimination=True)),
 ]
-# (dataset, batch, steps per timed call, variants) for full, quick and smoke runs.
+# (dataset, batch, GAN variants) for full, quick and smoke runs.
 PLANS = {
-    "full": [("grid25", 500, 5, GRID25), ("digits", 100, 2, DIGITS)],
-    "quick": [("grid25", 100, 5, [GRID25[2], GRID25[5], GRID25[6]]), ("digits", 100, 1, [DIGITS[2]])],
-    "smoke": [("grid25", 16, 1, [GRID25[2], GRID25[5]])],
+    "full": [("grid25", 500, GRID25), ("digits", 100, DIGITS)],
+    "quick": [("grid25", 100, [GRID25[2], GRID25[5], GRID25[6]]), ("digits", 100, [DIGITS[2]])],
+    "smoke": [("grid25", 16, [GRID25[2], GRID25[5]])],
 }
+STEP_THREADS = 1   # gmgan's presets and compare workers on a 2-core machine
 
 
-def make_trainer(dataset: str, batch: int, overrides: dict, backend: str) -> Trainer:
+def step_config(dataset: str, batch: int, overrides: dict, backend: str):
     # The Trainer writes its config into a run folder: a temporary one, removed at exit.
     out_dir = tempfile.mkdtemp(prefix="gmkernels-bench-")
     atexit.register(shutil.rmtree, out_dir, True)
-    config = build_config(dict(dataset=dataset, batch_size=batch, seed=0, backend=backend, progress=False,
-                               out_dir=out_dir, run_name="step", **overrides))
-    return Trainer(config)
+    return build_config(dict(dataset=dataset, batch_size=batch, seed=0, backend=backend, progress=False,
+                             out_dir=out_dir, run_name="step", **overrides))
 
 
-def step_variant(name: str, dataset: str, batch: int, steps: int, overrides: dict, backend: str) -> Variant:
+def step_contender(name: str, config) -> Contender:
+    """One training step per call of a Trainer of `config`, built untimed on the first setup."""
     trainer = None
 
     def setup():
         nonlocal trainer
         if trainer is None:
-            trainer = make_trainer(dataset, batch, overrides, backend)
+            trainer = Trainer(config)
 
-    def run():
-        for _ in range(steps):
-            losses = trainer.train_step()
-        return losses
-
-    return Variant(name, run, setup=setup)
+    return Contender(name, lambda: trainer.train_step(), setup=setup)
 
 
-def cases(quick: bool, backends: tuple, smoke: bool = False) -> list:
-    kind = "smoke" if smoke else "quick" if quick else "full"
+def cases(kind: str, backends: tuple) -> list:
     device = bench_devices()[-1]   # the Trainer's device "auto": the GPU where there is one
     names = kernel_backends(backends, device)
     result = []
-    for dataset, batch, steps, plan in PLANS[kind]:
+    for dataset, batch, plan in PLANS[kind]:
         for label, overrides in plan:
-            variants = [step_variant(f"gmkernels[{name}]", dataset, batch, steps, overrides, name) for name in names]
-            variants.append(step_variant("reference eager", dataset, batch, steps, overrides, "reference"))
+            configs = {f"gmkernels[{name}]": step_config(dataset, batch, overrides, name) for name in names}
+            configs["reference eager"] = step_config(dataset, batch, overrides, "reference")
             result.append(Case(
                 op="training_step", size=f"{dataset} {label} batch={batch}", mode="train step",
-                variants=variants, items=steps * batch,
+                contenders=[step_contender(name, config) for name, config in configs.items()],
+                # Samples through D per step, as `gmgan train` counts them (n_critic D updates).
+                items=configs["reference eager"].n_critic * batch, threads=STEP_THREADS,
                 # No compiled peer: torch.compile of a whole GAN step (two optimizers, n_critic
                 # loops) is not what users run; the op sections carry the compile comparisons.
                 peer="reference eager",
