@@ -14,7 +14,7 @@ import torch
 
 from .. import backend
 from ..reference import class_pairwise_kl as reference
-from . import _checks
+from . import _autograd, _checks
 
 _C = backend.compiled_module()
 _KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
@@ -118,8 +118,9 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
         normalize: divide each row by its sum first (differentiably) instead of requiring sums of 1.
 
     Returns:
-        (N,) mean KL divergences in probs' dtype, differentiable in probs (the gradient of the
-        clamp is 1 where p >= eps, 0 below, as torch.clamp's).
+        (N,) mean KL divergences in probs' dtype, differentiable in probs to every order (the
+        gradient of the clamp is 1 where p >= eps, 0 below, as torch.clamp's; the double
+        backward recomputes the gradient in O(N C) torch ops).
     """
     num_classes = _check(probs, labels, eps, num_classes, normalize)
     eps = float(eps)
@@ -159,7 +160,49 @@ def _register_fake_and_autograd(namespace: str) -> None:
         probs, labels, class_mean_log = ctx.saved_tensors
         return backward(grad_kl, probs, labels, class_mean_log, ctx.eps), None, None, None
 
+    def _setup_backward_context(ctx, inputs, output):
+        grad_kl, probs, labels, class_mean_log, eps = inputs
+        ctx.save_for_backward(grad_kl, probs, labels)
+        ctx.eps, ctx.num_classes = eps, class_mean_log.shape[0]
+
+    def _double_backward(ctx, grad_grad_probs):
+        grad_kl, probs, labels = ctx.saved_tensors
+        grads = gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, ctx.eps,
+                                         ctx.num_classes, ctx.needs_input_grad[:2])
+        return *grads, None, None, None
+
     torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
+    torch.library.register_autograd(f"{namespace}::class_pairwise_kl_backward", _double_backward,
+                                    setup_context=_setup_backward_context)
+
+
+def gradient(grad_kl, probs, labels, eps: float, num_classes: int) -> torch.Tensor:
+    """The first-order gradient in differentiable torch ops, O(N C), what the backward kernels
+    compute: grad_ic = g_i (l_ic + m_ic - Lbar_{k_i c}) - m_ic W_{k_i c} / max(p_ic, eps) with
+    m = [p >= eps], Lbar_k the class mean of l and W_k the class mean of g_j p_j. The class means
+    are functions of probs here (the saved class_mean_log is not), so its derivative is total."""
+    clamped = probs.clamp(min=eps)
+    log_probs = clamped.log()
+    passes = (probs >= eps).to(probs.dtype)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(probs.dtype)[:, None]
+    class_table = probs.new_zeros(num_classes, probs.shape[1])
+    class_mean_log = class_table.index_add(0, labels, log_probs) / counts
+    weighted = class_table.index_add(0, labels, grad_kl[:, None] * probs) / counts
+    return (grad_kl[:, None] * (log_probs + passes - class_mean_log[labels])
+            - passes * weighted[labels] / clamped)
+
+
+def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, eps: float,
+                             num_classes: int, needs) -> list:
+    """The double backward: <gradient(grad_kl, probs), grad_grad_probs> differentiated in grad_kl
+    and probs (those of ``needs``), through the O(N C) recompute above."""
+    grad_grad_probs = _autograd.cotangent(grad_grad_probs)
+    if grad_grad_probs is None or not any(needs):
+        return [None, None]
+    grads = _autograd.vector_jacobian(
+        lambda g, p: gradient(g, p, labels, eps, num_classes), (grad_kl, probs), grad_grad_probs)
+    return [grad if need else None for grad, need in zip(grads, needs)]
+
 
 
 if _C is not None:

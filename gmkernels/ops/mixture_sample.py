@@ -72,7 +72,7 @@ def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, n: int, *,
                    generator: torch.Generator | None = None,
                    weights: torch.Tensor | None = None):
     """Draw ``n`` samples z = mu[c] + S[c] eps from a Gaussian mixture, differentiably in mu and
-    scale.
+    scale to every order (the double backward is this op again, with the same eps).
 
     Args:
         mu: (N, K) component means.
@@ -140,8 +140,35 @@ def _register_fake_and_autograd(namespace: str) -> None:
         grad_mu, grad_scale = ops.mixture_sample_backward(grad_z, scale, component, seed)
         return grad_mu, grad_scale, None, None
 
+    def _setup_backward_context(ctx, inputs, output):
+        grad_z, scale, component, seed = inputs
+        ctx.save_for_backward(scale, component, seed)
+
+    def _double_backward(ctx, grad_grad_mu, grad_grad_scale):
+        scale, component, seed = ctx.saved_tensors
+        return (sample_of_cotangents(ops.mixture_sample, grad_grad_mu, grad_grad_scale, scale,
+                                     component, seed), None, None, None)
+
     torch.library.register_autograd(
         f"{namespace}::mixture_sample", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        f"{namespace}::mixture_sample_backward", _double_backward,
+        setup_context=_setup_backward_context)
+
+
+def sample_of_cotangents(sample, grad_grad_mu, grad_grad_scale, scale, component, seed):
+    """The double backward: (grad_mu, grad_scale) = backward(grad_z) is linear in grad_z and does
+    not depend on mu or scale (eps depends on the seed only), with grad_mu_c = sum_{s: c_s = c}
+    grad_z_s and grad_scale_c = sum_s grad_z_s eps_s (its lower triangle, for a full scale). Its
+    transpose maps (G_mu, G_scale) to G_mu[c_s] + tril(G_scale)[c_s] eps_s: the forward op itself,
+    with the same components and seed. No memory, and every order (the forward is differentiable)."""
+    if grad_grad_mu is None and grad_grad_scale is None:
+        return None
+    if grad_grad_mu is None:
+        grad_grad_mu = scale.new_zeros(scale.shape[0], scale.shape[1])
+    if grad_grad_scale is None:
+        grad_grad_scale = torch.zeros_like(scale)
+    return sample(grad_grad_mu, grad_grad_scale, component, seed)
 
 
 if _C is not None:
