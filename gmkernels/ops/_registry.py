@@ -15,7 +15,9 @@ Adding an op is its own files (kernels, binding, ``ops/<op>.py``, ``reference/<o
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import importlib
 from typing import Callable
 
@@ -64,6 +66,17 @@ class OpDeclaration:
         return f"{self.name}_backward"
 
 
+def on_tensor_device(launcher: Callable) -> Callable:
+    """``launcher`` run with the CUDA device of its first tensor argument current: Triton launches
+    on the current device, which is not that of tensors on cuda:1."""
+    @functools.wraps(launcher)
+    def launch(*args):
+        device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return launcher(*args)
+    return launch
+
+
 # Keeps the Triton custom ops alive (an op is deregistered when its definition is collected).
 _TRITON_OPS = {}
 
@@ -75,7 +88,7 @@ def _define_triton_ops(declaration: OpDeclaration) -> None:
         if not schema.startswith(f"{name}("):
             raise ValueError(f"the schema of {name} must start with '{name}(', got {schema!r}")
         _TRITON_OPS[name] = torch.library.custom_op(
-            f"{TRITON_NAMESPACE}::{name}", getattr(launchers, name), mutates_args=(),
+            f"{TRITON_NAMESPACE}::{name}", on_tensor_device(getattr(launchers, name)), mutates_args=(),
             schema=schema[len(name):])
 
 

@@ -7,18 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend
 from ..reference import minibatch_discrimination as reference
-from . import _autograd, _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-_TRITON_BACKENDS = ()
-if "triton" in backend.backends():
-    from ..triton import minibatch_discrimination as _triton  # noqa: F401  (registers the op)
-
-    _TRITON_BACKENDS = ("triton",)
-IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS + _TRITON_BACKENDS
+from . import _autograd, _checks, _registry
 
 
 def _check(M):
@@ -41,12 +31,7 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
         in tiles of rows, never N x N x B x C).
     """
     _check(M)
-    name = backend.resolve("minibatch_discrimination", IMPLEMENTED, M.device)
-    if name == "reference":
-        return reference.minibatch_discrimination(M)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.minibatch_discrimination(M)
-    return torch.ops.gmkernels.minibatch_discrimination(M)
+    return _OP(M.device, M)
 
 
 def gradient_rows(grad_out: torch.Tensor, M: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -84,42 +69,40 @@ def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs) -> list:
 
 
 
+def _fake(M):
+    return M.new_empty(M.shape[0], M.shape[1])
+
+
+def _fake_backward(grad_out, M):
+    return torch.empty_like(M, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    (M,) = inputs
+    ctx.save_for_backward(M)
+
+
+def _backward(ops, ctx, grad_out):
+    """The backward op recomputes exp(-||M_ib - M_jb||_1) from M."""
+    (M,) = ctx.saved_tensors
+    return ops.minibatch_discrimination_backward(grad_out, M)
+
+
 def _setup_backward_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _double_backward(ctx, grad_grad_M):
+def _double_backward(ops, ctx, grad_grad_M):
     return tuple(gradient_vector_jacobian(grad_grad_M, *ctx.saved_tensors, ctx.needs_input_grad))
 
 
-def _register_double_backward(backward_op: str) -> None:
-    # Without it, torch would treat the backward op as a constant under double backward and
-    # silently drop its contribution.
-    torch.library.register_autograd(backward_op, _double_backward,
-                                    setup_context=_setup_backward_context)
-
-
-if _TRITON_BACKENDS:
-    _register_double_backward("gmkernels_triton::minibatch_discrimination_backward")
-
-if _C is not None:
-    _register_double_backward("gmkernels::minibatch_discrimination_backward")
-
-    @torch.library.register_fake("gmkernels::minibatch_discrimination")
-    def _fake(M):
-        return M.new_empty(M.shape[0], M.shape[1])
-
-    @torch.library.register_fake("gmkernels::minibatch_discrimination_backward")
-    def _fake_backward(grad_out, M):
-        return torch.empty_like(M, memory_format=torch.contiguous_format)
-
-    def _setup_context(ctx, inputs, output):
-        (M,) = inputs
-        ctx.save_for_backward(M)
-
-    def _backward(ctx, grad_out):
-        (M,) = ctx.saved_tensors
-        return torch.ops.gmkernels.minibatch_discrimination_backward(grad_out, M)
-
-    torch.library.register_autograd(
-        "gmkernels::minibatch_discrimination", _backward, setup_context=_setup_context)
+_OP = _registry.register(_registry.OpDeclaration(
+    name="minibatch_discrimination",
+    schema="minibatch_discrimination(Tensor M) -> Tensor",
+    backward_schema="minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor",
+    reference=reference.minibatch_discrimination,
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+))
+IMPLEMENTED = _OP.implemented

@@ -6,19 +6,8 @@ import math
 
 import torch
 
-from .. import backend
 from ..reference import mixture_log_likelihood as reference
-from . import _autograd, _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-if "triton" in backend.backends():
-    from ..triton import mixture_log_likelihood as _triton  # noqa: F401  (registers the op)
-
-    _TRITON_BACKENDS = ("triton",)
-else:
-    _TRITON_BACKENDS = ()
-IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
+from . import _autograd, _checks, _registry
 
 
 def _check(x, means, var, log_weights):
@@ -105,12 +94,7 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
-    name = backend.resolve("mixture_log_likelihood", IMPLEMENTED, x.device)
-    if name == "reference":
-        return reference.mixture_log_likelihood(x, means, var, log_weights)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.mixture_log_likelihood(x, means, var, log_weights)
-    return torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    return _OP(x.device, x, means, var, log_weights)
 
 
 SIMPLEX_LAYOUTS = ("regular", "mdgan")
@@ -169,46 +153,39 @@ def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
     return (unit * radius).to(dtype=dtype, device=device)
 
 
-def _register(namespace: str) -> None:
-    """Fake tensors and autograd of <namespace>::mixture_log_likelihood (the C++ and the Triton
-    ops share the schema). The backward gets the saved log-likelihood and recomputes the rest."""
-    ops = getattr(torch.ops, namespace)
+def _fake(x, means, var, log_weights):
+    return x.new_empty(x.shape[0])
 
-    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood")
-    def _fake(x, means, var, log_weights):
-        return x.new_empty(x.shape[0])
 
-    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood_backward")
-    def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
-        # Gradients that were not asked for come back as 0-element tensors.
-        def wanted(like, want):
-            return torch.empty_like(like) if want else like.new_empty(0)
-        return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
-                wanted(log_weights, component_grads))
+def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
+    # Gradients that were not asked for come back as 0-element tensors.
+    def wanted(like, want):
+        return torch.empty_like(like) if want else like.new_empty(0)
+    return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
+            wanted(log_weights, component_grads))
 
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output)
 
-    def _backward(ctx, grad):
-        x, means, var, log_weights, log_likelihood = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grads = ops.mixture_log_likelihood_backward(
-            grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
-        return tuple(g if need else None for g, need in zip(grads, needs))
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
 
-    def _setup_backward_context(ctx, inputs, output):
-        grad, x, means, var, log_weights = inputs[:5]
-        ctx.save_for_backward(grad, x, means, var, log_weights)
 
-    def _double_backward(ctx, *grad_grads):
-        grads = gradient_vector_jacobian(grad_grads, *ctx.saved_tensors, ctx.needs_input_grad[:5])
-        return *grads, None, None, None
+def _backward(ops, ctx, grad):
+    """The backward op gets the saved log-likelihood and recomputes the tiles."""
+    x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grads = ops.mixture_log_likelihood_backward(
+        grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
+    return tuple(g if need else None for g, need in zip(grads, needs))
 
-    torch.library.register_autograd(
-        f"{namespace}::mixture_log_likelihood", _backward, setup_context=_setup_context)
-    torch.library.register_autograd(
-        f"{namespace}::mixture_log_likelihood_backward", _double_backward,
-        setup_context=_setup_backward_context)
+
+def _setup_backward_context(ctx, inputs, output):
+    grad, x, means, var, log_weights = inputs[:5]
+    ctx.save_for_backward(grad, x, means, var, log_weights)
+
+
+def _double_backward(ops, ctx, *grad_grads):
+    grads = gradient_vector_jacobian(grad_grads, *ctx.saved_tensors, ctx.needs_input_grad[:5])
+    return *grads, None, None, None
 
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -273,7 +250,16 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs
 
 
 
-if _C is not None:
-    _register("gmkernels")
-if _TRITON_BACKENDS:
-    _register("gmkernels_triton")
+
+_OP = _registry.register(_registry.OpDeclaration(
+    name="mixture_log_likelihood",
+    schema="mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor",
+    backward_schema="mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
+                    " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
+                    " -> (Tensor, Tensor, Tensor, Tensor)",
+    reference=reference.mixture_log_likelihood,
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+))
+IMPLEMENTED = _OP.implemented
