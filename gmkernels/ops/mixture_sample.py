@@ -67,9 +67,12 @@ def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, n: int, *,
 
     Args:
         mu: (N, K) component means.
-        scale: (N, K) diagonal standard deviations (DeLiGAN, GM-GAN static), or (N, K, K) factors
-            A with z = mu_c + A_c eps (GM-GAN dynamic, Sigma_c = A_c A_c^T), read as
-            lower-triangular like ``scale_tril`` in torch.distributions.
+        scale: (N, K) diagonal scales with z = mu_c + scale_c * eps (DeLiGAN, GM-GAN static), or
+            (N, K, K) factors A with z = mu_c + A_c eps (GM-GAN dynamic, Sigma_c = A_c A_c^T),
+            read as lower-triangular like ``scale_tril`` in torch.distributions. Any sign is
+            accepted, as in DeLiGAN's code, where a learned scale may cross zero: |scale| is the
+            standard deviation (eps is symmetric, so the sign changes which z a seed gives, not
+            the distribution), and the gradient is the plain d z / d scale = eps.
         n: number of samples (Python int >= 0).
         component: optional (n,) int64 components in [0, N) chosen by the caller.
         generator: the only RNG state consumed when given; otherwise torch's default generators.
