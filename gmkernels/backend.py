@@ -15,7 +15,6 @@ from typing import Iterable, Iterator
 
 import torch
 
-BACKEND_NAMES = ("cuda", "triton", "cpp", "reference")
 _AUTO = "auto"
 
 

@@ -1,4 +1,5 @@
-"""The backend switch and build facts (API.md: backend switch)."""
+"""The backend switch, the op declarations and build facts."""
+import importlib
 import os
 import subprocess
 import sys
@@ -60,3 +61,30 @@ def test_build_info_reports_version_openmp_and_compiler():
     assert info["compiled"] and info["version"] == gmkernels.__version__
     assert info["openmp"] and info["compiler"].startswith(("gcc", "clang"))
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_archs"], str)
+
+
+OP_MODULES = [importlib.import_module(f"gmkernels.ops.{name}") for name in
+              ("mixture_sample", "mixture_log_likelihood", "class_pairwise_kl",
+               "minibatch_discrimination")]
+
+
+@pytest.mark.parametrize("module", OP_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("namespace", ["gmkernels", "gmkernels_triton"])
+def test_each_kernel_op_has_the_declared_schema(module, namespace):
+    """One declaration per op: the C++ bindings' schemas and the Triton ops' equal its strings."""
+    if namespace == "gmkernels" and gmkernels.build_info()["compiled"] is False:
+        pytest.skip("the compiled extension is not built")
+    if namespace == "gmkernels_triton" and "triton" not in gmkernels.backends():
+        pytest.skip("triton is not usable here")
+    declaration = module._OP.declaration
+    for name, schema in ((declaration.name, declaration.schema),
+                         (declaration.backward_name, declaration.backward_schema)):
+        op = getattr(getattr(torch.ops, namespace), name).default
+        assert str(op._schema) == f"{namespace}::{schema}"
+
+
+def test_every_op_lists_its_backends_in_one_order():
+    assert len({module.IMPLEMENTED for module in OP_MODULES}) == 1
+    order = ("reference", "triton", "cpp", "cuda")
+    assert all(name in order for name in OP_MODULES[0].IMPLEMENTED)
+    assert list(OP_MODULES[0].IMPLEMENTED) == [n for n in order if n in OP_MODULES[0].IMPLEMENTED]

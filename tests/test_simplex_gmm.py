@@ -135,3 +135,15 @@ def test_log1mexp_is_accurate_on_both_branches_with_finite_gradients():
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SimplexGMM(9, **kwargs)
+
+
+def test_calling_the_module_returns_the_log_likelihood():
+    module = SimplexGMM(9, 0.25)
+    embedding = torch.randn(6, 9)
+    assert torch.equal(module(embedding), module.log_likelihood(embedding))
+
+
+@pytest.mark.parametrize("d", [-3, 0])
+def test_simplex_vertices_reject_every_d_below_one_with_one_message(d):
+    with pytest.raises(ValueError, match=f"d must be >= 1, got {d}"):
+        gmkernels.simplex_vertices(d)

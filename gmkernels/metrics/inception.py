@@ -1,7 +1,7 @@
 """Inception score (Salimans et al. 2016) and DeLiGAN's modified inception score, from class
 probabilities p(y | x) of any classifier (apply it with gmkernels.metrics.apply_in_batches).
 
-Both follow the published code, not the papers' formulas alone (../shared/PROTOCOLS.md):
+Both follow the published code, not the papers' formulas alone (docs/protocols.md):
   * IS:  openai/improved-gan, inception_score/model.py, get_inception_score;
   * mIS: val-iisc/deligan, src/modified_inception_scores/cifar10/transfer_cifar10_softmax_b1.py.
 Everything is computed in float64.

@@ -129,6 +129,10 @@ class SimplexGMM(nn.Module):
         """log lk(e) for each row of embedding (B, d)."""
         return mixture_log_likelihood(embedding, self.vertices.to(embedding.dtype), self.var)
 
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``head(e)``: log lk(e) for each row of embedding (B, d), as ``log_likelihood``."""
+        return self.log_likelihood(embedding)
+
     def _log_lk_reg(self, log_lk: torch.Tensor) -> torch.Tensor:
         """log(lk + reg)."""
         if self.reg == 0:

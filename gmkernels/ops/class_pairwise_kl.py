@@ -12,19 +12,8 @@ import math
 
 import torch
 
-from .. import backend
 from ..reference import class_pairwise_kl as reference
-from . import _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-if "triton" in backend.backends():
-    from ..triton import class_pairwise_kl as _triton
-    _TRITON_BACKENDS = ("triton",)
-else:
-    _triton = None
-    _TRITON_BACKENDS = ()
-IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
+from . import _autograd, _checks, _registry
 
 
 def check_probabilities(probs, name: str = "probs", normalize: bool = False) -> torch.Tensor:
@@ -118,8 +107,9 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
         normalize: divide each row by its sum first (differentiably) instead of requiring sums of 1.
 
     Returns:
-        (N,) mean KL divergences in probs' dtype, differentiable in probs (the gradient of the
-        clamp is 1 where p >= eps, 0 below, as torch.clamp's).
+        (N,) mean KL divergences in probs' dtype, differentiable in probs to every order (the
+        gradient of the clamp is 1 where p >= eps, 0 below, as torch.clamp's; the double
+        backward recomputes the gradient in O(N C) torch ops).
     """
     num_classes = _check(probs, labels, eps, num_classes, normalize)
     eps = float(eps)
@@ -127,42 +117,82 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
         probs = probs / probs.sum(1, keepdim=True)
     if labels is None:
         labels = probs.argmax(1)
-    name = backend.resolve("class_pairwise_kl", IMPLEMENTED, probs.device)
-    if name == "reference":
-        return reference.class_pairwise_kl(probs, labels, eps)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.class_pairwise_kl(probs, labels, eps, num_classes)[0]
-    return torch.ops.gmkernels.class_pairwise_kl(probs, labels, eps, num_classes)[0]
+    return _OP(probs.device, probs, labels, eps, num_classes)
 
 
-def _register_fake_and_autograd(namespace: str) -> None:
-    """Fake tensors and autograd of ``<namespace>::class_pairwise_kl`` (outputs kl and
-    class_mean_log) and its backward op: the compiled ops and the Triton ops share them."""
-    forward = f"{namespace}::class_pairwise_kl"
-    backward = getattr(torch.ops, namespace).class_pairwise_kl_backward
-
-    @torch.library.register_fake(forward)
-    def _fake(probs, labels, eps, num_classes):
-        return probs.new_empty(probs.shape[0]), probs.new_empty(num_classes, probs.shape[1])
-
-    @torch.library.register_fake(f"{namespace}::class_pairwise_kl_backward")
-    def _fake_backward(grad_kl, probs, labels, class_mean_log, eps):
-        return probs.new_empty(probs.shape)
-
-    def _setup_context(ctx, inputs, output):
-        probs, labels, eps, _ = inputs
-        ctx.save_for_backward(probs, labels, output[1])
-        ctx.eps = eps
-        ctx.mark_non_differentiable(output[1])
-
-    def _backward(ctx, grad_kl, _grad_class_mean_log):
-        probs, labels, class_mean_log = ctx.saved_tensors
-        return backward(grad_kl, probs, labels, class_mean_log, ctx.eps), None, None, None
-
-    torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
+def _fake(probs, labels, eps, num_classes):
+    return probs.new_empty(probs.shape[0]), probs.new_empty(num_classes, probs.shape[1])
 
 
-if _C is not None:
-    _register_fake_and_autograd("gmkernels")
-if _triton is not None:
-    _register_fake_and_autograd("gmkernels_triton")
+def _fake_backward(grad_kl, probs, labels, class_mean_log, eps):
+    return probs.new_empty(probs.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    """The kernels return the class means Lbar as a second output, saved for the backward."""
+    probs, labels, eps, _ = inputs
+    ctx.save_for_backward(probs, labels, output[1])
+    ctx.eps = eps
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ops, ctx, grad_kl, _grad_class_mean_log):
+    probs, labels, class_mean_log = ctx.saved_tensors
+    return ops.class_pairwise_kl_backward(grad_kl, probs, labels, class_mean_log, ctx.eps), None, \
+        None, None
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad_kl, probs, labels, class_mean_log, eps = inputs
+    ctx.save_for_backward(grad_kl, probs, labels)
+    ctx.eps, ctx.num_classes = eps, class_mean_log.shape[0]
+
+
+def _double_backward(ops, ctx, grad_grad_probs):
+    grad_kl, probs, labels = ctx.saved_tensors
+    grads = gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, ctx.eps,
+                                     ctx.num_classes, ctx.needs_input_grad[:2])
+    return *grads, None, None, None
+
+
+def gradient(grad_kl, probs, labels, eps: float, num_classes: int) -> torch.Tensor:
+    """The first-order gradient in differentiable torch ops, O(N C), what the backward kernels
+    compute: grad_ic = g_i (l_ic + m_ic - Lbar_{k_i c}) - m_ic W_{k_i c} / max(p_ic, eps) with
+    m = [p >= eps], Lbar_k the class mean of l and W_k the class mean of g_j p_j. The class means
+    are functions of probs here (the saved class_mean_log is not), so its derivative is total."""
+    clamped = probs.clamp(min=eps)
+    log_probs = clamped.log()
+    passes = (probs >= eps).to(probs.dtype)
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(probs.dtype)[:, None]
+    class_table = probs.new_zeros(num_classes, probs.shape[1])
+    class_mean_log = class_table.index_add(0, labels, log_probs) / counts
+    weighted = class_table.index_add(0, labels, grad_kl[:, None] * probs) / counts
+    return (grad_kl[:, None] * (log_probs + passes - class_mean_log[labels])
+            - passes * weighted[labels] / clamped)
+
+
+def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, eps: float,
+                             num_classes: int, needs) -> list:
+    """The double backward: <gradient(grad_kl, probs), grad_grad_probs> differentiated in grad_kl
+    and probs (those of ``needs``), through the O(N C) recompute above."""
+    grad_grad_probs = _autograd.cotangent(grad_grad_probs)
+    if grad_grad_probs is None or not any(needs):
+        return [None, None]
+    grads = _autograd.vector_jacobian(
+        lambda g, p: gradient(g, p, labels, eps, num_classes), (grad_kl, probs), grad_grad_probs)
+    return [grad if need else None for grad, need in zip(grads, needs)]
+
+
+_OP = _registry.register(_registry.OpDeclaration(
+    name="class_pairwise_kl",
+    schema="class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
+           " -> (Tensor, Tensor)",
+    backward_schema="class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
+                    " Tensor class_mean_log, float eps) -> Tensor",
+    reference=lambda probs, labels, eps, num_classes: reference.class_pairwise_kl(probs, labels, eps),
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+    result=lambda outputs: outputs[0],   # kl; the class means are for the backward
+))
+IMPLEMENTED = _OP.implemented

@@ -7,18 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend
 from ..reference import minibatch_discrimination as reference
-from . import _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-_TRITON_BACKENDS = ()
-if "triton" in backend.backends():
-    from ..triton import minibatch_discrimination as _triton  # noqa: F401  (registers the op)
-
-    _TRITON_BACKENDS = ("triton",)
-IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS + _TRITON_BACKENDS
+from . import _autograd, _checks, _registry
 
 
 def _check(M):
@@ -36,53 +26,83 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, B) in M's dtype with o_ib = sum over j != i of exp(-||M_ib - M_jb||_1). The self term
         (exactly 1, zero gradient) is excluded; add 1 to include it. The L1 subgradient at ties
-        is 0 (as torch.abs). Differentiable once in M on the kernel backends (a second
-        derivative, e.g. a gradient penalty through this op, raises; the reference backend has
-        all orders).
+        is 0 (as torch.abs). Differentiable to every order in M on every backend (a gradient
+        penalty through this op works; its double backward recomputes the first-order gradient
+        in tiles of rows, never N x N x B x C).
     """
     _check(M)
-    name = backend.resolve("minibatch_discrimination", IMPLEMENTED, M.device)
-    if name == "reference":
-        return reference.minibatch_discrimination(M)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.minibatch_discrimination(M)
-    return torch.ops.gmkernels.minibatch_discrimination(M)
+    return _OP(M.device, M)
 
 
-def _no_double_backward(ctx, grad):
-    raise NotImplementedError(
-        "minibatch_discrimination is differentiable once on the kernel backends; use "
-        "gmkernels.use_backend('reference') for higher-order gradients (e.g. gradient penalties)")
+def gradient_rows(grad_out: torch.Tensor, M: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows i of the first-order gradient in differentiable torch ops, what the backward kernels
+    compute: grad_M_ib = sum_{j != i} (g_ib + g_jb) exp(-||M_ib - M_jb||_1) sign(M_jb - M_ib),
+    from a (rows x N x B x C) difference tile; the self pair is masked, not subtracted."""
+    difference = M[None] - M[rows][:, None]                       # [i, j] = M_j - M_i
+    kernel = torch.exp(-difference.abs().sum(-1))                  # (rows, N, B)
+    row_index = torch.arange(M.shape[0], device=M.device)
+    self_pair = (row_index[rows][:, None] == row_index[None, :])[:, :, None]
+    weight = ((grad_out[rows][:, None] + grad_out[None]) * kernel).masked_fill(self_pair, 0.0)
+    return (weight[..., None] * torch.sign(difference)).sum(1)
 
 
-def _register_no_double_backward(backward_op: str) -> None:
-    # Without this, torch would treat the backward op as constant under double backward and
-    # silently drop its contribution.
-    torch.library.register_autograd(
-        backward_op, _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs) -> list:
+    """The double backward: <grad_M(grad_out, M), grad_grad_M> differentiated in grad_out and M
+    (those of ``needs``), recomputing ``gradient_rows`` chunk by chunk so that one
+    rows x N x B x C tile lives at once, never N x N x B x C. Half inputs are recomputed in
+    float32, as the kernels accumulate them."""
+    grad_grad_M = _autograd.cotangent(grad_grad_M)
+    if grad_grad_M is None or not any(needs):
+        return [None, None]
+    work_dtype = torch.float32 if M.dtype in _checks.HALF_DTYPES else M.dtype
+    grad_out_work, M_work = grad_out.to(work_dtype), M.to(work_dtype)
+    results = [None, None]
+    chunk = _autograd.rows_per_chunk(M[0].numel() * M.shape[0])   # one row i: N x B x C
+    for start in range(0, M.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        parts = _autograd.vector_jacobian(lambda g, m: gradient_rows(g, m, rows),
+                                          (grad_out_work, M_work),
+                                          grad_grad_M[rows].to(work_dtype))
+        results = [_autograd.add(total, part) for total, part in zip(results, parts)]
+    return [None if not need else torch.zeros_like(t) if r is None else r.to(t.dtype)
+            for r, t, need in zip(results, (grad_out, M), needs)]
 
 
-if _TRITON_BACKENDS:
-    _register_no_double_backward("gmkernels_triton::minibatch_discrimination_backward")
 
-if _C is not None:
-    _register_no_double_backward("gmkernels::minibatch_discrimination_backward")
+def _fake(M):
+    return M.new_empty(M.shape[0], M.shape[1])
 
-    @torch.library.register_fake("gmkernels::minibatch_discrimination")
-    def _fake(M):
-        return M.new_empty(M.shape[0], M.shape[1])
 
-    @torch.library.register_fake("gmkernels::minibatch_discrimination_backward")
-    def _fake_backward(grad_out, M):
-        return torch.empty_like(M, memory_format=torch.contiguous_format)
+def _fake_backward(grad_out, M):
+    return torch.empty_like(M, memory_format=torch.contiguous_format)
 
-    def _setup_context(ctx, inputs, output):
-        (M,) = inputs
-        ctx.save_for_backward(M)
 
-    def _backward(ctx, grad_out):
-        (M,) = ctx.saved_tensors
-        return torch.ops.gmkernels.minibatch_discrimination_backward(grad_out, M)
+def _setup_context(ctx, inputs, output):
+    (M,) = inputs
+    ctx.save_for_backward(M)
 
-    torch.library.register_autograd(
-        "gmkernels::minibatch_discrimination", _backward, setup_context=_setup_context)
+
+def _backward(ops, ctx, grad_out):
+    """The backward op recomputes exp(-||M_ib - M_jb||_1) from M."""
+    (M,) = ctx.saved_tensors
+    return ops.minibatch_discrimination_backward(grad_out, M)
+
+
+def _setup_backward_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _double_backward(ops, ctx, grad_grad_M):
+    return tuple(gradient_vector_jacobian(grad_grad_M, *ctx.saved_tensors, ctx.needs_input_grad))
+
+
+_OP = _registry.register(_registry.OpDeclaration(
+    name="minibatch_discrimination",
+    schema="minibatch_discrimination(Tensor M) -> Tensor",
+    backward_schema="minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor",
+    reference=reference.minibatch_discrimination,
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+))
+IMPLEMENTED = _OP.implemented

@@ -6,19 +6,8 @@ import math
 
 import torch
 
-from .. import backend
 from ..reference import mixture_log_likelihood as reference
-from . import _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-if "triton" in backend.backends():
-    from ..triton import mixture_log_likelihood as _triton  # noqa: F401  (registers the op)
-
-    _TRITON_BACKENDS = ("triton",)
-else:
-    _TRITON_BACKENDS = ()
-IMPLEMENTED = ("reference",) + _TRITON_BACKENDS + _KERNEL_BACKENDS
+from . import _autograd, _checks, _registry
 
 
 def _check(x, means, var, log_weights):
@@ -94,8 +83,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
             Uniform weights if None.
 
     Returns:
-        (B,) log-likelihoods, differentiable in x, means, var and log_weights (first order on
-        the kernel backends). A row for which every component is off gets -inf.
+        (B,) log-likelihoods, differentiable in x, means, var and log_weights to every order on
+        every backend (the double backward recomputes the first-order gradient a B_chunk x C
+        tile at a time). A row for which every component is off gets -inf.
 
     The kernels never build a B x C matrix: C <= 65 (MD-GAN's simplex) runs a direct kernel;
     larger C (Parzen windows) tiles the components, computes each tile's inner products with a
@@ -104,12 +94,7 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
-    name = backend.resolve("mixture_log_likelihood", IMPLEMENTED, x.device)
-    if name == "reference":
-        return reference.mixture_log_likelihood(x, means, var, log_weights)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.mixture_log_likelihood(x, means, var, log_weights)
-    return torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    return _OP(x.device, x, means, var, log_weights)
 
 
 SIMPLEX_LAYOUTS = ("regular", "mdgan")
@@ -156,7 +141,8 @@ def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
     scale: norm 0.9436 for d = 9, 0.8944 for d = 2), multiplied by ``radius``; radius=1 is the
     code's setting. Still a regular simplex centred at the origin, only smaller.
     """
-    d = _checks.non_negative_int(d, "d")
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise TypeError(f"d must be a Python int, got {type(d).__name__}")
     if d < 1:
         raise ValueError(f"d must be >= 1, got {d}")
     if isinstance(radius, bool) or not (isinstance(radius, (int, float)) and radius > 0
@@ -168,38 +154,113 @@ def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
     return (unit * radius).to(dtype=dtype, device=device)
 
 
-def _register(namespace: str) -> None:
-    """Fake tensors and autograd of <namespace>::mixture_log_likelihood (the C++ and the Triton
-    ops share the schema). The backward gets the saved log-likelihood and recomputes the rest."""
-    ops = getattr(torch.ops, namespace)
-
-    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood")
-    def _fake(x, means, var, log_weights):
-        return x.new_empty(x.shape[0])
-
-    @torch.library.register_fake(f"{namespace}::mixture_log_likelihood_backward")
-    def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
-        # Gradients that were not asked for come back as 0-element tensors.
-        def wanted(like, want):
-            return torch.empty_like(like) if want else like.new_empty(0)
-        return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
-                wanted(log_weights, component_grads))
-
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs, output)
-
-    def _backward(ctx, grad):
-        x, means, var, log_weights, log_likelihood = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grads = ops.mixture_log_likelihood_backward(
-            grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
-        return tuple(g if need else None for g, need in zip(grads, needs))
-
-    torch.library.register_autograd(
-        f"{namespace}::mixture_log_likelihood", _backward, setup_context=_setup_context)
+def _fake(x, means, var, log_weights):
+    return x.new_empty(x.shape[0])
 
 
-if _C is not None:
-    _register("gmkernels")
-if _TRITON_BACKENDS:
-    _register("gmkernels_triton")
+def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
+    # Gradients that were not asked for come back as 0-element tensors.
+    def wanted(like, want):
+        return torch.empty_like(like) if want else like.new_empty(0)
+    return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
+            wanted(log_weights, component_grads))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+def _backward(ops, ctx, grad):
+    """The backward op gets the saved log-likelihood and recomputes the tiles."""
+    x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grads = ops.mixture_log_likelihood_backward(
+        grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad, x, means, var, log_weights = inputs[:5]
+    ctx.save_for_backward(grad, x, means, var, log_weights)
+
+
+def _double_backward(ops, ctx, *grad_grads):
+    grads = gradient_vector_jacobian(grad_grads, *ctx.saved_tensors, ctx.needs_input_grad[:5])
+    return *grads, None, None, None
+
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def exponents(x, means, var, log_weights) -> torch.Tensor:
+    """(B, C) table E_bc = log w_c + log N(x_b; means_c, diag var_c) in differentiable torch ops,
+    by inner products on data shifted by the centre of the means as the kernels do (no
+    B x C x d tensor; the centre cancels in E, so it is held constant). var is (C,) or (C, d)."""
+    centre = means.detach().mean(0)
+    x_centred, means_centred = x - centre, means - centre
+    dim = x.shape[1]
+    if var.dim() == 2:
+        precision = var.reciprocal()
+        squared = ((x_centred * x_centred) @ precision.T
+                   - 2 * x_centred @ (means_centred * precision).T
+                   + (means_centred * means_centred * precision).sum(1))
+        log_norm = torch.log(var).sum(1) + dim * _LOG_2PI
+    else:
+        squared = ((x_centred * x_centred).sum(1, keepdim=True) - 2 * x_centred @ means_centred.T
+                   + (means_centred * means_centred).sum(1)) / var
+        log_norm = dim * (torch.log(var) + _LOG_2PI)
+    return log_weights - 0.5 * (squared + log_norm)
+
+
+def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs) -> list:
+    """The double backward: sum_o <first-order gradient o, grad_grads o> differentiated in (grad,
+    x, means, var, log_weights) (those of ``needs``). The first-order gradient is recomputed with
+    autograd through ``exponents`` and logsumexp, chunk of rows of x by chunk, so only a
+    B_chunk x C tile lives at once; the row parts (grad, x) are concatenated, the component parts
+    summed. The saved log-likelihood is recomputed too, so it gets no gradient (see _autograd)."""
+    cotangents = [_autograd.cotangent(g) for g in grad_grads]   # of grad x, means, var, log_weights
+    if all(c is None for c in cotangents) or not any(needs):
+        return [None] * 5
+    components = (means, var, log_weights)
+    # An output without a cotangent contributes nothing: zeros of its shape stand for it.
+    cotangents[1:] = [torch.zeros_like(t) if c is None else c
+                      for t, c in zip(components, cotangents[1:])]
+    if cotangents[0] is None:
+        cotangents[0] = torch.zeros_like(x)
+
+    def first_order(grad_rows, x_rows, *components):
+        _, pullback = torch.func.vjp(
+            lambda *primals: torch.logsumexp(exponents(*primals), 1), x_rows, *components)
+        return pullback(grad_rows)
+
+    row_parts, component_totals = ([], []), [None, None, None]
+    chunk = _autograd.rows_per_chunk(means.shape[0])           # B_chunk x C per tile
+    for start in range(0, x.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        parts = _autograd.vector_jacobian(first_order, (grad[rows], x[rows], *components),
+                                          (cotangents[0][rows], *cotangents[1:]))
+        for collected, part in zip(row_parts, parts[:2]):
+            collected.append(part)
+        component_totals = [_autograd.add(total, part)
+                            for total, part in zip(component_totals, parts[2:])]
+    results = [torch.cat(collected) if collected else torch.zeros_like(t)
+               for collected, t in zip(row_parts, (grad, x))]
+    results += [torch.zeros_like(t) if total is None else total
+                for t, total in zip(components, component_totals)]
+    return [result if need else None for result, need in zip(results, needs)]
+
+
+
+
+_OP = _registry.register(_registry.OpDeclaration(
+    name="mixture_log_likelihood",
+    schema="mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor",
+    backward_schema="mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
+                    " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
+                    " -> (Tensor, Tensor, Tensor, Tensor)",
+    reference=reference.mixture_log_likelihood,
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+))
+IMPLEMENTED = _OP.implemented

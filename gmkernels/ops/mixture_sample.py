@@ -8,17 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import backend
 from ..reference import mixture_sample as reference
-from . import _checks
-
-_C = backend.compiled_module()
-_KERNEL_BACKENDS = ("cpp", "cuda") if _C is not None else ()
-IMPLEMENTED = ("reference",) + _KERNEL_BACKENDS
-if "triton" in backend.backends():
-    from ..triton import mixture_sample as _triton  # registers torch.ops.gmkernels_triton.*
-
-    IMPLEMENTED += ("triton",)
+from . import _checks, _registry
 
 
 def _check(mu, scale, n, component, generator, weights):
@@ -72,13 +63,16 @@ def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, n: int, *,
                    generator: torch.Generator | None = None,
                    weights: torch.Tensor | None = None):
     """Draw ``n`` samples z = mu[c] + S[c] eps from a Gaussian mixture, differentiably in mu and
-    scale.
+    scale to every order (the double backward is this op again, with the same eps).
 
     Args:
         mu: (N, K) component means.
-        scale: (N, K) diagonal standard deviations (DeLiGAN, GM-GAN static), or (N, K, K) factors
-            A with z = mu_c + A_c eps (GM-GAN dynamic, Sigma_c = A_c A_c^T), read as
-            lower-triangular like ``scale_tril`` in torch.distributions.
+        scale: (N, K) diagonal scales with z = mu_c + scale_c * eps (DeLiGAN, GM-GAN static), or
+            (N, K, K) factors A with z = mu_c + A_c eps (GM-GAN dynamic, Sigma_c = A_c A_c^T),
+            read as lower-triangular like ``scale_tril`` in torch.distributions. Any sign is
+            accepted, as in DeLiGAN's code, where a learned scale may cross zero: |scale| is the
+            standard deviation (eps is symmetric, so the sign changes which z a seed gives, not
+            the distribution), and the gradient is the plain d z / d scale = eps.
         n: number of samples (Python int >= 0).
         component: optional (n,) int64 components in [0, N) chosen by the caller.
         generator: the only RNG state consumed when given; otherwise torch's default generators.
@@ -110,41 +104,63 @@ def mixture_sample_with_seed(mu: torch.Tensor, scale: torch.Tensor, component: t
                              seed: torch.Tensor) -> torch.Tensor:
     """z for given components and Philox seed (0-dim int64 CPU tensor): the same z on every
     backend, within float rounding. Arguments are assumed checked."""
-    name = backend.resolve("mixture_sample", IMPLEMENTED, mu.device)
-    if name == "reference":
-        return reference.mixture_sample(mu, scale, component, seed)
-    if name == "triton":
-        return torch.ops.gmkernels_triton.mixture_sample(mu, scale, component, seed)
-    return torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
+    return _OP(mu.device, mu, scale, component, seed)
 
 
-def _register_fake_and_autograd(namespace: str) -> None:
-    """Fake tensors and autograd for ``namespace::mixture_sample`` (compiled or Triton ops, same
-    schemas): the backward calls ``namespace::mixture_sample_backward``, which regenerates eps."""
-    ops = getattr(torch.ops, namespace)
-
-    @torch.library.register_fake(f"{namespace}::mixture_sample")
-    def _fake(mu, scale, component, seed):
-        return mu.new_empty(component.shape[0], mu.shape[1])
-
-    @torch.library.register_fake(f"{namespace}::mixture_sample_backward")
-    def _fake_backward(grad_z, scale, component, seed):
-        return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
-
-    def _setup_context(ctx, inputs, output):
-        mu, scale, component, seed = inputs
-        ctx.save_for_backward(scale, component, seed)
-
-    def _backward(ctx, grad_z):
-        scale, component, seed = ctx.saved_tensors
-        grad_mu, grad_scale = ops.mixture_sample_backward(grad_z, scale, component, seed)
-        return grad_mu, grad_scale, None, None
-
-    torch.library.register_autograd(
-        f"{namespace}::mixture_sample", _backward, setup_context=_setup_context)
+def _fake(mu, scale, component, seed):
+    return mu.new_empty(component.shape[0], mu.shape[1])
 
 
-if _C is not None:
-    _register_fake_and_autograd("gmkernels")
-if "triton" in IMPLEMENTED:
-    _register_fake_and_autograd("gmkernels_triton")
+def _fake_backward(grad_z, scale, component, seed):
+    return scale.new_empty(scale.shape[0], scale.shape[1]), torch.empty_like(scale)
+
+
+def _setup_context(ctx, inputs, output):
+    mu, scale, component, seed = inputs
+    ctx.save_for_backward(scale, component, seed)
+
+
+def _backward(ops, ctx, grad_z):
+    """The backward op regenerates eps from the seed."""
+    scale, component, seed = ctx.saved_tensors
+    grad_mu, grad_scale = ops.mixture_sample_backward(grad_z, scale, component, seed)
+    return grad_mu, grad_scale, None, None
+
+
+def _setup_backward_context(ctx, inputs, output):
+    grad_z, scale, component, seed = inputs
+    ctx.save_for_backward(scale, component, seed)
+
+
+def _double_backward(ops, ctx, grad_grad_mu, grad_grad_scale):
+    scale, component, seed = ctx.saved_tensors
+    return (sample_of_cotangents(ops.mixture_sample, grad_grad_mu, grad_grad_scale, scale,
+                                 component, seed), None, None, None)
+
+
+def sample_of_cotangents(sample, grad_grad_mu, grad_grad_scale, scale, component, seed):
+    """The double backward: (grad_mu, grad_scale) = backward(grad_z) is linear in grad_z and does
+    not depend on mu or scale (eps depends on the seed only), with grad_mu_c = sum_{s: c_s = c}
+    grad_z_s and grad_scale_c = sum_s grad_z_s eps_s (its lower triangle, for a full scale). Its
+    transpose maps (G_mu, G_scale) to G_mu[c_s] + tril(G_scale)[c_s] eps_s: the forward op itself,
+    with the same components and seed. No memory, and every order (the forward is differentiable)."""
+    if grad_grad_mu is None and grad_grad_scale is None:
+        return None
+    if grad_grad_mu is None:
+        grad_grad_mu = scale.new_zeros(scale.shape[0], scale.shape[1])
+    if grad_grad_scale is None:
+        grad_grad_scale = torch.zeros_like(scale)
+    return sample(grad_grad_mu, grad_grad_scale, component, seed)
+
+
+_OP = _registry.register(_registry.OpDeclaration(
+    name="mixture_sample",
+    schema="mixture_sample(Tensor mu, Tensor scale, Tensor component, Tensor seed) -> Tensor",
+    backward_schema="mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component,"
+                    " Tensor seed) -> (Tensor, Tensor)",
+    reference=reference.mixture_sample,
+    fake=_fake, fake_backward=_fake_backward,
+    setup_context=_setup_context, backward=_backward,
+    setup_backward_context=_setup_backward_context, double_backward=_double_backward,
+))
+IMPLEMENTED = _OP.implemented

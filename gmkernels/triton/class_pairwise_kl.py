@@ -1,5 +1,5 @@
-"""Triton kernels of class_pairwise_kl (math in csrc/kernels/class_pairwise_kl.h) and the ops
-``gmkernels_triton::class_pairwise_kl`` / ``class_pairwise_kl_backward`` that launch them.
+"""Triton kernels of class_pairwise_kl (math in csrc/kernels/class_pairwise_kl.h) and their
+launchers.
 
 The per-class means are a deterministic segmented reduction, as in the CUDA kernels: rows are
 grouped by class with a stable sort, each class is cut into chunks of at most CHUNK_ROWS rows, one
@@ -7,7 +7,9 @@ program sums one chunk (x a block of columns), and one program per class adds it
 order. No atomics, so every run gives the same bits. Sums, the class tables and the terms that
 cancel (l - Lbar, the two gradient paths) are float64 whatever the input dtype: float32 results
 then stay within float rounding of the float64 truth, and a sample alone in its class gets exactly
-0. Fake tensors and autograd are registered in gmkernels/ops/class_pairwise_kl.py.
+0. The launchers ``class_pairwise_kl`` and ``class_pairwise_kl_backward`` are registered as
+``torch.ops.gmkernels_triton.*`` by gmkernels/ops/_registry.py, with the schemas, fake tensors and
+autograd declared in gmkernels/ops/class_pairwise_kl.py.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def _chunk_sums_kernel(probs_ptr, row_weight_ptr, order_ptr, chunk_start_ptr, ch
                        TAKE_LOG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """partial[g, c] = sum over the rows of chunk g of log max(p_ic, eps) (TAKE_LOG) or
     w_i p_ic, in float64."""
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)   # int64 offsets: chunks x C may pass 2^31
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     col_mask = cols < num_categories
     start = tl.load(chunk_start_ptr + chunk)
@@ -47,7 +49,7 @@ def _chunk_sums_kernel(probs_ptr, row_weight_ptr, order_ptr, chunk_start_ptr, ch
 def _class_mean_kernel(partial_ptr, chunk_begin_ptr, count_ptr, mean_ptr, num_categories,
                        BLOCK_COLS: tl.constexpr):
     """mean[k, c] = (sum of class k's chunk sums, in chunk order) / n_k; 0 for empty classes."""
-    k = tl.program_id(0)
+    k = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     col_mask = cols < num_categories
     first = tl.load(chunk_begin_ptr + k)
@@ -65,7 +67,7 @@ def _forward_rows_kernel(probs_ptr, labels_ptr, class_mean_log_ptr, eps_ptr, kl_
                          num_samples, num_categories,
                          BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """kl_i = sum_c p_ic (l_ic - Lbar_{k_i c}), one log per element (Lbar float64)."""
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = rows < num_samples
     labels = tl.load(labels_ptr + rows, mask=row_mask, other=0)
     eps = tl.load(eps_ptr)
@@ -89,7 +91,7 @@ def _backward_kernel(grad_kl_ptr, probs_ptr, labels_ptr, class_mean_log_ptr, wei
                      BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """grad_ic = g_i (l_ic + m_ic - Lbar_{k_i c}) - m_ic W_{k_i c} / p_ic, m = [p >= eps]
     (W float64, the arithmetic in float64)."""
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     row_mask = rows < num_samples
     mask = row_mask[:, None] & (cols < num_categories)[None, :]
@@ -155,7 +157,6 @@ def _eps_tensor(eps: float, probs: torch.Tensor) -> torch.Tensor:
     return torch.tensor([eps], dtype=probs.dtype, device=probs.device)
 
 
-@torch.library.custom_op("gmkernels_triton::class_pairwise_kl", mutates_args=())
 def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor, eps: float,
                       num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     probs, labels = probs.contiguous(), labels.contiguous()
@@ -173,7 +174,6 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor, eps: float,
     return kl, mean_log.to(probs.dtype)
 
 
-@torch.library.custom_op("gmkernels_triton::class_pairwise_kl_backward", mutates_args=())
 def class_pairwise_kl_backward(grad_kl: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
                                class_mean_log: torch.Tensor, eps: float) -> torch.Tensor:
     grad_kl, probs = grad_kl.contiguous(), probs.contiguous()

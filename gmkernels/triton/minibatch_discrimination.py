@@ -6,6 +6,8 @@ row sums over every j != i itself (no symmetry: on a GPU the extra arithmetic is
 shared writes, and every output is accumulated by one program in a fixed order, so results are
 deterministic). The backward recomputes e_ij = exp(-||M_ib - M_jb||_1) and uses
 w_ij = (g_i + g_j) e_ij. float16/bfloat16 inputs are accumulated in float32, float64 in float64.
+``minibatch_discrimination`` and ``minibatch_discrimination_backward`` are the launchers, registered
+by gmkernels/ops/_registry.py from the declaration in gmkernels/ops/minibatch_discrimination.py.
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def _program_rows(num_samples, BLOCK_I: tl.constexpr):
     """The kernel b and the rows i of this program (programs run over kernels x row blocks)."""
     row_blocks = tl.cdiv(num_samples, BLOCK_I)
     b = tl.program_id(0) // row_blocks
-    rows = (tl.program_id(0) % row_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    # int64: rows * stride_n passes 2^31 for large M.
+    rows = (tl.program_id(0) % row_blocks).to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
     return b, rows
 
 
@@ -63,7 +66,7 @@ def _forward_kernel(M, out, num_samples, num_kernels, kernel_dim,
                      BLOCK_C, ACC)
     total = tl.zeros([BLOCK_I], dtype=ACC)
     for j0 in range(0, num_samples, BLOCK_J):
-        cols = j0 + tl.arange(0, BLOCK_J)
+        cols = (j0 + tl.arange(0, BLOCK_J)).to(tl.int64)
         x_j = _load_rows(M, cols, b, stride_n, stride_b, stride_c, num_samples, kernel_dim,
                          BLOCK_C, ACC)
         distance = tl.sum(tl.abs(x_i[:, None, :] - x_j[None, :, :]), axis=2)
@@ -85,7 +88,7 @@ def _backward_kernel(grad_out, M, grad_M, num_samples, num_kernels, kernel_dim,
                   other=0.0).to(ACC)
     grad = tl.zeros([BLOCK_I, BLOCK_C], dtype=ACC)
     for j0 in range(0, num_samples, BLOCK_J):
-        cols = j0 + tl.arange(0, BLOCK_J)
+        cols = (j0 + tl.arange(0, BLOCK_J)).to(tl.int64)
         x_j = _load_rows(M, cols, b, stride_n, stride_b, stride_c, num_samples, kernel_dim,
                          BLOCK_C, ACC)
         g_j = tl.load(grad_out + cols * stride_gn + b * stride_gb, mask=cols < num_samples,
@@ -103,7 +106,6 @@ def _backward_kernel(grad_out, M, grad_M, num_samples, num_kernels, kernel_dim,
     tl.store(pointers, grad.to(grad_M.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("gmkernels_triton::minibatch_discrimination", mutates_args=())
 def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
     num_samples, num_kernels, kernel_dim = M.shape
     out = torch.empty(num_samples, num_kernels, dtype=M.dtype, device=M.device)
@@ -117,7 +119,6 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("gmkernels_triton::minibatch_discrimination_backward", mutates_args=())
 def minibatch_discrimination_backward(grad_out: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     num_samples, num_kernels, kernel_dim = M.shape
     grad_M = torch.empty(M.shape, dtype=M.dtype, device=M.device)
@@ -131,25 +132,3 @@ def minibatch_discrimination_backward(grad_out: torch.Tensor, M: torch.Tensor) -
                            ACC=_accumulator(M.dtype))
     return grad_M
 
-
-@minibatch_discrimination.register_fake
-def _fake(M):
-    return M.new_empty(M.shape[0], M.shape[1])
-
-
-@minibatch_discrimination_backward.register_fake
-def _fake_backward(grad_out, M):
-    return M.new_empty(M.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    (M,) = inputs
-    ctx.save_for_backward(M)
-
-
-def _backward(ctx, grad_out):
-    (M,) = ctx.saved_tensors
-    return minibatch_discrimination_backward(grad_out, M)
-
-
-minibatch_discrimination.register_autograd(_backward, setup_context=_setup_context)

@@ -12,8 +12,9 @@ binding does. Then, FlashAttention-2 style:
 - backward, components: one program per (block of components, block of columns) sweeps the rows
   and accumulates W^T [xc | 1 | ||xc||^2] (isotropic) or W^T [xc | xc^2 | 1] (diagonal).
 No B x C matrix is ever stored; every output is accumulated by one program in a fixed order.
-Fake tensors and autograd of both ops are registered by gmkernels/ops/mixture_log_likelihood.py,
-with those of the C++ ops.
+The launchers ``mixture_log_likelihood`` and ``mixture_log_likelihood_backward`` are registered as
+``torch.ops.gmkernels_triton.*`` by gmkernels/ops/_registry.py, with the schemas, fake tensors and
+autograd declared in gmkernels/ops/mixture_log_likelihood.py (those of the C++ ops).
 tl.dot uses input_precision="ieee" (no tf32) so GPU results match the CPU backends.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ BLOCK_B, BLOCK_C, BLOCK_K, BLOCK_F = 64, 64, 32, 64
 @triton.jit
 def _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows, num_cols, K,
                BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    """E (BLOCK_B x BLOCK_C) for the given rows and components; -inf outside the matrix."""
+    """E (BLOCK_B x BLOCK_C) for the given rows and components (int64, so rows * K cannot wrap
+    past 2^31 elements); -inf outside the matrix."""
     row_mask = rows < num_rows
     col_mask = cols < num_cols
     scores = tl.zeros([BLOCK_B, BLOCK_C], dtype=left.dtype.element_ty)
@@ -66,11 +68,11 @@ def _weights(exponent, grad, log_likelihood, rows, num_rows):
 @triton.jit
 def _forward_kernel(left, right, row_norm, scale, offset, out, num_rows, num_cols, K,
                     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     running_max = tl.full([BLOCK_B], float("-inf"), dtype=left.dtype.element_ty)
     running_sum = tl.zeros([BLOCK_B], dtype=left.dtype.element_ty)
     for c0 in range(0, num_cols, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+        cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         exponent = _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows,
                               num_cols, K, BLOCK_B, BLOCK_C, BLOCK_K)
         new_max = tl.maximum(running_max, tl.max(exponent, axis=1))
@@ -87,11 +89,11 @@ def _backward_rows_kernel(left, right, row_norm, scale, offset, grad, log_likeli
                           factors, out, num_rows, num_cols, K, F,
                           BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                           BLOCK_F: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     acc = tl.zeros([BLOCK_B, BLOCK_F], dtype=left.dtype.element_ty)
     for c0 in range(0, num_cols, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+        cols = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
         exponent = _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows,
                               num_cols, K, BLOCK_B, BLOCK_C, BLOCK_K)
         w = _weights(exponent, grad, log_likelihood, rows, num_rows)
@@ -107,11 +109,11 @@ def _backward_cols_kernel(left, right, row_norm, scale, offset, grad, log_likeli
                           factors, out, num_rows, num_cols, K, F,
                           BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                           BLOCK_F: tl.constexpr):
-    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     fs = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     acc = tl.zeros([BLOCK_C, BLOCK_F], dtype=left.dtype.element_ty)
     for r0 in range(0, num_rows, BLOCK_B):
-        rows = r0 + tl.arange(0, BLOCK_B)
+        rows = (r0 + tl.arange(0, BLOCK_B)).to(tl.int64)
         exponent = _exponents(left, right, row_norm, scale, offset, rows, cols, num_rows,
                               num_cols, K, BLOCK_B, BLOCK_C, BLOCK_K)
         w = _weights(exponent, grad, log_likelihood, rows, num_rows)
@@ -126,6 +128,9 @@ class _Problem:
     """The centred operands shared by the forward and backward launches."""
 
     def __init__(self, x, means, var, log_weights):
+        # Contiguous first: the reductions below then see the same layout (and give the same
+        # bits) whatever strides the caller's tensors have.
+        x, means, var, log_weights = (t.contiguous() for t in (x, means, var, log_weights))
         dim = x.shape[1]
         centre = means.mean(0, keepdim=True)
         self.xc, self.mc = x - centre, means - centre
@@ -151,7 +156,6 @@ class _Problem:
         return (self.left, self.right, self.row_norm, self.scale, self.offset)
 
 
-@torch.library.custom_op("gmkernels_triton::mixture_log_likelihood", mutates_args=())
 def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var: torch.Tensor,
                            log_weights: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
@@ -165,7 +169,6 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var: torch.Tens
     return out
 
 
-@torch.library.custom_op("gmkernels_triton::mixture_log_likelihood_backward", mutates_args=())
 def mixture_log_likelihood_backward(grad: torch.Tensor, x: torch.Tensor, means: torch.Tensor,
                                     var: torch.Tensor, log_weights: torch.Tensor,
                                     log_likelihood: torch.Tensor, x_grad: bool,

@@ -13,9 +13,9 @@ coordinate k uses counter ``s * ceil(K/4) + k // 4``, lane ``k % 4``. The backwa
   program and plain stores (same bits every run); otherwise a component's samples are split over
   several programs that add with ``tl.atomic_add``.
 
-Registered as ``torch.ops.gmkernels_triton.mixture_sample`` (+ ``_backward``), plain custom ops (see
-STYLE.md on triton_op under the interpreter) with the same schemas as the compiled ops;
-gmkernels/ops/mixture_sample.py gives both kinds their fake tensors and autograd.
+``mixture_sample`` and ``mixture_sample_backward`` are the launchers; gmkernels/ops/_registry.py
+registers them as ``torch.ops.gmkernels_triton.*`` with the schemas, fake tensors and autograd
+declared in gmkernels/ops/mixture_sample.py, the compiled ops' own.
 """
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ DIAGONAL_GROUPS = 32 if _INTERPRETED else 64     # Philox counters (4 coordinate
 FULL_SAMPLES = 256 if _INTERPRETED else 32       # samples per full-scale tile
 FULL_ROWS = 32                                   # output rows per full-scale tile
 FULL_COLUMNS = 32                                # columns of L (or eps) per inner step
+# CUDA limits grid axes 1 and 2 to 65535 programs: the full-scale backward's row_tiles^2 tile
+# pairs (more than that when K > 8160) are spread over both axes.
+MAX_GRID_Y = 65535
 
 
 @triton.jit
@@ -105,7 +108,8 @@ def _forward_full_kernel(z_ptr, mu_ptr, scale_ptr, sorted_ptr, begin_ptr, seed, 
             eps = _normals(seed, sample, j0 // 4, BLOCK_J // 4, groups_per_row)
             eps = tl.where(row_ok[:, None] & (j < dim)[None, :], eps, 0.0).to(mu.dtype)
             lower = (j[:, None] <= i[None, :]) & (i < dim)[None, :]
-            tril_t = tl.load(factor + i[None, :] * dim + j[:, None], mask=lower, other=0.0)
+            tril_t = tl.load(factor + i[None, :].to(tl.int64) * dim + j[:, None], mask=lower,
+                             other=0.0)
             acc = tl.dot(eps, tril_t, acc, input_precision="ieee")
         z = acc + mu[None, :]
         tl.store(z_ptr + sample[:, None] * dim + i[None, :], z,
@@ -147,12 +151,15 @@ def _backward_diagonal_kernel(grad_mu_ptr, grad_sigma_ptr, grad_z_ptr, sorted_pt
 
 @triton.jit
 def _backward_full_kernel(grad_mu_ptr, grad_scale_ptr, grad_z_ptr, sorted_ptr, begin_ptr, seed,
-                          dim, groups_per_row, row_tiles, SPLITS: tl.constexpr,
+                          dim, groups_per_row, row_tiles, grid_y, SPLITS: tl.constexpr,
                           BLOCK_S: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
     owner = tl.program_id(0)
-    row_tile = tl.program_id(1) // row_tiles
-    column_tile = tl.program_id(1) % row_tiles
-    if column_tile <= row_tile:  # tiles above the diagonal hold no gradient
+    # The row_tiles^2 tile pairs are split over grid axes 1 and 2 (each at most MAX_GRID_Y).
+    pair = tl.program_id(2).to(tl.int64) * grid_y + tl.program_id(1)
+    row_tile = pair // row_tiles
+    column_tile = pair % row_tiles
+    # Tiles above the diagonal hold no gradient; pairs past the last fill the final grid row.
+    if (column_tile <= row_tile) & (row_tile < row_tiles):
         c = (owner // SPLITS).to(tl.int64)
         split = owner % SPLITS
         i = row_tile.to(tl.int64) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -208,7 +215,6 @@ def _search_steps(num_components: int) -> int:
     return max(1, math.ceil(math.log2(num_components + 1)))
 
 
-@torch.library.custom_op("gmkernels_triton::mixture_sample", mutates_args=())
 def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, component: torch.Tensor,
                    seed: torch.Tensor) -> torch.Tensor:
     mu, scale, component = mu.contiguous(), scale.contiguous(), component.contiguous()
@@ -233,7 +239,6 @@ def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, component: torch.Tenso
     return z
 
 
-@torch.library.custom_op("gmkernels_triton::mixture_sample_backward", mutates_args=())
 def mixture_sample_backward(grad_z: torch.Tensor, scale: torch.Tensor, component: torch.Tensor,
                             seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     grad_z, component = grad_z.contiguous(), component.contiguous()
@@ -254,8 +259,10 @@ def mixture_sample_backward(grad_z: torch.Tensor, scale: torch.Tensor, component
                                         BLOCK_G=DIAGONAL_GROUPS)
         return grad_mu, grad_scale
     row_tiles = triton.cdiv(dim, FULL_ROWS)
-    grid = (num_components * splits, row_tiles * row_tiles)
+    pairs = row_tiles * row_tiles
+    grid_y = min(pairs, MAX_GRID_Y)
+    grid = (num_components * splits, grid_y, triton.cdiv(pairs, grid_y))
     _backward_full_kernel[grid](grad_mu, grad_scale, grad_z, order, begin, seed_value, dim, groups,
-                                row_tiles, SPLITS=splits, BLOCK_S=FULL_SAMPLES,
+                                row_tiles, grid_y, SPLITS=splits, BLOCK_S=FULL_SAMPLES,
                                 BLOCK_I=FULL_ROWS, BLOCK_J=FULL_COLUMNS)
     return grad_mu, grad_scale

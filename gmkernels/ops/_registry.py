@@ -1,0 +1,137 @@
+"""The registrar: every op is declared once in ``gmkernels/ops/<op>.py`` (an ``OpDeclaration``)
+and ``register`` wires it everywhere, the same way for every op:
+
+- the compiled namespace ``torch.ops.gmkernels`` (schemas defined by the C++ bindings, kernels
+  per device there): fake tensors and autograd of the op and of its backward op;
+- the Triton namespace ``torch.ops.gmkernels_triton``: the op and its backward op defined here from
+  the declared schemas, launching ``gmkernels/triton/<op>.py``'s ``<op>`` and ``<op>_backward``,
+  plain custom ops (under the Triton interpreter ``triton_op`` fails in torch.compile), with the
+  same fake tensors and autograd;
+- the backend dispatch: ``IMPLEMENTED`` (in one order for every op) and the call that runs the
+  backend ``gmkernels.backend`` picks.
+
+Adding an op is its own files (kernels, binding, ``ops/<op>.py``, ``reference/<op>.py``,
+``triton/<op>.py``, tests) and one import line in ``gmkernels/__init__.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+from typing import Callable
+
+import torch
+
+from .. import backend
+
+COMPILED_NAMESPACE = "gmkernels"
+TRITON_NAMESPACE = "gmkernels_triton"
+
+
+def _unchanged(outputs):
+    return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class OpDeclaration:
+    """One op, stated once.
+
+    name: the op's name in both namespaces; ``<name>_backward`` is its backward op.
+    schema, backward_schema: the schemas without namespace, byte-identical to the C++ bindings'
+        (tests/test_backend.py checks it).
+    reference: the reference backend, called with the op's arguments; returns the public result.
+    fake, fake_backward: fake-tensor implementations (torch.compile, opcheck).
+    setup_context(ctx, inputs, output), backward(ops, ctx, *grads): the op's autograd, ``ops``
+        being the namespace (so the backward calls the same backend's backward op).
+    setup_backward_context, double_backward(ops, ctx, *grads): the backward op's autograd, so
+        second and higher derivatives are exact (gmkernels/ops/_autograd.py).
+    result: the public result from the kernel op's outputs (e.g. the first of two).
+    """
+
+    name: str
+    schema: str
+    backward_schema: str
+    reference: Callable
+    fake: Callable
+    fake_backward: Callable
+    setup_context: Callable
+    backward: Callable
+    setup_backward_context: Callable
+    double_backward: Callable
+    result: Callable = _unchanged
+
+    @property
+    def backward_name(self) -> str:
+        return f"{self.name}_backward"
+
+
+def on_tensor_device(launcher: Callable) -> Callable:
+    """``launcher`` run with the CUDA device of its first tensor argument current: Triton launches
+    on the current device, which is not that of tensors on cuda:1."""
+    @functools.wraps(launcher)
+    def launch(*args):
+        device = next(arg.device for arg in args if isinstance(arg, torch.Tensor))
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return launcher(*args)
+    return launch
+
+
+# Keeps the Triton custom ops alive (an op is deregistered when its definition is collected).
+_TRITON_OPS = {}
+
+
+def _define_triton_ops(declaration: OpDeclaration) -> None:
+    launchers = importlib.import_module(f"gmkernels.triton.{declaration.name}")
+    for name, schema in ((declaration.name, declaration.schema),
+                         (declaration.backward_name, declaration.backward_schema)):
+        if not schema.startswith(f"{name}("):
+            raise ValueError(f"the schema of {name} must start with '{name}(', got {schema!r}")
+        _TRITON_OPS[name] = torch.library.custom_op(
+            f"{TRITON_NAMESPACE}::{name}", on_tensor_device(getattr(launchers, name)), mutates_args=(),
+            schema=schema[len(name):])
+
+
+def _register_fake_and_autograd(declaration: OpDeclaration, namespace: str) -> None:
+    ops = getattr(torch.ops, namespace)
+    forward = f"{namespace}::{declaration.name}"
+    backward = f"{namespace}::{declaration.backward_name}"
+    torch.library.register_fake(forward, declaration.fake)
+    torch.library.register_fake(backward, declaration.fake_backward)
+    torch.library.register_autograd(
+        forward, lambda ctx, *grads: declaration.backward(ops, ctx, *grads),
+        setup_context=declaration.setup_context)
+    # Without it, torch would treat the backward op as a constant in a double backward and
+    # silently drop its terms (with a deprecation warning).
+    torch.library.register_autograd(
+        backward, lambda ctx, *grads: declaration.double_backward(ops, ctx, *grads),
+        setup_context=declaration.setup_backward_context)
+
+
+class RegisteredOp:
+    """A declared op wired to every backend: ``IMPLEMENTED`` and the call on the chosen one."""
+
+    def __init__(self, declaration: OpDeclaration):
+        self.declaration = declaration
+        self.kernels = {}
+        if "triton" in backend.backends():
+            _define_triton_ops(declaration)
+            _register_fake_and_autograd(declaration, TRITON_NAMESPACE)
+            self.kernels["triton"] = getattr(torch.ops, TRITON_NAMESPACE)
+        if backend.compiled_module() is not None:
+            _register_fake_and_autograd(declaration, COMPILED_NAMESPACE)
+            compiled = getattr(torch.ops, COMPILED_NAMESPACE)
+            self.kernels.update(cpp=compiled, cuda=compiled)
+        self.implemented = ("reference",) + tuple(self.kernels)
+
+    def __call__(self, device: torch.device, *args):
+        """The op's public result on the backend chosen for tensors on ``device``."""
+        name = backend.resolve(self.declaration.name, self.implemented, device)
+        if name == "reference":
+            return self.declaration.reference(*args)
+        kernel = getattr(self.kernels[name], self.declaration.name)
+        return self.declaration.result(kernel(*args))
+
+
+def register(declaration: OpDeclaration) -> RegisteredOp:
+    return RegisteredOp(declaration)
