@@ -159,6 +159,10 @@ if os.path.exists(junit):
             text[-30:] + ["```"]
     if len(failed) > 30:
         lines.append(f"\n... and {len(failed) - 30} more (pytest.log)")
+    outcomes = dict(line.rstrip("\n").split("\t")[::2] for line in open(os.path.join(work, "stages.tsv")))
+    if outcomes.get("tests") != "passed":
+        tail = open(os.path.join(work, "tests.log")).read().splitlines()[-15:]
+        lines += ["", f"The tests stage {outcomes.get('tests')}: the log's tail:", "", "```"] + tail + ["```"]
 else:
     tail = open(os.path.join(work, "tests.log")).read().splitlines()[-30:]
     lines += ["No junit report (pytest did not finish): the log's tail:", "", "```"] + tail + ["```"]
