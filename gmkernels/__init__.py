@@ -5,7 +5,7 @@ from .ops.minibatch_discrimination import minibatch_discrimination
 from .ops.mixture_log_likelihood import mixture_log_likelihood, simplex_vertices
 from .ops.mixture_sample import mixture_sample
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def build_info() -> dict:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 from typing import Iterable, Iterator
 
 import torch
+
+from ._version import triton_version_problem
 
 _AUTO = "auto"
 
@@ -38,6 +41,15 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _triton_recent_enough() -> bool:
+    import triton
+
+    problem = triton_version_problem(triton.__version__)
+    if problem is not None:
+        warnings.warn(problem, stacklevel=2)
+    return problem is None
+
+
 def _detect_usable() -> tuple:
     usable = []
     cuda_built = _compiled is not None and bool(_compiled.build_info()["cuda"])
@@ -45,7 +57,7 @@ def _detect_usable() -> tuple:
         usable.append("cuda")
     if importlib.util.find_spec("triton") is not None and (
         torch.cuda.is_available() or _triton_interpreted()
-    ):
+    ) and _triton_recent_enough():
         usable.append("triton")
     if _compiled is not None:
         usable.append("cpp")

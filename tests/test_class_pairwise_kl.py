@@ -213,12 +213,10 @@ def test_gradcheck_float64_through_normalize(backend):
 
 
 def compiled_namespaces():
-    names = []
-    if "cpp" in op.IMPLEMENTED and "cpp" in gmkernels.backends():
-        names.append("gmkernels")
-    if "triton" in op.IMPLEMENTED:
-        names.append("gmkernels_triton")
-    return names
+    """(op namespace, device) of every usable compiled or Triton backend."""
+    namespaces = {"cpp": "gmkernels", "cuda": "gmkernels", "triton": "gmkernels_triton"}
+    return [(namespaces[name], backend_device(name)) for name in ("cpp", "cuda", "triton")
+            if name in op.IMPLEMENTED and name in gmkernels.backends()]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -226,14 +224,15 @@ def test_opcheck_forward_and_backward_ops(dtype):
     namespaces = compiled_namespaces()
     if not namespaces:
         pytest.skip("no compiled or Triton ops here")
-    probs = make_probs(13, 5, 7, zeros=True, dtype=dtype).requires_grad_()
-    labels = torch.tensor([0, 1, 1, 4, 0, 1, 1, 4, 4, 0, 1, 1, 0])   # classes 2 and 3 empty
-    for namespace in namespaces:
+    for namespace, device in namespaces:
+        probs = make_probs(13, 5, 7, zeros=True, dtype=dtype).to(device).requires_grad_()
+        labels = torch.tensor([0, 1, 1, 4, 0, 1, 1, 4, 4, 0, 1, 1, 0], device=device)   # classes 2, 3 empty
         ops = getattr(torch.ops, namespace)
         torch.library.opcheck(ops.class_pairwise_kl.default, (probs, labels, EPS, 6))
         _, class_mean_log = ops.class_pairwise_kl(probs.detach(), labels, EPS, 6)
         torch.library.opcheck(ops.class_pairwise_kl_backward.default,
-                              (torch.randn(13, dtype=dtype), probs.detach(), labels, class_mean_log, EPS))
+                              (torch.randn(13, dtype=dtype, device=device), probs.detach(), labels,
+                               class_mean_log, EPS))
 
 
 def test_class_mean_log_output_is_the_class_mean_and_zero_for_empty_classes():
@@ -243,8 +242,9 @@ def test_class_mean_log_output_is_the_class_mean_and_zero_for_empty_classes():
     probs = make_probs(10, 3, 9, zeros=True)
     labels = torch.tensor([0, 0, 2, 2, 2, 0, 4, 4, 0, 2])
     log_probs = torch.log(probs.clamp(min=EPS))
-    for namespace in namespaces:
-        _, class_mean_log = getattr(torch.ops, namespace).class_pairwise_kl(probs, labels, EPS, 5)
+    for namespace, device in namespaces:
+        _, class_mean_log = getattr(torch.ops, namespace).class_pairwise_kl(probs.to(device), labels.to(device), EPS, 5)
+        class_mean_log = class_mean_log.cpu()
         for k in range(5):
             expected = log_probs[labels == k].mean(0) if (labels == k).any() else torch.zeros(3, dtype=torch.float64)
             assert torch.allclose(class_mean_log[k], expected, rtol=1e-12, atol=1e-12), (namespace, k)

@@ -135,13 +135,15 @@ def test_gradcheck_float64_runtime_dimension_and_row_split(backend):
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 5), (20, 9, 2), (1, 2, 3), (0, 2, 3)])
-def test_opcheck_cpp(shape):
-    if "cpp" not in gmkernels.backends():
-        pytest.skip("compiled ops not built")
-    M = torch.randn(*shape, requires_grad=True)
+@pytest.mark.parametrize("name", ["cpp", "cuda"])
+def test_opcheck_compiled(name, shape):
+    if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
+        pytest.skip(f"compiled {name} ops not usable here")
+    device = backend_device(name)
+    M = torch.randn(*shape, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.gmkernels.minibatch_discrimination.default, (M,))
     torch.library.opcheck(torch.ops.gmkernels.minibatch_discrimination_backward.default,
-                          (torch.randn(shape[:2]), M.detach()))
+                          (torch.randn(shape[:2], device=device), M.detach()))
 
 
 @pytest.mark.parametrize("shape", [(7, 3, 5), (1, 2, 3)])

@@ -92,11 +92,13 @@ def test_values_and_gradients_match_float64_truth_on_every_backend(batch, compon
     want, want_grads = truth(x, means, var, log_weights)
     assert torch.allclose(want, expected, rtol=1e-12, atol=1e-12)
     for name in op.IMPLEMENTED:
-        if name not in gmkernels.backends() or name == "cuda":
+        if name not in gmkernels.backends():
             continue
-        got, grads = value_and_grads(name, x, means, var, log_weights)
+        device = backend_device(name)
+        got, grads = value_and_grads(name, *(t.to(device) if isinstance(t, torch.Tensor) else t
+                                             for t in (x, means, var, log_weights)))
         assert got.dtype == torch.float64 and got.shape == (batch,), name
-        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10), name
+        assert torch.allclose(got.cpu(), expected, rtol=1e-10, atol=1e-10), name
         for g, w in zip(grads, want_grads):
             assert g.shape == w.shape
             assert torch.allclose(g.cpu(), w, rtol=1e-9, atol=1e-9), name
@@ -202,20 +204,19 @@ def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
     return x, means, var, log_weights
 
 
-@pytest.mark.parametrize("namespace", ["gmkernels", "gmkernels_triton"])
+@pytest.mark.parametrize("name", ["cpp", "cuda", "triton"])
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, True)),
                                               ("(C,)", (True, False)), ("(C,d)", (False, True))])
-def test_opcheck(namespace, path, var_kind, wanted):
-    if namespace == "gmkernels" and "cpp" not in gmkernels.backends():
-        pytest.skip("compiled ops not built")
-    if namespace == "gmkernels_triton" and "triton" not in op.IMPLEMENTED:
-        pytest.skip("triton backend not usable here")
-    ops = getattr(torch.ops, namespace)
-    x, means, var, log_weights = leaves(*_op_args(path, var_kind=var_kind))
+def test_opcheck(name, path, var_kind, wanted):
+    if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
+        pytest.skip(f"{name} ops not usable here")
+    ops = getattr(torch.ops, "gmkernels_triton" if name == "triton" else "gmkernels")
+    device = backend_device(name)
+    x, means, var, log_weights = leaves(*(t.to(device) for t in _op_args(path, var_kind=var_kind)))
     torch.library.opcheck(ops.mixture_log_likelihood.default, (x, means, var, log_weights))
     log_likelihood = ops.mixture_log_likelihood(x, means, var, log_weights).detach()
-    grad = torch.randn(11)
+    grad = torch.randn(11, device=device)
     torch.library.opcheck(ops.mixture_log_likelihood_backward.default,
                           (grad, x.detach(), means.detach(), var.detach(), log_weights.detach(),
                            log_likelihood, *wanted))

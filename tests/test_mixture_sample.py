@@ -73,7 +73,7 @@ def test_gradients_equal_reference_given_same_eps(num_components, dim, n, full, 
         if name not in op.IMPLEMENTED:
             continue
         with gmkernels.use_backend(name):
-            device = "cuda" if name == "cuda" else "cpu"
+            device = backend_device(name)
             mu, scale = make_inputs(num_components, dim, full, torch.float64, device)
             component = torch.randint(num_components, (n,), device=device)
             seed_t = torch.tensor(seed)
@@ -102,11 +102,11 @@ def test_gradcheck_float64(backend, full):
         fast_mode=interpreted)
 
 
-OP_NAMESPACES = {"cpp": "gmkernels", "triton": "gmkernels_triton"}
+OP_NAMESPACES = {"cpp": "gmkernels", "cuda": "gmkernels", "triton": "gmkernels_triton"}
 
 
 @pytest.mark.parametrize("full", [False, True])
-@pytest.mark.parametrize("name", ["cpp", "triton"])
+@pytest.mark.parametrize("name", ["cpp", "cuda", "triton"])
 def test_opcheck_forward_and_backward_ops(name, full):
     if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
         pytest.skip(f"{name} ops not available here")

@@ -21,7 +21,7 @@ def free_port() -> int:
 def test_two_cpu_processes_train_identical_replicas_and_gather_metrics(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "python")]), OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "gmgan", "train", "--variant", "deligan", "--steps", "6",
+               "--master_port", str(free_port()), "-m", "gmgan", "train", "--device", "cpu", "--variant", "deligan", "--steps", "6",
                "--batch-size", "64", "--g-hidden", "16", "--d-hidden", "16", "--no-progress", "--checkpoint-every", "3",
                "--eval-samples", "301", "--log-every", "3", "--out-dir", str(tmp_path), "--run-name", "ddp"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=str(ROOT))

@@ -6,6 +6,7 @@ import torch
 from train_support import one_thread, skip_if_op_missing, tiny_config, usable_backends  # noqa: F401 (autouse fixture)
 
 import gmkernels
+from conftest import backend_device
 from gmgan import Trainer
 from gmgan.config import VARIANTS
 from gmgan.variants import class_map
@@ -23,7 +24,7 @@ def train_losses(config, steps=None):
 @pytest.mark.parametrize("backend", usable_backends())
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_with_finite_loss_on_backend(tmp_path, variant, backend):
-    config = tiny_config(tmp_path, variant=variant, backend=backend)
+    config = tiny_config(tmp_path, variant=variant, backend=backend, device=str(backend_device(backend)))
     try:
         trainer, losses = train_losses(config)
     except NotImplementedError as error:
@@ -88,7 +89,9 @@ def test_same_seed_same_result_on_reference_and_kernel_backend(tmp_path, variant
         pytest.skip("no compiled or Triton backend on this machine")
     results = {}
     for backend in ("reference", kernels):
-        config = tiny_config(tmp_path / backend, variant=variant, backend=backend, mixture="dynamic")
+        # Both runs on the kernel backend's device: CPU and CUDA generators draw different noise.
+        config = tiny_config(tmp_path / backend, variant=variant, backend=backend, mixture="dynamic",
+                             device=str(backend_device(kernels)))
         try:
             trainer, losses = train_losses(config)
         except NotImplementedError as error:
