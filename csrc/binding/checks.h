@@ -6,6 +6,12 @@
 
 #include <cstdint>
 
+#include "../kernels/cuda_status.h"
+
+#ifdef GMKERNELS_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace gmk {
 
 inline void check_float_tensor(const at::Tensor& t, const char* name) {
@@ -31,5 +37,14 @@ inline uint64_t read_seed(const at::Tensor& seed) {
 }
 
 inline int cpu_threads() { return at::get_num_threads(); }
+
+#ifdef GMKERNELS_WITH_CUDA
+// A CUDA launcher's failure (csrc/kernels/cuda_status.h) as an error naming the op, e.g.
+// "gmkernels::mixture_sample: CUDA forward_full_kernel failed: invalid configuration argument".
+inline void check_cuda_status(const CudaStatus& status, const char* op) {
+  TORCH_CHECK(status.ok(), "gmkernels::", op, ": CUDA ", status.where, " failed: ",
+              cudaGetErrorString(static_cast<cudaError_t>(status.error)));
+}
+#endif
 
 }  // namespace gmk

@@ -1,5 +1,5 @@
-// Tensors -> ClassPairwiseKlParams, argument checks, and the CPU/CUDA registrations of
-// gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward (schemas in registry.cpp).
+// Tensors -> ClassPairwiseKlParams, argument checks, and the schemas and CPU/CUDA registrations
+// of gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward.
 #include <torch/library.h>
 
 #include <cstdint>
@@ -10,8 +10,8 @@
 #include "checks.h"
 
 #ifdef GMKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace gmk {
@@ -151,9 +151,12 @@ std::tuple<at::Tensor, at::Tensor> cuda_class_pairwise_kl(const at::Tensor& prob
   if (probs.size(0) == 0) return {kl, class_mean_log};
   at::Tensor workspace = cuda_workspace(probs_c, num_classes);
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_cuda", [&] {
-    class_pairwise_kl_forward_cuda(forward_params<scalar_t>(probs_c, labels_c, kl, class_mean_log,
-                                                            eps, workspace.data_ptr()),
-                                   at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        class_pairwise_kl_forward_cuda(forward_params<scalar_t>(probs_c, labels_c, kl,
+                                                                class_mean_log, eps,
+                                                                workspace.data_ptr()),
+                                       c10::cuda::getCurrentCUDAStream().stream()),
+        "class_pairwise_kl");
   });
   return {kl, class_mean_log};
 }
@@ -169,16 +172,27 @@ at::Tensor cuda_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::
   if (probs.size(0) == 0) return grad_probs;
   at::Tensor workspace = cuda_workspace(probs_c, class_mean_log.size(0));
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_backward_cuda", [&] {
-    class_pairwise_kl_backward_cuda(
-        backward_params<scalar_t>(grad_c, probs_c, labels_c, mean_c, grad_probs, eps,
-                                  workspace.data_ptr()),
-        at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        class_pairwise_kl_backward_cuda(
+            backward_params<scalar_t>(grad_c, probs_c, labels_c, mean_c, grad_probs, eps,
+                                      workspace.data_ptr()),
+            c10::cuda::getCurrentCUDAStream().stream()),
+        "class_pairwise_kl_backward");
   });
   return grad_probs;
 }
 #endif
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
+  m.def(
+      "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
+      " Tensor class_mean_log, float eps) -> Tensor");
+}
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("class_pairwise_kl", &cpu_class_pairwise_kl);

@@ -1,14 +1,15 @@
-// Tensors -> MinibatchDiscrimination*Params, argument checks, and the CPU/CUDA registrations of
-// gmkernels::minibatch_discrimination and gmkernels::minibatch_discrimination_backward (schemas in
-// registry.cpp). CPU takes float32/float64; CUDA also float16/bfloat16 (float accumulation).
+// Tensors -> MinibatchDiscrimination*Params, argument checks, and the schemas and CPU/CUDA
+// registrations of gmkernels::minibatch_discrimination and
+// gmkernels::minibatch_discrimination_backward. CPU takes float32/float64; CUDA also
+// float16/bfloat16 (float accumulation).
 #include <torch/library.h>
 
 #include "../kernels/minibatch_discrimination.h"
 #include "checks.h"
 
 #ifdef GMKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace gmk {
@@ -112,8 +113,10 @@ at::Tensor cuda_minibatch_discrimination(const at::Tensor& M) {
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, M.scalar_type(),
                                   "minibatch_discrimination_cuda", [&] {
-    minibatch_discrimination_forward_cuda(forward_params<scalar_t>(M_c, out),
-                                          at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        minibatch_discrimination_forward_cuda(forward_params<scalar_t>(M_c, out),
+                                              c10::cuda::getCurrentCUDAStream().stream()),
+        "minibatch_discrimination");
   });
   return out;
 }
@@ -129,14 +132,21 @@ at::Tensor cuda_minibatch_discrimination_backward(const at::Tensor& grad_out,
   if (grad_M.numel() == 0) return grad_M;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, M.scalar_type(),
                                   "minibatch_discrimination_backward_cuda", [&] {
-    minibatch_discrimination_backward_cuda(backward_params<scalar_t>(grad_out_c, M_c, grad_M),
-                                           at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        minibatch_discrimination_backward_cuda(backward_params<scalar_t>(grad_out_c, M_c, grad_M),
+                                               c10::cuda::getCurrentCUDAStream().stream()),
+        "minibatch_discrimination_backward");
   });
   return grad_M;
 }
 #endif
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
+  m.def("minibatch_discrimination(Tensor M) -> Tensor");
+  m.def("minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor");
+}
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("minibatch_discrimination", &cpu_minibatch_discrimination);

@@ -1,35 +1,72 @@
-// Tensors -> MixtureSampleParams, argument checks, and the CPU/CUDA registrations of
-// gmkernels::mixture_sample and gmkernels::mixture_sample_backward (schemas in registry.cpp).
+// Tensors -> MixtureSampleParams, argument checks, and the schemas and CPU/CUDA registrations of
+// gmkernels::mixture_sample and gmkernels::mixture_sample_backward.
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "../kernels/mixture_sample.h"
 #include "checks.h"
 
 #ifdef GMKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace gmk {
 namespace {
+
+// scale (N, K) or (N, K, K) for N components in K dimensions, component (n,) int64 on its device.
+void check_scale_and_component(const at::Tensor& scale, const at::Tensor& component,
+                               int64_t num_components, int64_t dim) {
+  const bool full = scale.dim() == 3;
+  TORCH_CHECK(scale.dim() == 2 || full, "scale must be (N, K) or (N, K, K), got shape ",
+              scale.sizes());
+  TORCH_CHECK(scale.size(0) == num_components && scale.size(1) == dim &&
+                  (!full || scale.size(2) == dim),
+              "scale must be (N, K) = (", num_components, ", ", dim, ") or (N, K, K), got shape ",
+              scale.sizes());
+  TORCH_CHECK(component.scalar_type() == at::kLong && component.dim() == 1,
+              "component must be a 1-d int64 tensor, got ", component.scalar_type(), " shape ",
+              component.sizes());
+  TORCH_CHECK(component.device() == scale.device(), "component must be on ", scale.device(),
+              ", got ", component.device());
+  // Every sample belongs to a component: without one there is nothing to index (and the CUDA
+  // backward would divide the samples among zero components).
+  TORCH_CHECK(num_components >= 1 || component.size(0) == 0,
+              "mixture_sample needs at least one component (N >= 1) for n = ", component.size(0),
+              " samples, got N = 0");
+}
 
 void check_mixture_sample_args(const at::Tensor& mu, const at::Tensor& scale,
                                const at::Tensor& component) {
   check_float_tensor(mu, "mu");
   check_same_dtype_device(mu, scale, "mu", "scale");
   TORCH_CHECK(mu.dim() == 2, "mu must be (N, K), got shape ", mu.sizes());
-  const bool full = scale.dim() == 3;
-  TORCH_CHECK(scale.dim() == 2 || full, "scale must be (N, K) or (N, K, K), got shape ",
+  check_scale_and_component(scale, component, mu.size(0), mu.size(1));
+}
+
+void check_mixture_sample_backward_args(const at::Tensor& grad_z, const at::Tensor& scale,
+                                        const at::Tensor& component) {
+  check_float_tensor(grad_z, "grad_z");
+  check_same_dtype_device(grad_z, scale, "grad_z", "scale");
+  TORCH_CHECK(scale.dim() == 2 || scale.dim() == 3, "scale must be (N, K) or (N, K, K), got shape ",
               scale.sizes());
-  TORCH_CHECK(scale.size(0) == mu.size(0) && scale.size(1) == mu.size(1) &&
-                  (!full || scale.size(2) == mu.size(1)),
-              "scale must match mu (", mu.sizes(), "), got shape ", scale.sizes());
-  TORCH_CHECK(component.scalar_type() == at::kLong && component.dim() == 1,
-              "component must be a 1-d int64 tensor, got ", component.scalar_type(), " shape ",
-              component.sizes());
-  TORCH_CHECK(component.device() == mu.device(), "component must be on ", mu.device());
+  check_scale_and_component(scale, component, scale.size(0), scale.size(1));
+  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == component.size(0) &&
+                  grad_z.size(1) == scale.size(1),
+              "grad_z must be (n, K) = (", component.size(0), ", ", scale.size(1),
+              "), got shape ", grad_z.sizes());
+}
+
+// The CPU kernels index mu, scale and their buckets by component: an out-of-range value would
+// read and write outside them. (The CUDA kernels never index with such a value and give its
+// sample a NaN row instead: a check here would cost a device sync per call.)
+void check_components_in_range_cpu(const at::Tensor& component, int64_t num_components) {
+  if (component.numel() == 0) return;
+  const int64_t low = component.min().item<int64_t>(), high = component.max().item<int64_t>();
+  TORCH_CHECK(low >= 0 && high < num_components, "component must lie in [0, ", num_components,
+              "), got values in [", low, ", ", high, "]");
 }
 
 template <typename scalar_t>
@@ -78,6 +115,7 @@ MixtureSampleBackwardParams<scalar_t> backward_params(const at::Tensor& grad_z,
 at::Tensor cpu_mixture_sample(const at::Tensor& mu, const at::Tensor& scale,
                               const at::Tensor& component, const at::Tensor& seed) {
   check_mixture_sample_args(mu, scale, component);
+  check_components_in_range_cpu(component, mu.size(0));
   const uint64_t seed_bits = read_seed(seed);
   const at::Tensor mu_c = mu.contiguous(), scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
@@ -93,8 +131,8 @@ std::tuple<at::Tensor, at::Tensor> cpu_mixture_sample_backward(const at::Tensor&
                                                                const at::Tensor& scale,
                                                                const at::Tensor& component,
                                                                const at::Tensor& seed) {
-  check_float_tensor(grad_z, "grad_z");
-  check_same_dtype_device(grad_z, scale, "grad_z", "scale");
+  check_mixture_sample_backward_args(grad_z, scale, component);
+  check_components_in_range_cpu(component, scale.size(0));
   const uint64_t seed_bits = read_seed(seed);
   const at::Tensor grad_z_c = grad_z.contiguous(), scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
@@ -133,7 +171,7 @@ DeviceGrouping group_by_component(const at::Tensor& component, int64_t num_compo
 }
 
 // Blocks per component on the atomic path: about 1024 samples each, so that a few large
-// components still fill the GPU.
+// components still fill the GPU. num_components >= 1 (check_scale_and_component).
 int atomic_splits(int64_t num_samples, int64_t num_components) {
   const int64_t per_component = (num_samples + num_components - 1) / num_components;
   return static_cast<int>(std::min<int64_t>(64, std::max<int64_t>(1, per_component / 1024)));
@@ -146,15 +184,20 @@ at::Tensor cuda_mixture_sample(const at::Tensor& mu, const at::Tensor& scale,
   const uint64_t seed_bits = read_seed(seed);
   const at::Tensor mu_c = mu.contiguous(), scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
-  at::Tensor z = at::empty({component.size(0), mu.size(1)}, mu.options());
+  // The full-scale kernel writes the rows of samples with a valid component only (it works on
+  // samples grouped by component): the others stay NaN.
+  at::Tensor z = scale.dim() == 3
+                     ? at::full({component.size(0), mu.size(1)}, NAN, mu.options())
+                     : at::empty({component.size(0), mu.size(1)}, mu.options());
   if (z.numel() == 0) return z;
-  // Only the full-scale kernel works on samples grouped by component.
   DeviceGrouping grouping;
   if (scale.dim() == 3) grouping = group_by_component(component_c, mu.size(0));
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "mixture_sample_cuda", [&] {
     auto params = forward_params<scalar_t>(mu_c, scale_c, component_c, z, seed_bits);
     if (scale.dim() == 3) params.grouping = grouping.view();
-    mixture_sample_forward_cuda(params, at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        mixture_sample_forward_cuda(params, c10::cuda::getCurrentCUDAStream().stream()),
+        "mixture_sample");
   });
   return z;
 }
@@ -163,8 +206,7 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
                                                                 const at::Tensor& scale,
                                                                 const at::Tensor& component,
                                                                 const at::Tensor& seed) {
-  check_float_tensor(grad_z, "grad_z");
-  check_same_dtype_device(grad_z, scale, "grad_z", "scale");
+  check_mixture_sample_backward_args(grad_z, scale, component);
   const c10::cuda::CUDAGuard guard(grad_z.device());
   const uint64_t seed_bits = read_seed(seed);
   const at::Tensor grad_z_c = grad_z.contiguous(), scale_c = scale.contiguous();
@@ -180,13 +222,22 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
     params.deterministic = deterministic;
     params.splits = deterministic ? 1 : atomic_splits(component.size(0), scale.size(0));
     params.grouping = grouping.view();
-    mixture_sample_backward_cuda(params, at::cuda::getCurrentCUDAStream().stream());
+    check_cuda_status(
+        mixture_sample_backward_cuda(params, c10::cuda::getCurrentCUDAStream().stream()),
+        "mixture_sample_backward");
   });
   return {grad_mu, grad_scale};
 }
 #endif
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
+  m.def("mixture_sample(Tensor mu, Tensor scale, Tensor component, Tensor seed) -> Tensor");
+  m.def(
+      "mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component, Tensor seed)"
+      " -> (Tensor, Tensor)");
+}
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("mixture_sample", &cpu_mixture_sample);

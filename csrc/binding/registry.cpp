@@ -1,8 +1,8 @@
-// The op schemas of the gmkernels library and the pybind11 module gmkernels._C.
-// Kernels register per device in csrc/binding/<op>.cpp; fake tensors and autograd are
-// registered from Python (gmkernels/ops/<op>.py).
+// The pybind11 module gmkernels._C: loading it registers the ops, and build_info() says how it
+// was built. Each op declares its schemas (TORCH_LIBRARY_FRAGMENT) and registers its kernels per
+// device in its own csrc/binding/<op>.cpp, so a new op touches no shared file; fake tensors and
+// autograd are registered from Python (gmkernels/ops/<op>.py).
 #include <torch/extension.h>
-#include <torch/library.h>
 
 #ifndef GMKERNELS_VERSION
 #define GMKERNELS_VERSION "0.0.0"
@@ -13,26 +13,6 @@
 #ifndef GMKERNELS_CUDA_ARCHS
 #define GMKERNELS_CUDA_ARCHS ""
 #endif
-
-TORCH_LIBRARY(gmkernels, m) {
-  m.def("mixture_sample(Tensor mu, Tensor scale, Tensor component, Tensor seed) -> Tensor");
-  m.def(
-      "mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component, Tensor seed)"
-      " -> (Tensor, Tensor)");
-  m.def("mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor");
-  m.def(
-      "mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
-      " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
-      " -> (Tensor, Tensor)");
-  m.def(
-      "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
-      " Tensor class_mean_log, float eps) -> Tensor");
-  m.def("minibatch_discrimination(Tensor M) -> Tensor");
-  m.def("minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor");
-}
 
 namespace {
 

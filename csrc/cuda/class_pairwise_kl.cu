@@ -17,10 +17,9 @@
 
 #include <cmath>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "../kernels/class_pairwise_kl.h"
+#include "cuda_status.cuh"
 
 namespace gmk {
 namespace {
@@ -28,12 +27,6 @@ namespace {
 constexpr int kChunkRows = 64;       // rows of one class summed by one block
 constexpr int kBlockThreads = 256;   // every kernel's block size
 constexpr int kMaxColumnTile = 128;  // columns per block in the segmented sums
-
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess)
-    throw std::runtime_error(std::string("class_pairwise_kl CUDA ") + what + ": " +
-                             cudaGetErrorString(status));
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -77,6 +70,7 @@ struct Workspace {
   size_t cub_bytes;
   int64_t max_chunks;
   size_t total_bytes;
+  CudaStatus status;       // of cub's size queries
 
   Workspace(void* base, int64_t n, int64_t c, int64_t k) {
     // Chunks never straddle classes: at most ceil(N / chunk) + (non-empty classes) of them.
@@ -92,12 +86,14 @@ struct Workspace {
     partial = carve<double>(cursor, max_chunks * c);
     table = carve<double>(cursor, k * c);
     size_t sort_bytes = 0, scan_bytes = 0;
-    check_cuda(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in, keys_out, rows_in,
-                                               rows_out, static_cast<int>(n), 0, end_bit_for(k)),
-               "sort size query");
-    check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, chunk_count, chunk_begin,
-                                             static_cast<int>(k + 1)),
-               "scan size query");
+    status = cuda_status(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, keys_in, keys_out,
+                                                         rows_in, rows_out, static_cast<int>(n),
+                                                         0, end_bit_for(k)),
+                         "cub::DeviceRadixSort::SortPairs (size query)");
+    if (status.ok())
+      status = cuda_status(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, chunk_count,
+                                                         chunk_begin, static_cast<int>(k + 1)),
+                           "cub::DeviceScan::ExclusiveSum (size query)");
     cub_bytes = sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
     cub_temp = carve<char>(cursor, static_cast<int64_t>(cub_bytes));
     total_bytes = static_cast<size_t>(cursor - static_cast<char*>(base)) + 256;
@@ -307,38 +303,44 @@ int grid_for(int64_t work) {
 // Sort the rows by class and fill `table` with the per-class means of log max(p, eps)
 // (row_weight null) or of w_i p_i.
 template <typename scalar_t>
-void class_means(const Workspace& ws, const scalar_t* probs, const scalar_t* row_weight,
-                 const int64_t* labels, int64_t num_samples, int64_t num_categories,
-                 int64_t num_classes, scalar_t eps, scalar_t* rounded, cudaStream_t stream) {
+CudaStatus class_means(const Workspace& ws, const scalar_t* probs, const scalar_t* row_weight,
+                       const int64_t* labels, int64_t num_samples, int64_t num_categories,
+                       int64_t num_classes, scalar_t eps, scalar_t* rounded,
+                       cudaStream_t stream) {
   const int n = static_cast<int>(num_samples);
   prepare_keys_kernel<<<grid_for(num_samples), kBlockThreads, 0, stream>>>(
       labels, num_samples, num_classes, ws.keys_in, ws.rows_in);
-  check_cuda(cudaGetLastError(), "prepare_keys launch");
+  CudaStatus status = launch_status("prepare_keys_kernel");
+  if (!status.ok()) return status;
   size_t cub_bytes = ws.cub_bytes;
-  check_cuda(cub::DeviceRadixSort::SortPairs(ws.cub_temp, cub_bytes, ws.keys_in, ws.keys_out,
-                                             ws.rows_in, ws.rows_out, n, 0,
-                                             end_bit_for(num_classes), stream),
-             "sort");
+  status = cuda_status(cub::DeviceRadixSort::SortPairs(ws.cub_temp, cub_bytes, ws.keys_in,
+                                                       ws.keys_out, ws.rows_in, ws.rows_out, n, 0,
+                                                       end_bit_for(num_classes), stream),
+                       "cub::DeviceRadixSort::SortPairs");
+  if (!status.ok()) return status;
   class_bounds_kernel<<<grid_for(num_classes + 1), kBlockThreads, 0, stream>>>(
       ws.keys_out, n, num_classes, ws.class_begin, ws.chunk_count);
-  check_cuda(cudaGetLastError(), "class_bounds launch");
+  status = launch_status("class_bounds_kernel");
+  if (!status.ok()) return status;
   cub_bytes = ws.cub_bytes;
-  check_cuda(cub::DeviceScan::ExclusiveSum(ws.cub_temp, cub_bytes, ws.chunk_count,
-                                           ws.chunk_begin, static_cast<int>(num_classes + 1),
-                                           stream),
-             "scan");
+  status = cuda_status(cub::DeviceScan::ExclusiveSum(ws.cub_temp, cub_bytes, ws.chunk_count,
+                                                     ws.chunk_begin,
+                                                     static_cast<int>(num_classes + 1), stream),
+                       "cub::DeviceScan::ExclusiveSum");
+  if (!status.ok()) return status;
   const int tile = lanes_for(num_categories, kMaxColumnTile);
   const unsigned column_tiles = static_cast<unsigned>(ceil_div(num_categories, tile));
   chunk_sums_kernel<scalar_t><<<dim3(static_cast<unsigned>(ws.max_chunks), column_tiles),
                                 kBlockThreads, 0, stream>>>(
       probs, row_weight, ws.rows_out, ws.class_begin, ws.chunk_begin, num_classes,
       num_categories, eps, tile, ws.partial);
-  check_cuda(cudaGetLastError(), "chunk_sums launch");
+  status = launch_status("chunk_sums_kernel");
+  if (!status.ok()) return status;
   class_table_kernel<scalar_t><<<dim3(static_cast<unsigned>(num_classes), column_tiles),
                                  kBlockThreads, 0, stream>>>(ws.partial, ws.class_begin,
                                                              ws.chunk_begin, num_categories, tile,
                                                              ws.table, rounded);
-  check_cuda(cudaGetLastError(), "class_table launch");
+  return launch_status("class_table_kernel");
 }
 
 }  // namespace
@@ -349,41 +351,50 @@ std::size_t class_pairwise_kl_cuda_workspace_bytes(int64_t num_samples, int64_t 
 }
 
 template <typename scalar_t>
-void class_pairwise_kl_forward_cuda(const ClassPairwiseKlParams<scalar_t>& p, void* stream_ptr) {
-  if (p.num_samples == 0) return;
+CudaStatus class_pairwise_kl_forward_cuda(const ClassPairwiseKlParams<scalar_t>& p,
+                                          void* stream_ptr) {
+  if (p.num_samples == 0) return {};
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const Workspace ws(p.workspace, p.num_samples, p.num_categories, p.num_classes);
+  if (!ws.status.ok()) return ws.status;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
-  class_means<scalar_t>(ws, p.probs, nullptr, p.labels, p.num_samples, p.num_categories,
-                        p.num_classes, eps, p.class_mean_log, stream);
+  const CudaStatus means = class_means<scalar_t>(ws, p.probs, nullptr, p.labels, p.num_samples,
+                                                 p.num_categories, p.num_classes, eps,
+                                                 p.class_mean_log, stream);
+  if (!means.ok()) return means;
   const int group = lanes_for(p.num_categories, 32);
   forward_rows_kernel<scalar_t><<<grid_for(p.num_samples * group), kBlockThreads, 0, stream>>>(
       p.probs, p.labels, ws.table, p.num_samples, p.num_categories, p.num_classes, eps, group,
       p.kl);
-  check_cuda(cudaGetLastError(), "forward_rows launch");
+  return launch_status("forward_rows_kernel");
 }
 
 template <typename scalar_t>
-void class_pairwise_kl_backward_cuda(const ClassPairwiseKlBackwardParams<scalar_t>& p,
-                                     void* stream_ptr) {
-  if (p.num_samples == 0) return;
+CudaStatus class_pairwise_kl_backward_cuda(const ClassPairwiseKlBackwardParams<scalar_t>& p,
+                                           void* stream_ptr) {
+  if (p.num_samples == 0) return {};
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const Workspace ws(p.workspace, p.num_samples, p.num_categories, p.num_classes);
+  if (!ws.status.ok()) return ws.status;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
-  class_means<scalar_t>(ws, p.probs, p.grad_kl, p.labels, p.num_samples, p.num_categories,
-                        p.num_classes, eps, static_cast<scalar_t*>(nullptr), stream);
+  const CudaStatus means = class_means<scalar_t>(ws, p.probs, p.grad_kl, p.labels,
+                                                 p.num_samples, p.num_categories, p.num_classes,
+                                                 eps, static_cast<scalar_t*>(nullptr), stream);
+  if (!means.ok()) return means;
   const int group = lanes_for(p.num_categories, 32);
   backward_kernel<scalar_t><<<grid_for(p.num_samples * group), kBlockThreads, 0, stream>>>(
       p.grad_kl, p.probs, p.labels, p.class_mean_log, ws.table, p.num_samples, p.num_categories,
       p.num_classes, eps, group, p.grad_probs);
-  check_cuda(cudaGetLastError(), "backward launch");
+  return launch_status("backward_kernel");
 }
 
-template void class_pairwise_kl_forward_cuda<float>(const ClassPairwiseKlParams<float>&, void*);
-template void class_pairwise_kl_forward_cuda<double>(const ClassPairwiseKlParams<double>&, void*);
-template void class_pairwise_kl_backward_cuda<float>(const ClassPairwiseKlBackwardParams<float>&,
-                                                     void*);
-template void class_pairwise_kl_backward_cuda<double>(const ClassPairwiseKlBackwardParams<double>&,
-                                                      void*);
+template CudaStatus class_pairwise_kl_forward_cuda<float>(const ClassPairwiseKlParams<float>&,
+                                                          void*);
+template CudaStatus class_pairwise_kl_forward_cuda<double>(const ClassPairwiseKlParams<double>&,
+                                                           void*);
+template CudaStatus class_pairwise_kl_backward_cuda<float>(
+    const ClassPairwiseKlBackwardParams<float>&, void*);
+template CudaStatus class_pairwise_kl_backward_cuda<double>(
+    const ClassPairwiseKlBackwardParams<double>&, void*);
 
 }  // namespace gmk

@@ -9,7 +9,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <climits>
+
 #include "../kernels/minibatch_discrimination.h"
+#include "cuda_status.cuh"
 
 namespace gmk {
 namespace {
@@ -139,36 +142,46 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One block per (kernel, 128 rows), on a 1-d grid: at most 2^31 - 1 blocks.
+bool grid_fits(int64_t blocks) { return blocks <= int64_t(INT_MAX); }
+
 }  // namespace
 
 template <typename T>
-void minibatch_discrimination_forward_cuda(const MinibatchDiscriminationParams<T>& p,
-                                           void* stream) {
-  if (p.num_samples == 0 || p.num_kernels == 0) return;
+CudaStatus minibatch_discrimination_forward_cuda(const MinibatchDiscriminationParams<T>& p,
+                                                 void* stream) {
+  if (p.num_samples == 0 || p.num_kernels == 0) return {};
   const int64_t row_blocks = (p.num_samples + kThreads - 1) / kThreads;
+  if (!grid_fits(p.num_kernels * row_blocks))
+    return cuda_status(cudaErrorInvalidConfiguration, "forward_kernel grid (B * N / 128 blocks)");
   const unsigned blocks = static_cast<unsigned>(p.num_kernels * row_blocks);
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
   dispatch_kernel_dim(p.kernel_dim, [&](auto fixed_dim) {
     constexpr int kDim = decltype(fixed_dim)::value;
     forward_kernel<T, kDim><<<blocks, kThreads, 0, cuda_stream>>>(p, row_blocks);
   });
+  return launch_status("forward_kernel");
 }
 
 template <typename T>
-void minibatch_discrimination_backward_cuda(const MinibatchDiscriminationBackwardParams<T>& p,
-                                            void* stream) {
-  if (p.num_samples == 0 || p.num_kernels == 0 || p.kernel_dim == 0) return;
+CudaStatus minibatch_discrimination_backward_cuda(const MinibatchDiscriminationBackwardParams<T>& p,
+                                                  void* stream) {
+  if (p.num_samples == 0 || p.num_kernels == 0 || p.kernel_dim == 0) return {};
   const int64_t row_blocks = (p.num_samples + kThreads - 1) / kThreads;
+  if (!grid_fits(p.num_kernels * row_blocks))
+    return cuda_status(cudaErrorInvalidConfiguration, "backward_kernel grid (B * N / 128 blocks)");
   const unsigned blocks = static_cast<unsigned>(p.num_kernels * row_blocks);
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
+  CudaStatus status;
   dispatch_kernel_dim(p.kernel_dim, [&](auto fixed_dim) {
     constexpr int kDim = decltype(fixed_dim)::value;
     if constexpr (kDim > 0) {
       backward_kernel<T, kDim, kDim><<<blocks, kThreads, 0, cuda_stream>>>(p, row_blocks, 0);
+      status = launch_status("backward_kernel");
     } else {
       // C > kMaxFixedKernelDim: the gradient in passes of at most kMaxFixedKernelDim
       // coordinates, each recomputing e_ij, so that the accumulators stay in registers.
-      for (int64_t c0 = 0; c0 < p.kernel_dim; c0 += kMaxFixedKernelDim) {
+      for (int64_t c0 = 0; c0 < p.kernel_dim && status.ok(); c0 += kMaxFixedKernelDim) {
         const int64_t left = p.kernel_dim - c0;
         const int64_t count = left < kMaxFixedKernelDim ? left : kMaxFixedKernelDim;
         dispatch_kernel_dim(count, [&](auto grad_dims) {
@@ -178,26 +191,28 @@ void minibatch_discrimination_backward_cuda(const MinibatchDiscriminationBackwar
                                                                                    c0);
           }
         });
+        status = launch_status("backward_kernel (coordinate pass)");
       }
     }
   });
+  return status;
 }
 
-template void minibatch_discrimination_forward_cuda<float>(
+template CudaStatus minibatch_discrimination_forward_cuda<float>(
     const MinibatchDiscriminationParams<float>&, void*);
-template void minibatch_discrimination_forward_cuda<double>(
+template CudaStatus minibatch_discrimination_forward_cuda<double>(
     const MinibatchDiscriminationParams<double>&, void*);
-template void minibatch_discrimination_forward_cuda<Float16Bits>(
+template CudaStatus minibatch_discrimination_forward_cuda<Float16Bits>(
     const MinibatchDiscriminationParams<Float16Bits>&, void*);
-template void minibatch_discrimination_forward_cuda<BFloat16Bits>(
+template CudaStatus minibatch_discrimination_forward_cuda<BFloat16Bits>(
     const MinibatchDiscriminationParams<BFloat16Bits>&, void*);
-template void minibatch_discrimination_backward_cuda<float>(
+template CudaStatus minibatch_discrimination_backward_cuda<float>(
     const MinibatchDiscriminationBackwardParams<float>&, void*);
-template void minibatch_discrimination_backward_cuda<double>(
+template CudaStatus minibatch_discrimination_backward_cuda<double>(
     const MinibatchDiscriminationBackwardParams<double>&, void*);
-template void minibatch_discrimination_backward_cuda<Float16Bits>(
+template CudaStatus minibatch_discrimination_backward_cuda<Float16Bits>(
     const MinibatchDiscriminationBackwardParams<Float16Bits>&, void*);
-template void minibatch_discrimination_backward_cuda<BFloat16Bits>(
+template CudaStatus minibatch_discrimination_backward_cuda<BFloat16Bits>(
     const MinibatchDiscriminationBackwardParams<BFloat16Bits>&, void*);
 
 }  // namespace gmk

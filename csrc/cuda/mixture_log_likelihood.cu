@@ -4,7 +4,8 @@
 // components, differences are taken directly. The backward writes W_bc to a (B, C) scratch (as
 // small as x for the simplex) and one block per component reduces it over the rows in a fixed
 // order (deterministic, no atomics).
-// Tiled path: the epilogues of one cuBLAS tile (the binding computes S with at::mm): one warp
+// Tiled path: the epilogues of one cuBLAS tile (csrc/binding/mixture_log_likelihood_tiled.cpp
+// computes S with at::mm): one warp
 // per row for the forward's online logsumexp, one thread per element for the backward's W.
 #include <cuda_runtime.h>
 
@@ -12,6 +13,7 @@
 #include <limits>
 
 #include "../kernels/mixture_log_likelihood.h"
+#include "cuda_status.cuh"
 
 namespace gmk {
 namespace {
@@ -260,49 +262,54 @@ unsigned blocks_for(int64_t items, int64_t per_block, int64_t cap = int64_t(1) <
 }  // namespace
 
 template <typename scalar_t>
-void mixture_log_likelihood_direct_cuda(const MixtureLogLikelihoodParams<scalar_t>& p,
-                                        void* stream) {
-  if (p.num_rows == 0) return;
+CudaStatus mixture_log_likelihood_direct_cuda(const MixtureLogLikelihoodParams<scalar_t>& p,
+                                              void* stream) {
+  if (p.num_rows == 0) return {};
   direct_forward_kernel<scalar_t><<<blocks_for(p.num_rows, kThreads), kThreads, 0,
                                     static_cast<cudaStream_t>(stream)>>>(p);
+  return launch_status("direct_forward_kernel");
 }
 
 template <typename scalar_t>
-void mixture_log_likelihood_direct_backward_cuda(
+CudaStatus mixture_log_likelihood_direct_backward_cuda(
     const MixtureLogLikelihoodBackwardParams<scalar_t>& p, void* stream) {
-  if (p.num_rows == 0) return;
+  if (p.num_rows == 0) return {};
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   direct_backward_rows_kernel<scalar_t><<<blocks_for(p.num_rows, kThreads), kThreads, 0, s>>>(p);
-  if (p.component_grads)
-    direct_backward_components_kernel<scalar_t>
-        <<<static_cast<unsigned>(p.num_components), kThreads, 0, s>>>(p);
+  const CudaStatus rows = launch_status("direct_backward_rows_kernel");
+  if (!rows.ok() || !p.component_grads) return rows;
+  direct_backward_components_kernel<scalar_t>
+      <<<static_cast<unsigned>(p.num_components), kThreads, 0, s>>>(p);
+  return launch_status("direct_backward_components_kernel");
 }
 
 template <typename scalar_t>
-void mixture_tile_forward_cuda(const MixtureTileParams<scalar_t>& p, void* stream) {
-  if (p.num_rows == 0) return;
+CudaStatus mixture_tile_forward_cuda(const MixtureTileParams<scalar_t>& p, void* stream) {
+  if (p.num_rows == 0) return {};
   tile_forward_kernel<scalar_t><<<blocks_for(p.num_rows, kWarpsPerBlock), kThreads, 0,
                                   static_cast<cudaStream_t>(stream)>>>(p);
+  return launch_status("tile_forward_kernel");
 }
 
 template <typename scalar_t>
-void mixture_tile_backward_cuda(const MixtureTileParams<scalar_t>& p, void* stream) {
-  if (p.num_rows == 0 || p.num_cols == 0) return;
+CudaStatus mixture_tile_backward_cuda(const MixtureTileParams<scalar_t>& p, void* stream) {
+  if (p.num_rows == 0 || p.num_cols == 0) return {};
   tile_backward_kernel<scalar_t><<<blocks_for(p.num_rows * p.num_cols, kThreads, 65536), kThreads, 0,
                                    static_cast<cudaStream_t>(stream)>>>(p);
+  return launch_status("tile_backward_kernel");
 }
 
-template void mixture_log_likelihood_direct_cuda<float>(const MixtureLogLikelihoodParams<float>&,
-                                                        void*);
-template void mixture_log_likelihood_direct_cuda<double>(
+template CudaStatus mixture_log_likelihood_direct_cuda<float>(
+    const MixtureLogLikelihoodParams<float>&, void*);
+template CudaStatus mixture_log_likelihood_direct_cuda<double>(
     const MixtureLogLikelihoodParams<double>&, void*);
-template void mixture_log_likelihood_direct_backward_cuda<float>(
+template CudaStatus mixture_log_likelihood_direct_backward_cuda<float>(
     const MixtureLogLikelihoodBackwardParams<float>&, void*);
-template void mixture_log_likelihood_direct_backward_cuda<double>(
+template CudaStatus mixture_log_likelihood_direct_backward_cuda<double>(
     const MixtureLogLikelihoodBackwardParams<double>&, void*);
-template void mixture_tile_forward_cuda<float>(const MixtureTileParams<float>&, void*);
-template void mixture_tile_forward_cuda<double>(const MixtureTileParams<double>&, void*);
-template void mixture_tile_backward_cuda<float>(const MixtureTileParams<float>&, void*);
-template void mixture_tile_backward_cuda<double>(const MixtureTileParams<double>&, void*);
+template CudaStatus mixture_tile_forward_cuda<float>(const MixtureTileParams<float>&, void*);
+template CudaStatus mixture_tile_forward_cuda<double>(const MixtureTileParams<double>&, void*);
+template CudaStatus mixture_tile_backward_cuda<float>(const MixtureTileParams<float>&, void*);
+template CudaStatus mixture_tile_backward_cuda<double>(const MixtureTileParams<double>&, void*);
 
 }  // namespace gmk

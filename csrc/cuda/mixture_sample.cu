@@ -17,11 +17,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 #include "../kernels/mixture_sample.h"
 #include "../kernels/philox.h"
+#include "cuda_status.cuh"
 
 namespace gmk {
 namespace {
@@ -30,25 +29,13 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 32;  // samples, rows and columns of the full-scale tiles; lanes of a warp
 
-void check_launch(const char* kernel) {
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess)
-    throw std::runtime_error(std::string("gmkernels mixture_sample: ") + kernel +
-                             " failed to launch: " + cudaGetErrorString(error));
-}
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// A 1-d grid of `blocks` blocks (kernels decode their coordinates from blockIdx.x).
-unsigned int grid_size(int64_t blocks, const char* kernel) {
-  if (blocks > INT_MAX)
-    throw std::runtime_error(std::string("gmkernels mixture_sample: ") + kernel + " needs " +
-                             std::to_string(blocks) + " blocks, more than a grid holds");
-  return static_cast<unsigned int>(blocks);
-}
+// Kernels decode their coordinates from blockIdx.x: a 1-d grid holds at most 2^31 - 1 blocks.
+bool grid_fits(int64_t blocks) { return blocks <= int64_t(INT_MAX); }
 
 // ---------------------------------------------------------------------------------------------
 // Forward, diagonal.
@@ -83,9 +70,14 @@ __global__ void forward_diagonal_kernel(MixtureSampleParams<scalar_t> p) {
     float eps[4];
     randn4(p.seed, static_cast<uint64_t>(t), eps);
     const int64_t c = __ldg(p.component + s);
+    scalar_t* z = p.z + s * p.dim + k0;
+    if (c < 0 || c >= p.num_components) {  // not a component: a NaN row, no read outside mu
+      for (int j = 0; j < 4; ++j)
+        if (k0 + j < p.dim) z[j] = scalar_t(NAN);
+      continue;
+    }
     const scalar_t* mu = p.mu + c * p.dim + k0;
     const scalar_t* sigma = p.scale + c * p.dim + k0;
-    scalar_t* z = p.z + s * p.dim + k0;
     if (aligned_rows) {
       scalar_t out[4];
 #pragma unroll
@@ -320,9 +312,9 @@ __global__ void backward_full_kernel(MixtureSampleBackwardParams<scalar_t> p,
 }  // namespace
 
 template <typename scalar_t>
-void mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& p, void* stream_ptr) {
+CudaStatus mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& p, void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  if (p.num_samples == 0 || p.dim == 0) return;
+  if (p.num_samples == 0 || p.dim == 0) return {};
   if (!p.full_scale) {
     const int64_t total = p.num_samples * philox_groups_per_row(p.dim);
     const int64_t blocks = std::min<int64_t>(ceil_div(total, kThreads), int64_t(1) << 20);
@@ -331,42 +323,48 @@ void mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& p, void* s
     } else {
       forward_diagonal_kernel<scalar_t, false><<<unsigned(blocks), kThreads, 0, stream>>>(p);
     }
-    check_launch("forward_diagonal_kernel");
-    return;
+    return launch_status("forward_diagonal_kernel");
   }
   const int64_t row_tiles = ceil_div(p.dim, kTile);
   const int64_t slots = ceil_div(p.num_samples, kTile) + p.num_components;
+  if (!grid_fits(slots * row_tiles))
+    return cuda_status(cudaErrorInvalidConfiguration,
+                       "forward_full_kernel grid (more than 2^31 - 1 blocks)");
   forward_full_kernel<scalar_t>
-      <<<grid_size(slots * row_tiles, "forward_full_kernel"), kThreads, 0, stream>>>(p, row_tiles);
-  check_launch("forward_full_kernel");
+      <<<unsigned(slots * row_tiles), kThreads, 0, stream>>>(p, row_tiles);
+  return launch_status("forward_full_kernel");
 }
 
 template <typename scalar_t>
-void mixture_sample_backward_cuda(const MixtureSampleBackwardParams<scalar_t>& p,
-                                  void* stream_ptr) {
+CudaStatus mixture_sample_backward_cuda(const MixtureSampleBackwardParams<scalar_t>& p,
+                                        void* stream_ptr) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  if (p.num_samples == 0 || p.dim == 0) return;
+  if (p.num_samples == 0 || p.dim == 0) return {};
   const int64_t owners = p.num_components * p.splits;
   if (!p.full_scale) {
     const int64_t group_tiles = ceil_div(philox_groups_per_row(p.dim), kTile);
+    if (!grid_fits(owners * group_tiles))
+      return cuda_status(cudaErrorInvalidConfiguration,
+                         "backward_diagonal_kernel grid (more than 2^31 - 1 blocks)");
     backward_diagonal_kernel<scalar_t>
-        <<<grid_size(owners * group_tiles, "backward_diagonal_kernel"), kThreads, 0, stream>>>(
-            p, group_tiles);
-    check_launch("backward_diagonal_kernel");
-    return;
+        <<<unsigned(owners * group_tiles), kThreads, 0, stream>>>(p, group_tiles);
+    return launch_status("backward_diagonal_kernel");
   }
   const int64_t row_tiles = ceil_div(p.dim, kTile);
   const int64_t triangle_tiles = row_tiles * (row_tiles + 1) / 2;
+  if (!grid_fits(owners * triangle_tiles))
+    return cuda_status(cudaErrorInvalidConfiguration,
+                       "backward_full_kernel grid (more than 2^31 - 1 blocks)");
   backward_full_kernel<scalar_t>
-      <<<grid_size(owners * triangle_tiles, "backward_full_kernel"), kThreads, 0, stream>>>(
-          p, triangle_tiles);
-  check_launch("backward_full_kernel");
+      <<<unsigned(owners * triangle_tiles), kThreads, 0, stream>>>(p, triangle_tiles);
+  return launch_status("backward_full_kernel");
 }
 
-template void mixture_sample_forward_cuda<float>(const MixtureSampleParams<float>&, void*);
-template void mixture_sample_forward_cuda<double>(const MixtureSampleParams<double>&, void*);
-template void mixture_sample_backward_cuda<float>(const MixtureSampleBackwardParams<float>&, void*);
-template void mixture_sample_backward_cuda<double>(const MixtureSampleBackwardParams<double>&,
-                                                   void*);
+template CudaStatus mixture_sample_forward_cuda<float>(const MixtureSampleParams<float>&, void*);
+template CudaStatus mixture_sample_forward_cuda<double>(const MixtureSampleParams<double>&, void*);
+template CudaStatus mixture_sample_backward_cuda<float>(const MixtureSampleBackwardParams<float>&,
+                                                       void*);
+template CudaStatus mixture_sample_backward_cuda<double>(
+    const MixtureSampleBackwardParams<double>&, void*);
 
 }  // namespace gmk

@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda_status.h"
+
 namespace gmk {
 
 template <typename scalar_t>
@@ -51,14 +53,16 @@ void class_pairwise_kl_backward_cpu(const ClassPairwiseKlBackwardParams<scalar_t
 
 // CUDA (csrc/cuda/class_pairwise_kl.cu). Rows are grouped by class with a stable radix sort, so
 // the per-class sums run over fixed chunks in a fixed order; the caller provides the scratch
-// memory (sort buffers, chunk partial sums). `stream` is a cudaStream_t. Labels outside
-// [0, num_classes) are not read as classes: their rows get NaN.
+// memory (sort buffers, chunk partial sums). `stream` is a cudaStream_t, the result says whether
+// every launch and library call succeeded (cuda_status.h). Labels outside [0, num_classes) are
+// not read as classes: their rows get NaN.
 std::size_t class_pairwise_kl_cuda_workspace_bytes(int64_t num_samples, int64_t num_categories,
                                                    int64_t num_classes, std::size_t scalar_size);
 template <typename scalar_t>
-void class_pairwise_kl_forward_cuda(const ClassPairwiseKlParams<scalar_t>& params, void* stream);
+CudaStatus class_pairwise_kl_forward_cuda(const ClassPairwiseKlParams<scalar_t>& params,
+                                          void* stream);
 template <typename scalar_t>
-void class_pairwise_kl_backward_cuda(const ClassPairwiseKlBackwardParams<scalar_t>& params,
-                                     void* stream);
+CudaStatus class_pairwise_kl_backward_cuda(const ClassPairwiseKlBackwardParams<scalar_t>& params,
+                                           void* stream);
 
 }  // namespace gmk

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda_status.h"
+
 namespace gmk {
 
 // 16-bit float storage for the CUDA launchers (bit patterns of IEEE half and bfloat16); the
@@ -69,12 +71,13 @@ void minibatch_discrimination_backward_cpu(
     const MinibatchDiscriminationBackwardParams<scalar_t>& params);
 
 // CUDA launchers (csrc/cuda/minibatch_discrimination.cu) for float, double, Float16Bits and
-// BFloat16Bits; 16-bit inputs accumulate in float. `stream` is a cudaStream_t.
+// BFloat16Bits; 16-bit inputs accumulate in float. `stream` is a cudaStream_t, the result says
+// whether every launch succeeded (cuda_status.h).
 template <typename scalar_t>
-void minibatch_discrimination_forward_cuda(const MinibatchDiscriminationParams<scalar_t>& params,
-                                           void* stream);
+CudaStatus minibatch_discrimination_forward_cuda(
+    const MinibatchDiscriminationParams<scalar_t>& params, void* stream);
 template <typename scalar_t>
-void minibatch_discrimination_backward_cuda(
+CudaStatus minibatch_discrimination_backward_cuda(
     const MinibatchDiscriminationBackwardParams<scalar_t>& params, void* stream);
 
 }  // namespace gmk

@@ -18,6 +18,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cuda_status.h"
+
 namespace gmk {
 
 // The simplex case (C = d + 1 with d <= 64) and anything smaller takes the direct path.
@@ -118,17 +120,18 @@ int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
 
-// CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t. The direct
-// backward writes grad_x and weights_scratch, then reduces the component gradients from them.
+// CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t, the result
+// says whether every launch succeeded (cuda_status.h). The direct backward writes grad_x and
+// weights_scratch, then reduces the component gradients from them.
 template <typename scalar_t>
-void mixture_log_likelihood_direct_cuda(const MixtureLogLikelihoodParams<scalar_t>& params,
-                                        void* stream);
+CudaStatus mixture_log_likelihood_direct_cuda(const MixtureLogLikelihoodParams<scalar_t>& params,
+                                              void* stream);
 template <typename scalar_t>
-void mixture_log_likelihood_direct_backward_cuda(
+CudaStatus mixture_log_likelihood_direct_backward_cuda(
     const MixtureLogLikelihoodBackwardParams<scalar_t>& params, void* stream);
 template <typename scalar_t>
-void mixture_tile_forward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
+CudaStatus mixture_tile_forward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
 template <typename scalar_t>
-void mixture_tile_backward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
+CudaStatus mixture_tile_backward_cuda(const MixtureTileParams<scalar_t>& params, void* stream);
 
 }  // namespace gmk

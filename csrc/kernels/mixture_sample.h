@@ -9,6 +9,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cuda_status.h"
+
 namespace gmk {
 
 // Samples grouped by component, stable (sample order kept inside a component): component c owns
@@ -63,11 +65,14 @@ void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_sample_backward_cpu(const MixtureSampleBackwardParams<scalar_t>& params);
 
-// CUDA launchers (csrc/cuda/mixture_sample.cu); `stream` is a cudaStream_t.
+// CUDA launchers (csrc/cuda/mixture_sample.cu); `stream` is a cudaStream_t, the result says
+// whether every launch succeeded (cuda_status.h). A component value outside [0, num_components)
+// is never used as an index: the diagonal forward writes a NaN row for that sample, the full
+// forward leaves its row as the caller filled it (the binding fills NaN), the backward skips it.
 template <typename scalar_t>
-void mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& params, void* stream);
+CudaStatus mixture_sample_forward_cuda(const MixtureSampleParams<scalar_t>& params, void* stream);
 template <typename scalar_t>
-void mixture_sample_backward_cuda(const MixtureSampleBackwardParams<scalar_t>& params,
-                                  void* stream);
+CudaStatus mixture_sample_backward_cuda(const MixtureSampleBackwardParams<scalar_t>& params,
+                                        void* stream);
 
 }  // namespace gmk
