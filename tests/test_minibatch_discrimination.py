@@ -90,8 +90,8 @@ def test_values_and_gradients_match_float64_reference_on_every_backend(n, kernel
     (truth, truth_grad), (plain, plain_grad) = truth_and_plain32(M, grad_out)
     for name in kernel_backends():
         device = backend_device(name)
-        if name == "triton" and device.type == "cpu" and n > 32:
-            continue    # ~30 s in the interpreter; the row chunks (64) are the CPU kernel's
+        if name == "triton" and device.type == "cpu" and n > 20:
+            continue    # seconds to a minute in the interpreter; row chunks (64) are the CPU kernel's
         with gmkernels.use_backend(name):
             out64, grad64 = value_and_grad(M.to(device), grad_out.to(device))
             out32, grad32 = value_and_grad(M.float().to(device), grad_out.float().to(device))
