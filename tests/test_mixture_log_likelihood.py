@@ -13,7 +13,7 @@ import gmkernels
 from gmkernels.ops import mixture_log_likelihood as op
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from conftest import assert_close_per_element, assert_float_rounding, backend_device, require_backend
+from conftest import assert_close_per_element, backend_device, require_backend
 
 DIRECT_MAX = 65          # csrc/kernels/mixture_log_likelihood.h kDirectMaxComponents
 PATHS = {"direct": 7, "tiled": 70}   # a component count that takes each path
