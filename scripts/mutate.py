@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Mutation run: plants plausible bugs one at a time in a scratch copy of the tree, rebuilds,
+runs the tests that guard that code, and reports which mutants the tests kill.
+
+    python scripts/mutate.py                      # every mutant, report on stdout
+    python scripts/mutate.py --only mbd-self-term --scratch /tmp/gmk-mutate --report out.md
+
+The mutants are a hand-written list of (file, original snippet, mutated snippet): the bugs each
+kernel plausibly gets wrong (self term, max subtraction, online rescale, sign of a scattered
+gradient, class counts, thread-split reductions) and the training loop's update signs. Each
+original snippet must occur exactly once in its file. One scratch copy (default
+$TMPDIR/gmkernels-mutate) is reused: `python setup.py build_ext --inplace` there recompiles only
+the mutated file (the first build compiles everything). Tests run with the Triton interpreter
+off (C++ mutants do not touch Triton, and the Python ones are reached through the C++ ops) and
+stop at the first failure (-x): a mutant is killed when the tests fail, survives when they pass.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str          # relative to the repository root
+    original: str
+    mutated: str
+    tests: tuple       # pytest arguments (files, -k filters)
+    why: str           # the bug it stands for
+
+    @property
+    def compiled(self) -> bool:
+        return self.path.startswith("csrc/")
+
+
+MUTANTS = [
+    Mutant("mbd-self-term", "csrc/cpu/minibatch_discrimination.cpp",
+           """    } else {
+      forward_block<scalar_t, kDim, false>(X, stride, dim, i0, rows, 0, i0, sums);
+      forward_block<scalar_t, kDim, false>(X, stride, dim, i0, rows, i0 + rows, n, sums);
+    }
+    forward_within_block<scalar_t, kDim>(X, stride, dim, i0, rows, sums);""",
+           """    } else {
+      forward_block<scalar_t, kDim, false>(X, stride, dim, i0, rows, 0, n, sums);
+      for (int r = 0; r < rows; ++r) sums[i0 + r] -= scalar_t(1);
+      continue;
+    }
+    forward_within_block<scalar_t, kDim>(X, stride, dim, i0, rows, sums);""",
+           ("tests/test_minibatch_discrimination.py",),
+           "row-split forward sums over all j, then subtracts the self term exp(0) = 1"),
+    Mutant("mbd-scatter-sign", "csrc/cpu/minibatch_discrimination.cpp",
+           "          col[cc][l] -= t;", "          col[cc][l] += t;",
+           ("tests/test_minibatch_discrimination.py",),
+           "symmetric scheme scatters the column gradient with the wrong sign"),
+    Mutant("mbd-row-chunk", "csrc/cpu/minibatch_discrimination.cpp",
+           """      const int64_t row_end = split.symmetric ? n : std::min(n, row_begin + kRowChunk);
+      slice.load(p.M, kernels, b);
+      std::fill(sums.begin(), sums.end(), scalar_t(0));""",
+           """      const int64_t row_end = split.symmetric ? n : std::min(n - 1, row_begin + kRowChunk - 1);
+      slice.load(p.M, kernels, b);
+      std::fill(sums.begin(), sums.end(), scalar_t(0));""",
+           ("tests/test_minibatch_discrimination.py",),
+           "thread split: each row chunk of the forward stops one row short"),
+    Mutant("mll-max-subtraction", "csrc/cpu/mixture_log_likelihood.cpp",
+           "    if (top[r] == minus_infinity<scalar_t>()) top[r] = 0;", "    top[r] = 0;",
+           ("tests/test_mixture_log_likelihood.py",),
+           "direct path's logsumexp without subtracting the row maximum"),
+    Mutant("mll-online-rescale", "csrc/cpu/mixture_log_likelihood.cpp",
+           "    p.running_sum[b] = p.running_sum[b] * exp_vectorizable(old_max - new_max) + sum;",
+           "    p.running_sum[b] = p.running_sum[b] + sum;",
+           ("tests/test_mixture_log_likelihood.py",),
+           "tiled path's online logsumexp keeps the old sum unrescaled when the maximum grows"),
+    Mutant("kl-class-counts", "csrc/cpu/class_pairwise_kl.cpp",
+           "    inverse_count[k] = count[k] ? 1.0 / static_cast<double>(count[k]) : 0.0;",
+           "    inverse_count[k] = count[k] > 1 ? 1.0 / static_cast<double>(count[k] - 1) : 0.0;",
+           ("tests/test_class_pairwise_kl.py",),
+           "class means divide by n_k - 1 (the others of the class) instead of n_k"),
+    Mutant("kl-thread-split", "csrc/cpu/class_pairwise_kl.cpp",
+           "    for (int slot = 1; slot < slots.count; ++slot) total += partial[slot * table_size + idx];",
+           "    for (int slot = 1; slot + 1 < slots.count; ++slot) total += partial[slot * table_size + idx];",
+           ("tests/test_class_pairwise_kl.py",),
+           "the reduction of the per-thread class tables drops the last thread's table"),
+    Mutant("sample-scatter-sign", "csrc/cpu/mixture_sample.cpp",
+           "        grad_sigma[k] += sums[dim + k];", "        grad_sigma[k] -= sums[dim + k];",
+           ("tests/test_mixture_sample.py",),
+           "diagonal backward scatters the scale gradient with the wrong sign"),
+    Mutant("trainer-generator-sign", "python/gmgan/trainer.py",
+           "        g_loss.backward()\n", "        (-g_loss).backward()\n",
+           ("tests/test_train_learning.py", "-m", "not slow"),
+           "the generator's update works against its loss"),
+    Mutant("trainer-discriminator-sign", "python/gmgan/trainer.py",
+           "            d_loss.backward()\n", "            (-d_loss).backward()\n",
+           ("tests/test_train_learning.py", "-m", "not slow"),
+           "the discriminator's update works against its loss"),
+    Mutant("sample-autograd-sign", "gmkernels/ops/mixture_sample.py",
+           "        return grad_mu, grad_scale, None, None", "        return grad_mu, -grad_scale, None, None",
+           ("tests/test_mixture_sample.py",),
+           "the Python autograd returns the scale gradient with the wrong sign"),
+    Mutant("mbd-autograd-grad-out", "gmkernels/ops/minibatch_discrimination.py",
+           "        return torch.ops.gmkernels.minibatch_discrimination_backward(grad_out, M)",
+           "        return torch.ops.gmkernels.minibatch_discrimination_backward(torch.ones_like(grad_out), M)",
+           ("tests/test_minibatch_discrimination.py",),
+           "the Python autograd ignores the incoming gradient (treats every output as summed)"),
+]
+
+
+def tracked_files() -> list:
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    return [name for name in listing.decode().split("\0") if name]
+
+
+def sync_scratch(scratch: Path) -> None:
+    """Copy the tracked tree (and the built extension) into scratch, touching only files whose
+    content differs, so that an incremental build there recompiles nothing it need not."""
+    names = tracked_files() + [p.name for p in (ROOT / "gmkernels").glob("_C*.so")]
+    names = [n if "/" in n or not n.startswith("_C") else f"gmkernels/{n}" for n in names]
+    for name in names:
+        source, target = ROOT / name, scratch / name
+        if not source.is_file():
+            continue
+        if target.is_file() and target.read_bytes() == source.read_bytes():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def build(scratch: Path, log) -> bool:
+    start = time.time()
+    result = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=scratch,
+                            capture_output=True, text=True, env=dict(os.environ, GMKERNELS_CUDA="0"))
+    log(f"  build: rc {result.returncode} in {time.time() - start:.0f} s")
+    if result.returncode:
+        log(result.stderr[-3000:])
+    return result.returncode == 0
+
+
+def run_tests(scratch: Path, tests: tuple, timeout: float, log) -> tuple:
+    env = dict(os.environ, PYTHONPATH=f"{scratch}{os.pathsep}{scratch / 'python'}", TRITON_INTERPRET="0",
+               HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    start = time.time()
+    try:
+        result = subprocess.run(command, cwd=scratch, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - start, ""
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    summary = lines[-1] if lines else result.stderr[-300:]
+    failed = next((line for line in lines if line.startswith("FAILED")), summary)
+    return ("passed" if result.returncode == 0 else "failed"), time.time() - start, failed
+
+
+def apply(scratch: Path, mutant: Mutant, mutated: bool) -> None:
+    path = scratch / mutant.path
+    text = path.read_text()
+    before, after = (mutant.original, mutant.mutated) if mutated else (mutant.mutated, mutant.original)
+    count = text.count(before)
+    if count != 1:
+        raise SystemExit(f"{mutant.name}: expected the snippet once in {mutant.path}, found it {count} times")
+    path.write_text(text.replace(before, after))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "gmkernels-mutate"))
+    parser.add_argument("--only", default="", help="comma-separated mutant names (default: all)")
+    parser.add_argument("--baseline", action="store_true", help="first run every test selection unmutated")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per test run")
+    parser.add_argument("--report", help="also write the markdown table to this file")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args()
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:28} {m.path:42} {m.why}")
+        return 0
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only.split(",")]
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    def log(message):
+        print(message, flush=True)
+
+    sync_scratch(scratch)
+    for mutant in chosen:     # every snippet present before anything runs
+        apply(scratch, mutant, True)
+        apply(scratch, mutant, False)
+    if any(m.compiled for m in chosen) and not build(scratch, log):
+        raise SystemExit("the unmutated scratch copy does not build")
+    if args.baseline:
+        for tests in dict.fromkeys(m.tests for m in chosen):
+            outcome, seconds, detail = run_tests(scratch, tests, args.timeout, log)
+            log(f"baseline {' '.join(tests)}: {outcome} in {seconds:.0f} s {detail}")
+            if outcome != "passed":
+                raise SystemExit("the unmutated tests do not pass: a mutation run would mean nothing")
+    rows = []
+    for mutant in chosen:
+        log(f"{mutant.name}: {mutant.why}")
+        apply(scratch, mutant, True)
+        try:
+            if mutant.compiled and not build(scratch, log):
+                outcome, seconds, detail = "build error", 0.0, ""
+            else:
+                outcome, seconds, detail = run_tests(scratch, mutant.tests, args.timeout, log)
+        finally:
+            apply(scratch, mutant, False)
+        verdict = {"failed": "killed", "passed": "SURVIVED"}.get(outcome, outcome)
+        log(f"  {verdict} in {seconds:.0f} s: {detail}")
+        rows.append((mutant, verdict, seconds, detail))
+    if any(m.compiled for m in chosen):
+        build(scratch, log)   # leave the scratch extension unmutated
+    table = ["| mutant | file | planted bug | result | s | first failing test |", "|---|---|---|---|---|---|"]
+    for mutant, verdict, seconds, detail in rows:
+        test = detail.split(" - ")[0].replace("FAILED ", "") if detail.startswith("FAILED") else detail
+        table.append(f"| {mutant.name} | `{mutant.path}` | {mutant.why} | {verdict} | {seconds:.0f} | {test} |")
+    killed = sum(verdict == "killed" for _, verdict, _, _ in rows)
+    table.append(f"\n{len(rows)} planted, {killed} killed, {len(rows) - killed} not killed.")
+    print("\n".join(table))
+    if args.report:
+        Path(args.report).write_text("\n".join(table) + "\n")
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
