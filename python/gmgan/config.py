@@ -166,7 +166,7 @@ PRESETS = {
     # The stacked-digits table of docs/results.md (1,000 modes; the published Stacked MNIST table on
     # the embedded 8x8 digits): batch 100, steps chosen by the measured step time of this machine
     # (docs/results.md), evaluated on 26,000 samples. Combine with --d-size half|quarter.
-    "stacked": dict(dataset="stacked-digits", steps=1000, checkpoint_every=500, log_every=100, threads=1),
+    "stacked": dict(dataset="stacked-digits", steps=600, checkpoint_every=300, log_every=100, threads=1),
     # DeLiGAN's limited-data image setting on the embedded digits: 50 images per class.
     "digits-limited": dict(dataset="digits", train_per_class=50, steps=3000, checkpoint_every=1000,
                            log_every=100),
