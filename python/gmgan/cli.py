@@ -122,7 +122,7 @@ def command_evaluate(args) -> int:
     for temperature in temperatures:
         metrics = trainer.evaluate(plots=False, temperature=temperature)
         keys = keys or [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in
-                        ("step", "seed", "eval_samples", "temperature")]
+                        ("step", "seed", "eval_samples", "temperature") and k not in trainer.network_sizes]
         rows.append([temperature] + [f"{metrics[k]:.4g}" if isinstance(metrics[k], float) else metrics[k] for k in keys])
     table = markdown_table(["temperature"] + keys, rows)
     path = os.path.join(args.run_dir, "tradeoff.md")
@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="variants x seeds on one dataset: a mean ± std table",
                                   formatter_class=HelpFormatter)
     add_config_flags(compare, skip=("variant", "seed"))
-    compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan")
+    compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan",
+                         help="table rows: variants, each optionally with +mbd (minibatch discrimination), +sn "
+                              "(spectral norm of D) or +fm (feature matching), e.g. gan,mdgan,gan+mbd,gan+sn")
     compare.add_argument("--seeds", default="0,1,2")
     compare.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (worker processes)")
     compare.add_argument("--name", help="folder name under out_dir (default compare-<dataset>[-<preset>])")

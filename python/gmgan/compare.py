@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from .config import NUM_MODES, build_config, config_from_dict
+from .config import NUM_MODES, ConfigError, build_config, config_from_dict
 from .plots import image_grid, scatter_grid
 from .trainer import Trainer, saved_config_matches
 
@@ -118,14 +118,31 @@ def _train_all(configs: list, jobs: int) -> None:
                       flush=True)
 
 
+# A row of the table is a variant, optionally with options of any variant: gan+mbd, gan+sn+mbd.
+ROW_OPTIONS = {"mbd": {"minibatch_discrimination": True}, "sn": {"spectral_norm": True},
+               "fm": {"feature_matching": True}}
+
+
+def row_settings(row: str) -> dict:
+    """The settings of a table row named ``variant[+option...]`` (ROW_OPTIONS)."""
+    variant, *options = row.split("+")
+    settings = {"variant": variant}
+    for option in options:
+        if option not in ROW_OPTIONS:
+            raise ConfigError(f"unknown option {option!r} in {row!r}; options: {', '.join(ROW_OPTIONS)}")
+        settings.update(ROW_OPTIONS[option])
+    return settings
+
+
 def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | None = None,
                 file: str | None = None, name: str | None = None, command: str = "", jobs: int = 1) -> dict:
     """Train (or re-use) every variant x seed; write compare.{md,csv,json} and compare.png.
-    A finished run with the same config is re-used, so an interrupted compare picks up where it
-    stopped (an unfinished run restarts from scratch)."""
-    first = build_config(dict(overrides, variant=variants[0]), preset=preset, file=file)
+    A variant may carry options (row_settings: ``gan+mbd``, ``gan+sn``). A finished run with the
+    same config is re-used, so an interrupted compare picks up where it stopped (an unfinished run
+    restarts from scratch)."""
+    first = build_config(dict(overrides, **row_settings(variants[0])), preset=preset, file=file)
     folder = os.path.join(first.out_dir, name or f"compare-{first.dataset}" + (f"-{preset}" if preset else ""))
-    configs = {(variant, seed): build_config(dict(overrides, variant=variant, seed=seed, out_dir=folder,
+    configs = {(variant, seed): build_config(dict(overrides, **row_settings(variant), seed=seed, out_dir=folder,
                                                   run_name=f"{variant}-s{seed}"), preset=preset, file=file)
                for variant in variants for seed in seeds}
     pending = [c for c in configs.values() if _finished_metrics(os.path.join(folder, c.run_name), c) is None]

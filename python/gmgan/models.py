@@ -4,6 +4,12 @@ The generator owns its latent prior (``G.prior``), so a mixture's means and scal
 checkpointed and averaged across ranks with the generator's other parameters. The discriminator
 returns ``(output, features)``: ``features`` is the last hidden layer (feature matching reads it;
 minibatch discrimination, when on, is applied after it, before the output layer).
+
+Discriminator capacity (``d_size``): the big conv D has ``d_channels`` / ``d_hidden[-1]`` widths;
+``half`` and ``quarter`` shrink both so that the network has 1/2 or 1/4 of the big one's parameters
+(the smaller discriminators of the published Stacked MNIST table), counted on the conv body and a
+one-output head, so every variant gets the same widths. ``spectral_norm`` wraps each of D's conv
+and linear weights in torch's spectral normalization.
 """
 from __future__ import annotations
 
@@ -114,8 +120,51 @@ def _conv_body(in_channels: int, shape: tuple, channels: int, hidden: int) -> nn
     )
 
 
+D_SIZE_RATIOS = {"big": 1.0, "half": 0.5, "quarter": 0.25}
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _counted_discriminator(in_channels: int, shape: tuple, channels: int, hidden: int) -> int:
+    """Parameters of the conv body plus a one-output head (built on the meta device: no memory,
+    no initialisation)."""
+    with torch.device("meta"):
+        return parameter_count(nn.Sequential(_conv_body(in_channels, shape, channels, hidden), nn.Linear(hidden, 1)))
+
+
+def conv_discriminator_widths(in_channels: int, shape: tuple, channels: int, hidden: int, d_size: str) -> dict:
+    """The widths of the ``d_size`` conv discriminator built from the big one's (channels,
+    hidden): the channels scale by sqrt(ratio) (conv weights grow as their square), then the
+    hidden width is the one whose parameter count lies nearest ratio x the big count (the count
+    is linear in it). Returns channels, hidden, parameters, big_parameters and ratio."""
+    if d_size not in D_SIZE_RATIOS:
+        raise ValueError(f"d_size must be one of {', '.join(D_SIZE_RATIOS)}, got {d_size!r}")
+    big = _counted_discriminator(in_channels, shape, channels, hidden)
+    ratio = D_SIZE_RATIOS[d_size]
+    if ratio != 1.0:
+        channels = max(1, round(channels * math.sqrt(ratio)))
+        at_one = _counted_discriminator(in_channels, shape, channels, 1)
+        per_unit = _counted_discriminator(in_channels, shape, channels, 2) - at_one
+        hidden = max(1, round((ratio * big - at_one) / per_unit) + 1)
+    count = _counted_discriminator(in_channels, shape, channels, hidden)
+    return dict(channels=channels, hidden=hidden, parameters=count, big_parameters=big, ratio=count / big)
+
+
+def spectrally_normalized(module: nn.Module) -> nn.Module:
+    """module with every Conv2d / Linear weight under torch's spectral normalization."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            spectral_norm(layer)
+    return module
+
+
 def build_networks(config: Config, sample_shape: tuple, prior: nn.Module, d_out: int, num_classes: int):
-    """(G, D) for the config; num_classes > 0 only when conditioning on labels."""
+    """(G, D) for the config; num_classes > 0 only when conditioning on labels. D.widths records
+    the conv discriminator's widths and parameter counts (conv_discriminator_widths)."""
     condition_dim = num_classes if config.conditional else 0
     if config.arch == "mlp":
         out_dim = math.prod(sample_shape)
@@ -126,11 +175,17 @@ def build_networks(config: Config, sample_shape: tuple, prior: nn.Module, d_out:
         if len(sample_shape) != 3 or sample_shape[1] % 4 or sample_shape[2] % 4:
             raise ConfigError(f"arch conv needs images (C, H, W) with H and W divisible by 4, got {sample_shape}")
         net = ConvGenerator(config.z_dim, sample_shape, config.g_channels, config.output_scale, condition_dim)
-        body = _conv_body(sample_shape[0] + condition_dim, sample_shape, config.d_channels, config.d_hidden[-1])
-        feature_dim = config.d_hidden[-1]
+        widths = conv_discriminator_widths(sample_shape[0] + condition_dim, sample_shape, config.d_channels,
+                                           config.d_hidden[-1], config.d_size)
+        body = _conv_body(sample_shape[0] + condition_dim, sample_shape, widths["channels"], widths["hidden"])
+        feature_dim = widths["hidden"]
     minibatch = (MinibatchDiscrimination(feature_dim, config.mbd_kernels, config.mbd_dim)
                  if config.minibatch_discrimination else None)
     generator = Generator(prior, net, condition_dim)
     discriminator = Discriminator(body, feature_dim, d_out, num_classes=condition_dim,
                                   image=config.arch == "conv", minibatch=minibatch)
+    if config.spectral_norm:
+        spectrally_normalized(discriminator.body)
+        spectrally_normalized(discriminator.head)
+    discriminator.widths = widths if config.arch == "conv" else {}
     return generator, discriminator

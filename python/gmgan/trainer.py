@@ -26,7 +26,7 @@ from .config import RESUMABLE, Config, ConfigError, coerce, config_from_dict, re
 from .data import Dataset, load_dataset
 from .distributed import World, average_gradients, broadcast_parameters, init_world, mean_over_ranks
 from .history import History
-from .models import build_networks
+from .models import build_networks, parameter_count
 from .penalty import gradient_penalty
 from .variants import Batch, make_variant
 
@@ -42,6 +42,18 @@ def saved_config_matches(run_dir: str, config: Config) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in RESUMABLE or k == "steps")
+
+
+def network_sizes(G: nn.Module, D: nn.Module) -> dict:
+    """Parameter counts of G and D (D's whole network: body, head and any minibatch layer) and,
+    for conv discriminators, the d_size widths and counts (gmgan.models.conv_discriminator_widths)."""
+    sizes = {"g_parameters": parameter_count(G), "d_parameters": parameter_count(D)}
+    widths = getattr(D, "widths", {})
+    if widths:
+        sizes.update(d_channels_used=widths["channels"], d_hidden_used=widths["hidden"],
+                     d_conv_parameters=widths["parameters"], d_big_parameters=widths["big_parameters"],
+                     d_ratio=widths["ratio"])
+    return sizes
 
 
 def resolve_device(config: Config, world: World) -> torch.device:
@@ -87,6 +99,13 @@ class Trainer:
         torch.manual_seed(config.seed)  # the initial weights (and the static GM-GAN means)
         self.G, self.D = build_networks(config, self.dataset.sample_shape, self.variant.make_prior(),
                                         self.variant.d_out, self.dataset.num_classes)
+        self.network_sizes = network_sizes(self.G, self.D)
+        if config.d_size != "big" and self.world.is_main:
+            sizes = self.network_sizes
+            print(f"gmgan: {config.run_name}: d_size {config.d_size}: conv D of {sizes['d_conv_parameters']:,} "
+                  f"parameters = {sizes['d_ratio']:.4f} x the big D's {sizes['d_big_parameters']:,} (channels "
+                  f"{sizes['d_channels_used']}, hidden {sizes['d_hidden_used']}); all of D: "
+                  f"{sizes['d_parameters']:,}", flush=True)
         self.G.to(self.device)
         self.D.to(self.device)
         broadcast_parameters(self.G, self.world)
@@ -282,7 +301,7 @@ class Trainer:
         samples.png by rank 0 when ``write``; ``temperature`` defaults to the config's."""
         return scoring.evaluate_generator(self.config, self.dataset, self.G, self.sample_fake, step=self.step,
                                           world=self.world, run_dir=self.run_dir, plots=plots, write=write,
-                                          temperature=temperature)
+                                          temperature=temperature, extra=self.network_sizes)
 
     def save_checkpoint(self) -> None:
         """checkpoints/step_<step> (gmgan.checkpoint.save_trainer)."""
