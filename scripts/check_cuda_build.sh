@@ -68,14 +68,8 @@ mkdir "$SCRATCH/src"
 git -C "$ROOT" ls-files -z --cached --others --exclude-standard |
   tar -C "$ROOT" --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$SCRATCH/src"
 
-# The bindings should include only c10/cuda headers; ATen/cuda/CUDAContext.h pulls in the
-# cuBLAS / cuSPARSE / cuSOLVER development headers, which a CUDA toolkit may lack: take them
-# from the NVIDIA wheels torch brought, and say so.
-if grep -rlq 'ATen/cuda/CUDAContext.h' "$SCRATCH/src/csrc"; then
-  NVIDIA_INCLUDE=$("$VENV_PYTHON" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'))")
-  say "csrc includes ATen/cuda/CUDAContext.h: adding $NVIDIA_INCLUDE to CPATH for its cuBLAS/cuSPARSE/cuSOLVER headers"
-  export CPATH=$NVIDIA_INCLUDE${CPATH:+:$CPATH}
-fi
+# No extra include path: the bindings include only c10/cuda headers, so the build needs none of
+# the cuBLAS / cuSPARSE / cuSOLVER development headers (this machine's toolkit has none).
 
 say "building gmkernels with GMKERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=$CUDA_ARCH (MAX_JOBS=$MAX_JOBS)"
 # pip -v shows the compile steps as they run (ninja's [i/n] lines).

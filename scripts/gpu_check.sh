@@ -63,21 +63,6 @@ fi
 export MAX_JOBS=$CORES
 
 # --- build -------------------------------------------------------------------------------------
-# ATen/cuda/CUDAContext.h (until the bindings include only c10/cuda headers) needs cuBLAS /
-# cuSPARSE / cuSOLVER headers: where the toolkit lacks them, the NVIDIA wheels torch brought have.
-if [ -n "$GPU" ] && grep -rq 'ATen/cuda/CUDAContext.h' csrc; then
-  EXTRA_INCLUDE=$("$PYTHON" - <<'EOF'
-import glob, os
-try:
-    import nvidia
-    roots = list(nvidia.__path__)
-except ImportError:
-    roots = []
-print(":".join(sorted({os.path.dirname(h) for r in roots for h in glob.glob(os.path.join(r, "*", "include", "cusparse.h"))})))
-EOF
-)
-  [ -n "$EXTRA_INCLUDE" ] && export CPATH=$EXTRA_INCLUDE${CPATH:+:$CPATH}
-fi
 stage build "$BUILD_CAP" "$PYTHON" setup.py build_ext --inplace
 BUILD_INFO=$("$PYTHON" -c "import gmkernels; print(gmkernels.build_info()); print('backends:', gmkernels.backends())" 2>&1 | tail -n 2)
 say "$BUILD_INFO"
