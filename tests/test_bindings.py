@@ -47,21 +47,14 @@ def assert_raises_isolated(call: str, message: str):
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("full", [False, True], ids=["diagonal", "full"])
-def test_mixture_sample_without_components_raises(device, full):
+@pytest.mark.parametrize("op, first_argument", [
+    ("mixture_sample", "torch.zeros(0, 3, device='{device}')"),            # means (N, d), N = 0
+    ("mixture_sample_backward", "torch.ones(5, 3, device='{device}')"),    # grad_z (n, d), n = 5
+], ids=["forward", "backward"])
+def test_mixture_sample_without_components_raises(device, full, op, first_argument):
     scale_shape = "(0, 3, 3)" if full else "(0, 3)"
     assert_raises_isolated(
-        f"torch.ops.gmkernels.mixture_sample(torch.zeros(0, 3, device='{device}'), "
-        f"torch.ones{scale_shape}.to('{device}'), torch.zeros(5, dtype=torch.long, device='{device}'), "
-        "torch.tensor(1))",
-        "needs at least one component (N >= 1) for n = 5 samples")
-
-
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("full", [False, True], ids=["diagonal", "full"])
-def test_mixture_sample_backward_without_components_raises(device, full):
-    scale_shape = "(0, 3, 3)" if full else "(0, 3)"
-    assert_raises_isolated(
-        f"torch.ops.gmkernels.mixture_sample_backward(torch.ones(5, 3, device='{device}'), "
+        f"torch.ops.gmkernels.{op}({first_argument.format(device=device)}, "
         f"torch.ones{scale_shape}.to('{device}'), torch.zeros(5, dtype=torch.long, device='{device}'), "
         "torch.tensor(1))",
         "needs at least one component (N >= 1) for n = 5 samples")
