@@ -171,3 +171,28 @@ def test_cluster_command_scores_seeds_and_reuses_finished_runs(tmp_path, capsys,
     stamp = checkpoint.stat().st_mtime_ns
     trainer = _trained(build_config(dict(flags, seed=1)))
     assert trainer.step == 3 and checkpoint.stat().st_mtime_ns == stamp   # re-used, not retrained
+
+
+def test_compare_continues_an_interrupted_run_from_its_checkpoint(tmp_path, capsys):
+    """A run stopped after its step-2 checkpoint (its later checkpoint and metrics gone) is continued
+    from step 2, not restarted, and ends with the metrics of the uninterrupted run."""
+    import json
+
+    from gmgan.cli import main
+
+    argv = ["compare", "--variants", "gan", "--seeds", "0", *TINY_FLAGS, "--checkpoint-every", "2",
+            "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    run = tmp_path / "compare-grid25" / "gan-s0"
+    finished = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    for path in (run / "checkpoints").glob("step_0000004.*"):
+        path.unlink()
+    kept = (run / "checkpoints" / "step_0000002.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    # restarting from scratch would have written the step-2 checkpoint again
+    assert (run / "checkpoints" / "step_0000002.safetensors").stat().st_mtime_ns == kept
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert {k: resumed[k] for k in ("step", "modes", "high_quality", "reverse_kl")} == \
+        {k: finished[k] for k in ("step", "modes", "high_quality", "reverse_kl")}

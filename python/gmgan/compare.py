@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from . import checkpoint
 from .config import NUM_MODES, ConfigError, build_config, config_from_dict
 from .plots import image_grid, scatter_grid
 from .trainer import Trainer, saved_config_matches
@@ -81,9 +82,17 @@ def _finished_metrics(run_dir: str, config) -> dict | None:
     return metrics if metrics.get("step") == config.steps else None
 
 
-def _train(config_values: dict) -> str:
+def _interrupted(config) -> bool:
+    """Whether the run folder of ``config`` holds an unfinished run of the same config with a
+    checkpoint: compare continues it from there (a resumed run ends exactly where an uninterrupted
+    one would, gmgan.trainer)."""
+    run_dir = os.path.join(config.out_dir, config.run_name)
+    return saved_config_matches(run_dir, config) and checkpoint.latest(os.path.join(run_dir, "checkpoints")) is not None
+
+
+def _train(config_values: dict, resume: bool = False) -> str:
     """Train one run in a worker process; the parent reads its metrics.json."""
-    trainer = Trainer(config_from_dict(config_values))
+    trainer = Trainer(config_from_dict(config_values), resume=resume)
     trainer.run()
     return trainer.run_dir
 
@@ -99,7 +108,7 @@ def _train_all(configs: list, jobs: int) -> None:
     """Train the configs, ``jobs`` at a time in worker processes (1: in this process)."""
     if jobs <= 1:
         for index, config in enumerate(configs, 1):
-            trainer = Trainer(config)
+            trainer = Trainer(config, resume=_interrupted(config))
             metrics = trainer.run()
             if trainer.world.is_main:
                 print(f"[{index}/{len(configs)}] {config.run_name}: {_describe(metrics)}", flush=True)
@@ -110,7 +119,7 @@ def _train_all(configs: list, jobs: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     values = [dict(c.to_dict(), progress=False, threads=c.threads or threads) for c in configs]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train, v): v for v in values}
+        futures = {pool.submit(_train, v, _interrupted(c)): v for v, c in zip(values, configs)}
         for index, future in enumerate(as_completed(futures), 1):
             run_dir = future.result()
             with open(os.path.join(run_dir, "metrics.json")) as handle:
@@ -138,8 +147,8 @@ def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | N
                 file: str | None = None, name: str | None = None, command: str = "", jobs: int = 1) -> dict:
     """Train (or re-use) every variant x seed; write compare.{md,csv,json} and compare.png.
     A variant may carry options (row_settings: ``gan+mbd``, ``gan+sn``). A finished run with the
-    same config is re-used, so an interrupted compare picks up where it stopped (an unfinished run
-    restarts from scratch)."""
+    same config is re-used and an unfinished one continues from its newest checkpoint, so an
+    interrupted compare picks up where it stopped."""
     first = build_config(dict(overrides, **row_settings(variants[0])), preset=preset, file=file)
     folder = os.path.join(first.out_dir, name or f"compare-{first.dataset}" + (f"-{preset}" if preset else ""))
     configs = {(variant, seed): build_config(dict(overrides, **row_settings(variant), seed=seed, out_dir=folder,
