@@ -8,7 +8,7 @@ from train_support import one_thread, tiny_config  # noqa: F401 (autouse fixture
 
 from gmgan import Trainer
 from gmgan.classifier import metrics_classifier
-from gmgan.clustering import clustering_accuracy, cluster
+from gmgan.clustering import clustering_accuracy, cluster, scores
 from gmgan.scoring import (histogram_kl_to_uniform, mode_statistics, nearest_training_images,
                            stacked_statistics)
 from gmgan.trainer import feature_matching_loss
@@ -115,3 +115,16 @@ def test_gmgan_clustering_scores_both_methods(tmp_path):
     for key in ("gmgan_acc", "gmgan_nmi", "kmeans_acc", "kmeans_nmi"):
         assert 0 <= result[key] <= 1
     assert result["kmeans_acc"] > 0.9   # 25 tight, well separated blobs: k-means finds them
+
+
+def test_infogan_clusters_by_q_categorical_argmax(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, variant="infogan", steps=2))
+    trainer.run(evaluate_end=False)
+    result = cluster(trainer)
+    assert result["method"] == "InfoGAN" and result["components"] == 25
+    x, labels = trainer.dataset.get(torch.arange(len(trainer.dataset)))
+    with torch.no_grad():
+        q_class = trainer.D(x)[0][:, 1:26].argmax(1)      # D's head: GAN logit, then Q's 25 class logits
+    expected = scores(labels.numpy(), q_class.numpy())
+    assert result["infogan_acc"] == pytest.approx(expected["acc"]) and result["infogan_nmi"] == pytest.approx(expected["nmi"])
+    assert result["kmeans_acc"] > 0.9
