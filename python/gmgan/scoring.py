@@ -14,11 +14,10 @@ nearest training images (DeLiGAN's memorisation check).
 Stacked digits (the published Stacked MNIST protocol, 26,000 samples): each channel is classified
 by the digits classifier; modes = distinct predicted (a, b, c) triples of 1,000 and KL(label
 histogram || uniform over the 1,000 triples), plus FID, KID and precision / recall of the
-concatenated features. Every mode
-count rests on that classifier, so its accuracy on each channel of the held-out real triples is
-reported too, with the modes and KL that the same count gives on as many held-out real triples
-(``real_stacked_*``: what a perfect generator would score). Parzen LL uses at most
-PARZEN_SAMPLES samples (the published protocol's 10,000).
+concatenated features. Every mode count rests on that classifier, so its accuracy on each channel
+of the held-out real triples is reported too, with the modes and KL that the same count gives on
+as many held-out real triples (``real_stacked_*``: what a perfect generator would score). Parzen
+LL uses at most PARZEN_SAMPLES samples (the published protocol's 10,000).
 
 The metrics themselves come from gmkernels.metrics; this module is the one place that calls them.
 Its functions take what they use: the config, the dataset, the generator G and a sampler
