@@ -209,6 +209,13 @@ def test_fgan_trains_each_divergence(tmp_path, divergence, gan_loss):
     torch.testing.assert_close(d_loss, -bound)
 
 
+def test_compare_rows_name_the_fgan_divergence():
+    from gmgan.compare import row_settings
+
+    assert row_settings("fgan+reverse-kl") == {"variant": "fgan", "divergence": "reverse-kl"}
+    assert row_settings("fgan+kl+sn") == {"variant": "fgan", "divergence": "kl", "spectral_norm": True}
+
+
 def test_fgan_gan_divergence_is_the_gan_loss(tmp_path):
     """With the gan divergence f-GAN's D loss is the GAN's softplus(-l_real) + softplus(l_fake)."""
     from gmgan.variants import GAN

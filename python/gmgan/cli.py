@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(compare, skip=("variant", "seed"))
     compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan",
                          help="table rows: variants, each optionally with +mbd (minibatch discrimination), +sn "
-                              "(spectral norm of D) or +fm (feature matching), e.g. gan,mdgan,gan+mbd,gan+sn")
+                              "(spectral norm of D) or +fm (feature matching), e.g. gan,mdgan,gan+mbd,gan+sn; fgan "
+                              "rows name a divergence: fgan+kl,fgan+js")
     compare.add_argument("--seeds", default="0,1,2")
     compare.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (worker processes)")
     compare.add_argument("--name", help="folder name under out_dir (default compare-<dataset>[-<preset>])")
