@@ -171,3 +171,15 @@ def test_cluster_command_scores_seeds_and_reuses_finished_runs(tmp_path, capsys,
     stamp = checkpoint.stat().st_mtime_ns
     trainer = _trained(build_config(dict(flags, seed=1)))
     assert trainer.step == 3 and checkpoint.stat().st_mtime_ns == stamp   # re-used, not retrained
+
+
+def test_cluster_command_scores_infogan_by_its_q_head(tmp_path, capsys):
+    from gmgan.cli import main
+
+    argv = ["cluster", "--variant", "infogan", "--dataset", "ring8", "--steps", "2", "--batch-size", "64",
+            "--g-hidden", "16", "--d-hidden", "16", "--no-progress", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| InfoGAN (K = 8) |" in out and "| k-means (K = 8) |" in out and "GM-GAN" not in out
+    saved = json.loads((tmp_path / "ring8-infogan-s0" / "clustering.json").read_text())
+    assert saved["method"] == "InfoGAN" and 0 <= saved["infogan_acc"] <= 1

@@ -8,7 +8,7 @@ from train_support import one_thread, skip_if_op_missing, tiny_config, usable_ba
 import gmkernels
 from conftest import backend_device
 from gmgan import Trainer
-from gmgan.config import VARIANTS
+from gmgan.config import VARIANTS, replace
 from gmgan.variants import class_map
 
 
@@ -227,6 +227,13 @@ def test_fgan_gan_divergence_is_the_gan_loss(tmp_path):
         torch.testing.assert_close(trainer.variant.discriminator_loss(trainer.D, real, fake),
                                    gan.discriminator_loss(trainer.D, real, fake))
         torch.testing.assert_close(trainer.variant.generator_loss(trainer.D, fake), gan.generator_loss(trainer.D, fake))
+        # js differs from gan by constants only: 2 log 2 in D's loss, log 2 in G's.
+        js = replace(trainer.config, divergence="js")
+        trainer.variant.config = js
+        torch.testing.assert_close(trainer.variant.discriminator_loss(trainer.D, real, fake),
+                                   gan.discriminator_loss(trainer.D, real, fake) - 2 * math.log(2))
+        torch.testing.assert_close(trainer.variant.generator_loss(trainer.D, fake),
+                                   gan.generator_loss(trainer.D, fake) - math.log(2))
 
 
 # ---- InfoGAN ---------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ T = g_f(v) (the paper's Table 2 / 6):
     gan          u log u - (u + 1) log(u + 1)        -log(1 + exp(-v))         -log(1 - exp(t))
 
 (``js`` is the paper's f, whose D_f is twice the Jensen-Shannon divergence; ``gan`` is 2 JSD -
-log 4, the original GAN's objective.) The losses evaluate f*(g_f(v)) in a closed form of v
+log 4, the original GAN's objective. Their activations and conjugates differ by constants only,
+so ``js`` and ``gan`` train identically, losses shifted by 2 log 2 for D and log 2 for G.) The losses evaluate f*(g_f(v)) in a closed form of v
 (``conjugate_of_activation``, e.g. softplus(v) for gan) that stays finite where composing the two
 functions in floating point would not.
 
