@@ -166,7 +166,8 @@ def build_networks(config: Config, sample_shape: tuple, prior: nn.Module, d_out:
     """(G, D) for the config; num_classes > 0 only when conditioning on labels. D.widths records
     the conv discriminator's widths and parameter counts (conv_discriminator_widths)."""
     condition_dim = num_classes if config.conditional else 0
-    latent_dim = prior.dim   # what G reads: z_dim, or more when the prior appends codes (InfoGAN)
+    # What G reads: z_dim, or more when the prior appends codes (InfoGAN); without a prior, z_dim.
+    latent_dim = getattr(prior, "dim", config.z_dim)
     if config.arch == "mlp":
         out_dim = math.prod(sample_shape)
         net = MLPGenerator(latent_dim, config.g_hidden, sample_shape, config.output_scale, condition_dim)

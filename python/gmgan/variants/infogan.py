@@ -89,7 +89,7 @@ class InfoGAN(GAN):
         return output.split([1, self.config.categories, self.config.continuous_codes], 1)
 
     def discriminate(self, D, batch):
-        """The GAN logit and D's features (what the GAN losses, penalties and feature matching read)."""
+        """The GAN logit and D's features (what a gradient penalty reads through critic_score)."""
         output, features = super().discriminate(D, batch)
         return output[:, :1], features
 
