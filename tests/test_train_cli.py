@@ -176,8 +176,6 @@ def test_cluster_command_scores_seeds_and_reuses_finished_runs(tmp_path, capsys,
 def test_compare_continues_an_interrupted_run_from_its_checkpoint(tmp_path, capsys):
     """A run stopped after its step-2 checkpoint (its later checkpoint and metrics gone) is continued
     from step 2, not restarted, and ends with the metrics of the uninterrupted run."""
-    import json
-
     from gmgan.cli import main
 
     argv = ["compare", "--variants", "gan", "--seeds", "0", *TINY_FLAGS, "--checkpoint-every", "2",
@@ -196,3 +194,15 @@ def test_compare_continues_an_interrupted_run_from_its_checkpoint(tmp_path, caps
     resumed = json.loads((run / "metrics.json").read_text())
     assert {k: resumed[k] for k in ("step", "modes", "high_quality", "reverse_kl")} == \
         {k: finished[k] for k in ("step", "modes", "high_quality", "reverse_kl")}
+
+
+def test_cluster_command_scores_infogan_by_its_q_head(tmp_path, capsys):
+    from gmgan.cli import main
+
+    argv = ["cluster", "--variant", "infogan", "--dataset", "ring8", "--steps", "2", "--batch-size", "64",
+            "--g-hidden", "16", "--d-hidden", "16", "--no-progress", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| InfoGAN (K = 8) |" in out and "| k-means (K = 8) |" in out and "GM-GAN" not in out
+    saved = json.loads((tmp_path / "ring8-infogan-s0" / "clustering.json").read_text())
+    assert saved["method"] == "InfoGAN" and 0 <= saved["infogan_acc"] <= 1

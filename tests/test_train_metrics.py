@@ -8,8 +8,8 @@ from train_support import one_thread, tiny_config  # noqa: F401 (autouse fixture
 
 from gmgan import Trainer
 from gmgan.classifier import metrics_classifier
-from gmgan.clustering import clustering_accuracy, cluster
-from gmgan.scoring import (histogram_kl_to_uniform, mode_statistics, nearest_training_images,
+from gmgan.clustering import clustering_accuracy, cluster, scores
+from gmgan.scoring import (feature_set_metrics, histogram_kl_to_uniform, mode_statistics, nearest_training_images,
                            stacked_statistics)
 from gmgan.trainer import feature_matching_loss
 
@@ -97,7 +97,7 @@ def test_image_evaluation_reports_classifier_metrics(tmp_path, monkeypatch, shor
     trainer = Trainer(tiny_config(tmp_path, dataset=dataset, steps=2))
     metrics = trainer.run()
     assert metrics["classifier_test_accuracy"] > 0.8
-    keys = ["fid", "parzen_mean"] + (["stacked_modes", "stacked_kl"] if dataset == "stacked-digits" else ["is", "mis"])
+    keys = ["fid", "kid", "kid_std", "parzen_mean"] + (["stacked_modes", "stacked_kl"] if dataset == "stacked-digits" else ["is", "mis"])
     for key in keys:
         assert math.isfinite(metrics[key]), key
     if dataset == "stacked-digits":
@@ -105,6 +105,37 @@ def test_image_evaluation_reports_classifier_metrics(tmp_path, monkeypatch, shor
     else:
         assert 1 <= metrics["is"] <= 10 and metrics["mis"] >= 1
     assert (tmp_path / trainer.config.run_name / "neighbours.png").exists()
+    saved = json.loads((tmp_path / trainer.config.run_name / "metrics.json").read_text())
+    assert saved["kid"] == metrics["kid"] and saved["kid_std"] >= 0
+
+
+def _feature_sets():
+    generator = torch.Generator().manual_seed(3)
+    return (torch.randn(1500, 8, generator=generator, dtype=torch.float64),
+            torch.randn(700, 8, generator=generator, dtype=torch.float64))
+
+
+def test_feature_set_metrics_report_kid_of_the_features():
+    from gmkernels import metrics as kernel_metrics
+
+    features, test = _feature_sets()
+    result = feature_set_metrics(features, test)
+    kid = kernel_metrics.kernel_inception_distance(features, test, subsets=100, subset_size=700, generator=7_777_777)
+    assert (result["kid"], result["kid_std"]) == (kid.mean, kid.std)
+    assert feature_set_metrics(features + 1, test)["kid"] > 10 * abs(result["kid"])
+
+
+def test_feature_set_metrics_report_precision_recall_density_coverage():
+    from gmkernels import metrics as kernel_metrics
+
+    if not hasattr(kernel_metrics, "precision_recall"):
+        pytest.skip("gmkernels.metrics.precision_recall is not in this checkout yet")
+    features, test = _feature_sets()
+    result = feature_set_metrics(features, test)
+    expected = kernel_metrics.precision_recall(test, features, k=3)
+    for key in ("precision", "recall", "density", "coverage"):
+        assert result[key] == getattr(expected, key), key
+    assert feature_set_metrics(features + 10, test)["precision"] == 0.0     # far from every real ball
 
 
 def test_gmgan_clustering_scores_both_methods(tmp_path):
@@ -115,3 +146,16 @@ def test_gmgan_clustering_scores_both_methods(tmp_path):
     for key in ("gmgan_acc", "gmgan_nmi", "kmeans_acc", "kmeans_nmi"):
         assert 0 <= result[key] <= 1
     assert result["kmeans_acc"] > 0.9   # 25 tight, well separated blobs: k-means finds them
+
+
+def test_infogan_clusters_by_q_categorical_argmax(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, variant="infogan", steps=2))
+    trainer.run(evaluate_end=False)
+    result = cluster(trainer)
+    assert result["method"] == "InfoGAN" and result["components"] == 25
+    x, labels = trainer.dataset.get(torch.arange(len(trainer.dataset)))
+    with torch.no_grad():
+        q_class = trainer.D(x)[0][:, 1:26].argmax(1)      # D's head: GAN logit, then Q's 25 class logits
+    expected = scores(labels.numpy(), q_class.numpy())
+    assert result["infogan_acc"] == pytest.approx(expected["acc"]) and result["infogan_nmi"] == pytest.approx(expected["nmi"])
+    assert result["kmeans_acc"] > 0.9

@@ -28,10 +28,12 @@ def assert_identical(a, b):
 
 
 # deligan: learned prior + per-row components; wgan-gp: randomness inside the loss and 5 critic
-# steps; gmgan-supervised on digits: conv nets with batch-norm buffers, labels, epochs wrapping.
+# steps; infogan and fgan: the new variants; gmgan-supervised on digits: conv nets with batch-norm buffers, labels, epochs wrapping.
 @pytest.mark.parametrize("changes", [
     dict(variant="deligan", assignment="per_row", components=16, lr_halve_every=5),
     dict(variant="wgan-gp"),
+    dict(variant="infogan"),                       # codes drawn from the noise generator, Q in D's state
+    dict(variant="fgan", divergence="reverse-kl"),
     dict(variant="gmgan-supervised", dataset="digits", mixture="dynamic", batch_size=500),
 ])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, changes):

@@ -1,14 +1,16 @@
-"""Sample-quality metrics built on the ops: IS, mIS, FID, Parzen."""
+"""Sample-quality metrics built on the ops: IS, mIS, FID, KID, Parzen."""
 from .batching import (apply_in_batches, feature_moments, frechet_distance_of, inception_score_of,
                        modified_inception_score_of)
 from .frechet import GaussianMoments, frechet_distance, frechet_distance_from_moments
 from .inception import (ClassScores, inception_score, modified_inception_score,
                         modified_inception_score_per_class)
+from .kid import KIDResult, kernel_inception_distance
 from .parzen import ParzenResult, parzen_log_likelihood
 
 __all__ = [
     "ClassScores",
     "GaussianMoments",
+    "KIDResult",
     "ParzenResult",
     "apply_in_batches",
     "feature_moments",
@@ -17,6 +19,7 @@ __all__ = [
     "frechet_distance_of",
     "inception_score",
     "inception_score_of",
+    "kernel_inception_distance",
     "modified_inception_score",
     "modified_inception_score_of",
     "modified_inception_score_per_class",

@@ -210,10 +210,11 @@ def command_cluster(args) -> int:
         with open(os.path.join(trainer.run_dir, "clustering.json"), "w") as handle:
             json.dump(result, handle, indent=1)
         results.append(result)
-    k = results[0]["components"]
+    k, method = results[0]["components"], results[0]["method"]
     table = markdown_table(["method", "ACC", "NMI"], [
         [f"{name} (K = {k})", mean_std([r[f"{key}_acc"] for r in results], 3),
-         mean_std([r[f"{key}_nmi"] for r in results], 3)] for name, key in (("GM-GAN", "gmgan"), ("k-means", "kmeans"))])
+         mean_std([r[f"{key}_nmi"] for r in results], 3)]
+        for name, key in ((method, method.lower().replace("-", "")), ("k-means", "kmeans"))])
     print(table)
     print(f"mean ± std over {len(results)} run(s); runs: {', '.join(t.run_dir for t in trainers)}")
     return 0
@@ -265,12 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--save", action="store_true", help="also write the samples as safetensors")
     sample.set_defaults(handler=command_sample)
 
-    cluster = commands.add_parser("cluster", help="GM-GAN clustering (Algorithm 2) vs k-means: ACC, NMI",
+    cluster = commands.add_parser("cluster", help="GM-GAN (Algorithm 2) or InfoGAN (--variant infogan: Q's class) "
+                                  "clustering vs k-means: ACC, NMI",
                                   formatter_class=HelpFormatter)
     add_config_flags(cluster)
-    cluster.add_argument("--run", metavar="RUN_DIR", help="use this trained GM-GAN instead of training one")
-    cluster.add_argument("--seeds", help="train and score one GM-GAN per seed, e.g. 0,1,2 (mean ± std)")
-    cluster.add_argument("--per-component", type=int, default=1000, help="M samples per Gaussian")
+    cluster.add_argument("--run", metavar="RUN_DIR", help="use this trained GM-GAN or InfoGAN instead of training one")
+    cluster.add_argument("--seeds", help="train and score one run per seed, e.g. 0,1,2 (mean ± std)")
+    cluster.add_argument("--per-component", type=int, default=1000, help="M samples per Gaussian (GM-GAN)")
     cluster.add_argument("--quiet", action="store_true")
     cluster.set_defaults(handler=command_cluster)
 
@@ -279,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(compare, skip=("variant", "seed"))
     compare.add_argument("--variants", default="gan,deligan,gmgan,mdgan",
                          help="table rows: variants, each optionally with +mbd (minibatch discrimination), +sn "
-                              "(spectral norm of D) or +fm (feature matching), e.g. gan,mdgan,gan+mbd,gan+sn")
+                              "(spectral norm of D) or +fm (feature matching), e.g. gan,mdgan,gan+mbd,gan+sn; fgan "
+                              "rows name a divergence: fgan+kl,fgan+js")
     compare.add_argument("--seeds", default="0,1,2")
     compare.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (worker processes)")
     compare.add_argument("--name", help="folder name under out_dir (default compare-<dataset>[-<preset>])")

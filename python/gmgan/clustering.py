@@ -4,7 +4,8 @@
 2. for each Gaussian k draw M latents from N(mu_k, Sigma_k) and generate X_k = G(Z_k), labelled k;
 3. train a K-way classifier c on the union of the X_k (gmgan.classifier);
 4. cluster(x) = argmax_k c(x) for every x in X.
-Scored by ACC (best one-to-one map of clusters to classes, Hungarian assignment by
+InfoGAN (gmgan.variants.infogan) clusters without steps 2-3: cluster(x) = argmax of Q's
+categorical code on x. Scored by ACC (best one-to-one map of clusters to classes, Hungarian assignment by
 scipy.optimize.linear_sum_assignment) and NMI (sklearn), with k-means on the raw X (sklearn,
 n_init=10) as the baseline.
 """
@@ -56,21 +57,40 @@ def generate_per_component(trainer, per_component: int, temperature: float = 1.0
     return torch.cat(xs), torch.cat(ks)
 
 
+@torch.no_grad()
+def infogan_clusters(trainer, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """argmax of InfoGAN's Q categorical logits on x, in batches (D in eval mode)."""
+    if trainer.config.conditional:
+        raise ConfigError("clustering is unsupervised: train the InfoGAN without --conditional")
+    trainer.D.eval()
+    parts = [trainer.variant.category_logits(trainer.D, x[begin:begin + batch_size].to(trainer.device)).argmax(1)
+             for begin in range(0, len(x), batch_size)]
+    trainer.D.train()
+    return torch.cat(parts).cpu()
+
+
 def cluster(trainer, per_component: int = 1000, *, classifier_steps: int | None = None,
             temperature: float = 1.0) -> dict:
-    """ACC / NMI of Algorithm 2 on the trainer's training set, and of k-means with the same K."""
+    """ACC / NMI on the trainer's training set of the method (GM-GAN's Algorithm 2, or InfoGAN's
+    Q), and of k-means with the same K. Keys: method, <key>_acc / <key>_nmi for key = gmgan or
+    infogan, kmeans_acc / kmeans_nmi."""
     config = trainer.config
-    generated, component = generate_per_component(trainer, per_component, temperature)
-    num_components = trainer.G.prior.num_components
-    classifier = fit(generated, component, num_components, seed=config.seed, steps=classifier_steps,
-                     progress=config.progress)
     x, labels = trainer.dataset.get(torch.arange(len(trainer.dataset)))
-    probs, _ = classifier.predict(x)
-    gmgan_clusters = probs.argmax(1).numpy()
+    num_components = getattr(trainer.G.prior, "num_components", None)
+    if hasattr(trainer.variant, "category_logits"):
+        method, key = "InfoGAN", "infogan"
+        clusters = infogan_clusters(trainer, x).numpy()
+    else:
+        method, key = "GM-GAN", "gmgan"
+        generated, component = generate_per_component(trainer, per_component, temperature)
+        classifier = fit(generated, component, num_components, seed=config.seed, steps=classifier_steps,
+                         progress=config.progress)
+        probs, _ = classifier.predict(x)
+        clusters = probs.argmax(1).numpy()
     kmeans = KMeans(n_clusters=num_components, n_init=10, random_state=config.seed)
     kmeans_clusters = kmeans.fit_predict(x.flatten(1).double().numpy())
     labels = labels.numpy()
-    gm, km = scores(labels, gmgan_clusters), scores(labels, kmeans_clusters)
-    return {"dataset": config.dataset, "seed": config.seed, "components": num_components,
-            "per_component": per_component, "gmgan_acc": gm["acc"], "gmgan_nmi": gm["nmi"],
+    ours, km = scores(labels, clusters), scores(labels, kmeans_clusters)
+    return {"dataset": config.dataset, "seed": config.seed, "method": method, "components": num_components,
+            "per_component": per_component, f"{key}_acc": ours["acc"], f"{key}_nmi": ours["nmi"],
             "kmeans_acc": km["acc"], "kmeans_nmi": km["nmi"], "samples": int(len(labels))}

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import checkpoint
-from .config import NUM_MODES, ConfigError, build_config, config_from_dict
+from .config import CHOICES, NUM_MODES, ConfigError, build_config, config_from_dict
 from .plots import image_grid, scatter_grid
 from .trainer import Trainer, saved_config_matches
 
@@ -127,9 +127,11 @@ def _train_all(configs: list, jobs: int) -> None:
                       flush=True)
 
 
-# A row of the table is a variant, optionally with options of any variant: gan+mbd, gan+sn+mbd.
+# A row of the table is a variant, optionally with options of any variant: gan+mbd, gan+sn+mbd;
+# f-GAN's rows name their divergence: fgan+kl, fgan+reverse-kl.
 ROW_OPTIONS = {"mbd": {"minibatch_discrimination": True}, "sn": {"spectral_norm": True},
-               "fm": {"feature_matching": True}}
+               "fm": {"feature_matching": True},
+               **{name: {"divergence": name} for name in CHOICES["divergence"]}}
 
 
 def row_settings(row: str) -> dict:

@@ -60,7 +60,7 @@ class Config:
     output_scale: float | None = None       # G output = output_scale * tanh(.)
     latent: str = "uniform"                 # prior of the non-mixture variants: uniform U[-1,1] | normal
     # losses
-    gan_loss: str = "nonsaturating"         # nonsaturating | minimax (gan, deligan, gmgan)
+    gan_loss: str = "nonsaturating"         # nonsaturating | minimax (gan, deligan, gmgan, infogan, fgan)
     clip: float = 0.01                      # wgan weight clipping
     gp_weight: float | None = None          # gradient penalty on D, any variant (10 for wgan-gp, else 0)
     gp_kind: str = "wgan-gp"                # wgan-gp: (||grad D(x_hat)|| - 1)^2 on interpolates | r1: ||grad D(x)||^2 / 2 on real data
@@ -76,6 +76,12 @@ class Config:
     mdgan_dim: int = 9
     mdgan_var: float = 0.25
     mdgan_saturating: bool = True
+    # infogan: z = (noise of z_dim, one-hot categorical code, continuous codes ~ U[-1, 1])
+    categories: int | None = None           # classes of the categorical code (auto: the toy sets' modes, else 10)
+    continuous_codes: int = 2
+    info_weight: float = 1.0                # lambda of the mutual-information term
+    # fgan: the f-divergence of the variational bound
+    divergence: str = "js"                  # kl | reverse-kl | pearson | hellinger | js | gan
     # options for any variant
     feature_matching: bool = False
     fm_p: int = 1
@@ -115,7 +121,8 @@ FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 CHOICES = {"variant": VARIANTS, "dataset": DATASETS, "arch": ("mlp", "conv"), "optimizer": ("adam", "rmsprop"),
            "latent": ("uniform", "normal"), "gan_loss": ("nonsaturating", "minimax"),
            "assignment": ("uniform", "per_row"), "mixture": ("static", "dynamic"), "fm_p": (1, 2),
-           "gp_kind": PENALTY_KINDS, "d_size": ("big", "half", "quarter")}
+           "gp_kind": PENALTY_KINDS, "d_size": ("big", "half", "quarter"),
+           "divergence": ("kl", "reverse-kl", "pearson", "hellinger", "js", "gan")}
 
 
 def backend_choices() -> tuple:
@@ -254,10 +261,10 @@ def build_config(overrides: dict | None = None, *, preset: str | None = None,
     for name, value in auto.items():
         if getattr(config, name) is None:
             setattr(config, name, value)
-    for name in ("components", "prior_std", "mean_range", "sigma_penalty", "assignment"):
+    for name in ("components", "prior_std", "mean_range", "sigma_penalty", "assignment", "categories"):
         if getattr(config, name) is None:   # unused by this variant; concrete values keep JSON plain
             setattr(config, name, {"components": 1, "prior_std": 1.0, "mean_range": 1.0,
-                                   "sigma_penalty": 0.0, "assignment": "uniform"}[name])
+                                   "sigma_penalty": 0.0, "assignment": "uniform", "categories": 1}[name])
     if config.run_name is None:
         config.run_name = f"{config.dataset}-{config.variant}-s{config.seed}"
     validate(config)
@@ -270,6 +277,8 @@ def upgrade_saved_config(values: dict) -> dict:
         # Saved before the gradient penalty was an option of every variant: gp_weight then held
         # WGAN-GP's 10 in every run, and only wgan-gp read it.
         values = dict(values, gp_weight=0.0)
+    if "categories" not in values:          # saved before InfoGAN: the unused field's concrete value
+        values = dict(values, categories=1)
     return values
 
 
@@ -294,14 +303,14 @@ def validate(config: Config) -> None:
     for name, options in CHOICES.items():
         _choice(config, name, options)
     for name in ("steps", "batch_size", "n_critic", "z_dim", "components", "mdgan_dim", "mbd_kernels",
-                 "mbd_dim", "eval_samples", "checkpoint_every", "log_every"):
+                 "mbd_dim", "eval_samples", "checkpoint_every", "log_every", "categories"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(config, name)}")
     for name in ("lr_g", "lr_d", "prior_std", "mean_range", "mdgan_var", "output_scale", "temperature"):
         if not getattr(config, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(config, name)}")
     for name in ("lr_halve_every", "eval_every", "train_per_class", "threads", "sigma_penalty", "clip",
-                 "gp_weight"):
+                 "gp_weight", "continuous_codes", "info_weight"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):

@@ -166,15 +166,17 @@ def build_networks(config: Config, sample_shape: tuple, prior: nn.Module, d_out:
     """(G, D) for the config; num_classes > 0 only when conditioning on labels. D.widths records
     the conv discriminator's widths and parameter counts (conv_discriminator_widths)."""
     condition_dim = num_classes if config.conditional else 0
+    # What G reads: z_dim, or more when the prior appends codes (InfoGAN); without a prior, z_dim.
+    latent_dim = getattr(prior, "dim", config.z_dim)
     if config.arch == "mlp":
         out_dim = math.prod(sample_shape)
-        net = MLPGenerator(config.z_dim, config.g_hidden, sample_shape, config.output_scale, condition_dim)
+        net = MLPGenerator(latent_dim, config.g_hidden, sample_shape, config.output_scale, condition_dim)
         body = nn.Sequential(*_mlp([out_dim + condition_dim] + config.d_hidden, lambda: nn.LeakyReLU(0.2)))
         feature_dim = config.d_hidden[-1]
     else:
         if len(sample_shape) != 3 or sample_shape[1] % 4 or sample_shape[2] % 4:
             raise ConfigError(f"arch conv needs images (C, H, W) with H and W divisible by 4, got {sample_shape}")
-        net = ConvGenerator(config.z_dim, sample_shape, config.g_channels, config.output_scale, condition_dim)
+        net = ConvGenerator(latent_dim, sample_shape, config.g_channels, config.output_scale, condition_dim)
         widths = conv_discriminator_widths(sample_shape[0] + condition_dim, sample_shape, config.d_channels,
                                            config.d_hidden[-1], config.d_size)
         body = _conv_body(sample_shape[0] + condition_dim, sample_shape, widths["channels"], widths["hidden"])

@@ -183,7 +183,7 @@ class Trainer:
         labels = None
         if self.config.conditional:
             labels = torch.randint(0, self.dataset.num_classes, (n,), generator=generator, device=self.device)
-        return Batch(self.G(z, labels), labels, component)
+        return Batch(self.G(z, labels), labels, component, z)
 
     def sample_component(self, k: int, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
         """n samples G(z), z from Gaussian k of the mixture prior (GM-GAN: generate per Gaussian)."""

@@ -10,11 +10,13 @@ from .wgan import WGAN, WGANGP
 from .deligan import DeLiGAN
 from .gmgan import GMGAN, GMGANSupervised, class_map
 from .mdgan import MDGAN
+from .infogan import InfoGAN
+from .fgan import FGAN
 
 
 def make_variant(config, num_classes: int) -> Variant:
     return REGISTRY[config.variant](config, num_classes)
 
 
-__all__ = ["Batch", "DeLiGAN", "GAN", "GMGAN", "GMGANSupervised", "MDGAN", "REGISTRY", "SimplePrior", "Variant",
+__all__ = ["Batch", "DeLiGAN", "GAN", "GMGAN", "GMGANSupervised", "FGAN", "InfoGAN", "MDGAN", "REGISTRY", "SimplePrior", "Variant",
            "WGAN", "WGANGP", "class_map", "make_variant", "register"]

@@ -26,6 +26,7 @@ class Batch:
     x: torch.Tensor
     labels: torch.Tensor | None = None      # real: data labels; fake: sampled condition labels
     component: torch.Tensor | None = None   # fake: the mixture component each z came from
+    latent: torch.Tensor | None = None      # fake: the z each sample was generated from (InfoGAN reads its codes)
 
 
 class SimplePrior(nn.Module):
