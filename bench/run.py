@@ -1,7 +1,7 @@
 """gmkernels benchmark suite: every op against the eager reference and torch.compile, side by side
 in one run, judged against the machine's limits measured in the same run.
 
-    python bench/run.py [--quick | --smoke] [--op mixture_sample ...] [--backend cpp ...]
+    python bench/run.py [--sweep] [--quick | --smoke] [--op mixture_sample ...] [--backend cpp ...]
                         [--sizes "n=8192" ...] [--threads 2] [--repeats 10] [--out DIR] [--no-save]
 
 Prints a table and writes JSON, Markdown and a PNG speed-up plot under bench/results/, named by
@@ -10,6 +10,14 @@ Markdown, with the reason, and after the table of a full run.
 
 Sections: each bench/ops/<name>.py exposes `cases(kind, backends) -> list[Case]` (see
 bench/common.py and bench/ops/__init__.py), `kind` one of "full", "quick", "smoke".
+
+`--sweep` runs each section's `sweep_cases(kind, backends)` instead: a grid of sizes per op and
+mode against what a user writes (the contenders a case names in `peers`: plain eager formulas,
+their torch.compile, pykeops where installed; the reference is context only). Its Markdown leads
+with one line per op and mode: the worst ratio of gmkernels' best backend to the best peer over
+the grid, where it happens, the median, and gmkernels' fraction of the machine limit; then every
+grid point. A full unfiltered sweep saved to bench/results/ also copies that headline into
+bench/results/README.md. `--sweep --quick` keeps a few points per op.
 """
 from __future__ import annotations
 
