@@ -311,8 +311,8 @@ def fits_memory(nbytes: float, budget: float = SWEEP_MEMORY_BUDGET_BYTES) -> boo
 
 def too_big(name: str, nbytes: float) -> tuple:
     """The (contender, why) a sweep case lists in `skipped` for a peer left out for its memory."""
-    return (name, f"would hold about {nbytes / 1e9:.1f} GB (over the sweep's "
-                  f"{SWEEP_MEMORY_BUDGET_BYTES / 1e9:.1f} GB budget)")
+    return (name, f"would hold about {nbytes / 2**30:.1f} GiB (over the sweep's "
+                  f"{SWEEP_MEMORY_BUDGET_BYTES / 2**30:.0f} GiB budget)")
 
 
 class CompiledPeers:

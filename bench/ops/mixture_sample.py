@@ -115,6 +115,10 @@ SWEEP_SIZES = {
     "smoke": [(4, 16, 64, False), (4, 16, 64, True)],
 }
 QUICK_SWEEP_MODES = ("forward", "forward+backward dense", "forward+backward z.sum()")
+# The autograd forward and z.mean() (z.sum()'s stride-0 gradient, scaled) only at these points
+# of the full grid (n*K >= 1e6, where the targets are), the three modes above at every point.
+ALL_MODES_AT = {(1, 2, 1000000, False), (100, 16, 1000000, False), (64, 256, 100000, False),
+                (1000, 1024, 30000, False), (100, 64, 100000, True)}
 # The eager reference (a pure-PyTorch Philox, context only) runs up to this many z elements.
 SWEEP_REFERENCE_MAX = 1 << 21
 
@@ -200,7 +204,9 @@ def sweep_cases(kind: str, backends: tuple) -> list:
     seed = 0
     for device in bench_devices():
         for num_components, dim, n, full in SWEEP_SIZES[kind]:
-            for mode in modes:
+            point_modes = SWEEP_MODES if kind != "full" or (num_components, dim, n, full) in ALL_MODES_AT \
+                else QUICK_SWEEP_MODES
+            for mode in (modes if kind == "quick" else point_modes):
                 seed += 1
                 result.append(_sweep_case(num_components, dim, n, full, mode, backends, device.type, compiled, seed))
     return result
