@@ -389,7 +389,8 @@ def _sweep_point_lines(points: list) -> list:
                              f"{_number(1e3 * seconds, '.3g')}" for name, seconds in point["contenders"].items())
         ratio = _number(point["ratio"], ".2f")
         table.append([point["size"], point["mode"]] + ([point["device"]] if with_device else []) + [
-            _number(point["ours_s"] and 1e3 * point["ours_s"], ".3f") + (f" ({point['ours']})" if point["ours"] else ""),
+            _number(point["ours_s"] and 1e3 * point["ours_s"], ".3f")
+            + (f" ({point['ours']})" if point["ours"] else ""),
             point["peer"] or "-", _number(point["peer_s"] and 1e3 * point["peer_s"], ".3f"),
             f"**{ratio}**" if point["ratio"] is not None and point["ratio"] < 1 else ratio,
             f"{_percent(point['limit_fraction'])} ({point['limit']})" if point.get("limit") else "-",
@@ -422,7 +423,8 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
     if settings.get("seconds_total") is not None:
         lines.append(f"- run time: {settings['seconds_total']:.0f} s wall, "
                      f"{settings.get('cpu_seconds_total', float('nan')):.0f} s CPU (all threads); per section: "
-                     + ", ".join(f"{op} {value:.0f} s" for op, value in settings.get("seconds_per_section", {}).items()))
+                     + ", ".join(f"{op} {value:.0f} s"
+                                 for op, value in settings.get("seconds_per_section", {}).items()))
     lines += ["", "## Machine limits, measured in this run", ""] + _limit_lines(result["limits"])
     lines += [
         "", "## How to read", "",

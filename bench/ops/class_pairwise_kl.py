@@ -158,8 +158,9 @@ def _sweep_case(num_samples, num_categories, backward, backends, device, compile
     def build():
         probs, labels = _inputs(num_samples, num_categories, device, seed)
         out = _fused_contenders(backends, num_categories, labels, probs, backward)
-        formulas = {CLASS_MEANS_EAGER: lambda p: reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_categories),
-                    NAIVE_EAGER: lambda p: naive_pairwise(p, labels, EPS)}
+        formulas = {
+            CLASS_MEANS_EAGER: lambda p: reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_categories),
+            NAIVE_EAGER: lambda p: naive_pairwise(p, labels, EPS)}
         compiled_formulas = {CLASS_MEANS_COMPILE: (reference.class_pairwise_kl_by_class_means,
                                                    lambda f: lambda p: f(p, labels, EPS, num_categories)),
                              NAIVE_COMPILE: (naive_pairwise, lambda f: lambda p: f(p, labels, EPS))}
