@@ -322,13 +322,17 @@ def save(result: dict, folder: str, quiet: bool = False) -> None:
 def main(argv=None) -> int:
     run_started = time.perf_counter()
     args = parse_args(argv)
+    if not args.sweep:
+        return _main(args, run_started)
+    with torch._dynamo.config.patch(recompile_limit=SWEEP_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+        return _main(args, run_started)
+
+
+def _main(args, run_started: float) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     kind = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = (SWEEP_MODES if args.sweep else MODES)[kind]
-    if args.sweep:
-        torch._dynamo.config.recompile_limit = SWEEP_RECOMPILE_LIMIT
-        torch._dynamo.config.fail_on_recompile_limit_hit = True
     settings = {
         "kind": ("sweep" if kind == "full" else f"sweep-{kind}") if args.sweep else kind,
         "sweep": args.sweep, "quick": args.quick, "smoke": args.smoke,
