@@ -348,7 +348,7 @@ def _main(args, run_started: float) -> int:
     ops, errors, sections = args.op or list(OPS), [], {}
     for op in ops:
         try:
-            cases = load_cases(op, kind, args.sweep)
+            cases = load_cases(op, kind, sweep=True) if args.sweep else load_cases(op, kind)
         except Exception as error:   # a section that cannot even list its cases is reported, not fatal
             errors.append({"op": op, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
             print(f"# section {op} failed to load: {error}", flush=True)
