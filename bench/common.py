@@ -69,6 +69,19 @@ class Case:
     # torch.set_num_threads while this case runs (the run's setting is restored after); None:
     # the run's. Rows report the count they ran with.
     threads: Optional[int] = None
+    # The sweep (`run.py --sweep`): the contenders that are what a user writes (plain eager, its
+    # torch.compile, pykeops); the best of those present is the ratio's denominator, never the
+    # reference. `exps`: exponentials a call must evaluate (judged at the measured torch.exp rate,
+    # added to the matmul time when the case also has `flops`). `work`: the size along the sweep
+    # plot's axis, named by `work_label`. `skipped`: (contender, why) left out at this size.
+    peers: tuple = ()
+    exps: Optional[float] = None
+    work: Optional[float] = None
+    work_label: str = ""
+    skipped: list = dataclasses.field(default_factory=list)
+    # Builds the contenders (and their inputs) when the case runs, and they are dropped after it:
+    # a sweep of many sizes holds one size's tensors at a time. None: `contenders` as given.
+    build: Optional[Callable[[], list]] = None
 
     @property
     def peer_name(self) -> str:
@@ -286,3 +299,32 @@ def pykeops_contenders(make_run: Callable[[type], Callable[[], object]]) -> list
     first call (cached on disk), so the contender counts as compiling."""
     lazy_tensor = pykeops_lazy_tensor()
     return [] if lazy_tensor is None else [Contender("pykeops", make_run(lazy_tensor), jit=True)]
+
+
+# The sweep leaves out a naive peer whose intermediates would need more than this (and says so).
+SWEEP_MEMORY_BUDGET_BYTES = 8 << 30
+
+
+def fits_memory(nbytes: float, budget: float = SWEEP_MEMORY_BUDGET_BYTES) -> bool:
+    return nbytes <= budget
+
+
+def too_big(name: str, nbytes: float) -> tuple:
+    """The (contender, why) a sweep case lists in `skipped` for a peer left out for its memory."""
+    return (name, f"would hold about {nbytes / 2**30:.1f} GiB (over the sweep's "
+                  f"{SWEEP_MEMORY_BUDGET_BYTES / 2**30:.0f} GiB budget)")
+
+
+class CompiledPeers:
+    """torch.compile of a user's formula, one per formula and variant (e.g. the mode, the kind of
+    variance), made on first use and kept for the whole sweep: a user's compiled function that
+    meets the sweep's sizes in turn runs static-shape code at its first size and dynamic-shape
+    code after one recompile, torch.compile's default."""
+
+    def __init__(self):
+        self.functions = {}
+
+    def __call__(self, formula: Callable, variant) -> Callable:
+        if (formula, variant) not in self.functions:
+            self.functions[formula, variant] = torch.compile(formula)
+        return self.functions[formula, variant]

@@ -224,7 +224,8 @@ class Limits:
         return matmul_flops(shape) / seconds / 1e9
 
     def for_device(self, device: str) -> dict:
-        """Copy and read bandwidth (GB/s) and matmul rates (GFLOP/s) on `device`, measured once."""
+        """Copy and read bandwidth (GB/s), exp rate (Gelem/s) and matmul rates (GFLOP/s) on `device`,
+        measured once."""
         if device in self._devices:
             return self._devices[device]
         nbytes = self._bandwidth_bytes(device)
@@ -232,6 +233,9 @@ class Limits:
         target = torch.empty_like(source)
         copy_s = self._time(lambda: target.copy_(source), device)
         read_s = self._time(lambda: source.sum(), device)
+        # The rate of torch's vectorized exp over a large tensor: the roof for exp-heavy kernels
+        # (one exp per mixture component and point), output preallocated.
+        exp_s = self._time(lambda: torch.exp(source, out=target), device)
         del source, target
         size = self._square_matmul_size(device)
         square = (size, size, size)
@@ -241,6 +245,7 @@ class Limits:
             # read-heavy kernels: the binding bandwidth is the better of the two).
             "copy_gb_per_s": 2 * nbytes / copy_s / 1e9,
             "read_gb_per_s": nbytes / read_s / 1e9,
+            "exp_gelem_per_s": nbytes / 4 / exp_s / 1e9,
             "matmul_size": size,
             "fp32_matmul_gflop_per_s": self._matmul_rate(square, device, torch.float32, "highest"),
         }
@@ -286,6 +291,17 @@ def judge(row: dict, case, limits: Limits) -> None:
             # The same-shape matmul replaces the square one: it is the rate this contraction can reach.
             del roofs["fp32 matmul"]
             roofs["fp32 matmul " + "x".join(str(dim) for dim in case.matmul_shape)] = case.flops / (shaped * 1e9)
+    if case.exps:
+        exp_rate = limits.for_device(row["device"])["exp_gelem_per_s"]
+        exp_seconds = case.exps / (exp_rate * 1e9)
+        row["exp_fraction"] = exp_seconds / seconds
+        matmul_roofs = [name for name in roofs if name.startswith("fp32 matmul")]
+        if matmul_roofs:
+            # Both must happen: the bound is the matmul time plus the exp time.
+            name = matmul_roofs[0]
+            roofs[name + " + exp"] = roofs.pop(name) + exp_seconds
+        else:
+            roofs["vectorized exp"] = exp_seconds
     if case.items:
         row["items_per_s"] = case.items / seconds
     if roofs:

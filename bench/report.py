@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from typing import Optional
 
 from bench.common import CPU_MEMORY_METHOD, CUDA_MEMORY_METHOD
@@ -104,11 +105,12 @@ def _limit_lines(limits: dict) -> list:
         rows.append([
             device, _bytes(values["bandwidth_buffer_bytes"]),
             _number(values["copy_gb_per_s"], ".1f"), _number(values["read_gb_per_s"], ".1f"),
+            _number(values.get("exp_gelem_per_s"), ".2f"),
             f"{_number(values['fp32_matmul_gflop_per_s'], '.1f')} (n={values['matmul_size']})",
             _number(values.get("tf32_matmul_gflop_per_s"), ".1f"),
             _number(values.get("bf16_matmul_gflop_per_s"), ".1f"),
         ])
-    lines = _markdown_table(["device", "buffer", "copy GB/s (read+write)", "read GB/s (sum)",
+    lines = _markdown_table(["device", "buffer", "copy GB/s (read+write)", "read GB/s (sum)", "torch.exp Gelem/s",
                              "fp32 matmul GFLOP/s", "tf32 GFLOP/s", "bf16 GFLOP/s"], rows)
     if limits["matmul_shapes"]:
         lines += ["", "Plain fp32 matmuls of the shapes cases asked for:", ""]
@@ -299,3 +301,222 @@ def write_plot(path: str, rows: list, title: str) -> Optional[str]:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None
+
+
+# --- The size sweep (`run.py --sweep`) ---------------------------------------------------------
+
+def _is_ours(row: dict) -> bool:
+    return row["variant"].startswith("gmkernels[")
+
+
+def sweep_points(rows: list) -> list:
+    """One entry per grid point (op, mode, size, device) of a sweep: gmkernels' best backend, the
+    best peer (the fastest of the contenders the case names as what a user writes; never the
+    reference) and their ratio (peer time / ours: above 1, gmkernels is faster). A point where
+    either side did not run keeps its place with ratio None."""
+    groups = {}
+    for row in rows:
+        if "is_peer" in row:
+            groups.setdefault((row["op"], row["mode"], row["size"], row["device"]), []).append(row)
+    points = []
+    for (op, mode, size, device), group in groups.items():
+        ours = min((row for row in group if _is_ours(row)), key=lambda row: row["median_s"], default=None)
+        peer = min((row for row in group if row["is_peer"]), key=lambda row: row["median_s"], default=None)
+        points.append({
+            "op": op, "mode": mode, "size": size, "device": device,
+            "work": group[0].get("work"), "work_label": group[0].get("work_label", ""),
+            "ours": ours and ours["variant"], "ours_s": ours and ours["median_s"],
+            "peer": peer and peer["variant"], "peer_s": peer and peer["median_s"],
+            "ratio": peer["median_s"] / ours["median_s"] if ours and peer else None,
+            "limit": ours and ours.get("limit"), "limit_fraction": ours and ours.get("limit_fraction"),
+            "peak_bytes": ours and ours.get("peak_bytes"),
+            "contenders": {row["variant"]: row["median_s"] for row in group},
+            "context": [row["variant"] for row in group if not row["is_peer"] and not _is_ours(row)],
+        })
+    return points
+
+
+def sweep_headline(points: list) -> list:
+    """Per op, mode and device (in the order the points come): the worst ratio over the grid
+    with its size and peer, the median ratio, how many points lose (ratio < 1), how many have
+    no ratio, and gmkernels' fraction of the machine limit at the worst point and its median."""
+    lines = {}
+    for point in points:
+        lines.setdefault((point["op"], point["mode"], point["device"]), []).append(point)
+    headline = []
+    for (op, mode, device), group in lines.items():
+        rated = [point for point in group if point["ratio"] is not None]
+        entry = {"op": op, "mode": mode, "device": device, "points": len(group),
+                 "without_ratio": len(group) - len(rated)}
+        if rated:
+            worst = min(rated, key=lambda point: point["ratio"])
+            fractions = [point["limit_fraction"] for point in rated if point["limit_fraction"] is not None]
+            entry.update(
+                worst_ratio=worst["ratio"], worst_size=worst["size"], worst_peer=worst["peer"],
+                worst_ours=worst["ours"], median_ratio=statistics.median(point["ratio"] for point in rated),
+                losses=sum(point["ratio"] < 1 for point in rated),
+                worst_limit=worst["limit"], worst_limit_fraction=worst["limit_fraction"],
+                median_limit_fraction=statistics.median(fractions) if fractions else None)
+        headline.append(entry)
+    return headline
+
+
+def headline_lines(headline: list) -> list:
+    several_devices = len({entry["device"] for entry in headline}) > 1
+    out = []
+    for entry in headline:
+        what = f"{entry['op']} {entry['mode']}" + (f" ({entry['device']})" if several_devices else "")
+        if "worst_ratio" not in entry:
+            out.append(f"- {what}: no point with both gmkernels and a peer ({entry['points']} points)")
+            continue
+        limit = (f"; gmkernels at {_percent(entry['worst_limit_fraction'])}% of {entry['worst_limit']} there, "
+                 f"median {_percent(entry['median_limit_fraction'])}%" if entry.get("worst_limit") else
+                 "; no machine limit declared")
+        missing = f", {entry['without_ratio']} without a peer" if entry["without_ratio"] else ""
+        out.append(f"- {what}: worst **{entry['worst_ratio']:.2f}x** vs {entry['worst_peer']} at "
+                   f"{entry['worst_size']}; median {entry['median_ratio']:.2f}x over {entry['points']} points "
+                   f"({entry['losses']} below 1x{missing}){limit}")
+    return out
+
+
+def _sweep_point_lines(points: list) -> list:
+    with_device = len({point["device"] for point in points}) > 1
+    titles = ["size", "mode"] + (["device"] if with_device else []) + [
+        "gmkernels ms", "best peer", "peer ms", "ratio", "% of limit (limit)", "peak memory", "every contender, ms"]
+    table = []
+    for point in points:
+        everyone = ", ".join(f"{name}{' (context)' if name in point['context'] else ''} "
+                             f"{_number(1e3 * seconds, '.3g')}" for name, seconds in point["contenders"].items())
+        ratio = _number(point["ratio"], ".2f")
+        table.append([point["size"], point["mode"]] + ([point["device"]] if with_device else []) + [
+            _number(point["ours_s"] and 1e3 * point["ours_s"], ".3f")
+            + (f" ({point['ours']})" if point["ours"] else ""),
+            point["peer"] or "-", _number(point["peer_s"] and 1e3 * point["peer_s"], ".3f"),
+            f"**{ratio}**" if point["ratio"] is not None and point["ratio"] < 1 else ratio,
+            f"{_percent(point['limit_fraction'])} ({point['limit']})" if point.get("limit") else "-",
+            _bytes(point["peak_bytes"]), everyone])
+    return _markdown_table(titles, table)
+
+
+def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
+    settings, points = result["settings"], result["points"]
+    lines = [f"# gmkernels size sweep ({settings['kind']}), {settings['date']}", "",
+             "Worst ratio over the grid of gmkernels' best backend against the best peer (what a user "
+             "writes: plain eager, its torch.compile, pykeops where installed; the reference is context, "
+             "never the denominator), per op and mode; above 1x gmkernels is faster.", ""]
+    lines += headline_lines(result["headline"])
+    if settings["smoke"]:
+        lines += ["", "Smoke run: single runs of tiny sizes; the machinery is checked, the ratios mean nothing."]
+    pending = settings.get("sections_pending")
+    if pending:
+        lines += ["", f"**Partial**: the run stopped before the sections {', '.join(pending)}."]
+    if result["errors"]:
+        lines += ["", "## Contenders that failed", ""]
+        lines += [f"- `{error['op']}` {error.get('size', '')} {error.get('mode', '')} {error.get('variant', '')}: "
+                  f"{error['error']}" for error in result["errors"]]
+    lines += ["", "## Peers left out for their memory", ""]
+    skipped = settings.get("skipped") or []
+    lines += _markdown_table(["op", "size", "mode", "contender", "why"],
+                             [[entry["op"], entry["size"], entry["mode"], entry["variant"], entry["why"]]
+                              for entry in skipped]) if skipped else ["None."]
+    lines += ["", "## Device", ""] + _device_lines(result["device"])
+    if settings.get("seconds_total") is not None:
+        lines.append(f"- run time: {settings['seconds_total']:.0f} s wall, "
+                     f"{settings.get('cpu_seconds_total', float('nan')):.0f} s CPU (all threads); per section: "
+                     + ", ".join(f"{op} {value:.0f} s"
+                                 for op, value in settings.get("seconds_per_section", {}).items()))
+    lines += ["", "## Machine limits, measured in this run", ""] + _limit_lines(result["limits"])
+    lines += [
+        "", "## How to read", "",
+        f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}), each "
+        f"contender stopping after {settings['max_seconds']} s of runs (at least {settings['min_repeats']}).",
+        "- `ratio`: best peer's time over gmkernels' best backend's time at that point (bold: below 1, a loss). "
+        "Every grid point is listed; a point without a ratio lacks gmkernels or every peer there (see above).",
+        "- torch.compile peers: one compiled function per formula and variant, reused over the grid as a "
+        "user's code meeting several sizes would be: static shapes at its first size, dynamic-shape code "
+        "after a recompile at the next (torch.compile's default).",
+        "- `% of limit`: gmkernels' time against the roof its case declares: bytes at the best bandwidth "
+        "above, FLOPs at the fp32 matmul rate (of the case's own shape where named), and for exp-heavy "
+        "kernels the exps at the measured torch.exp rate (added to the matmul time when both apply).",
+        f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
+        f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
+    ]
+    if plot_name:
+        lines += ["", f"![ratio vs size]({plot_name})"]
+    for op in dict.fromkeys(point["op"] for point in points):
+        lines += ["", f"## {op}", ""] + _sweep_point_lines([point for point in points if point["op"] == op])
+    if settings.get("maintainer_notes"):
+        lines += ["", "## Notes for maintainers", ""] + [f"- {note}" for note in settings["maintainer_notes"]]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def write_sweep_plot(path: str, points: list, title: str) -> Optional[str]:
+    """Ratio (best peer / gmkernels' best) vs the size of the work, one panel per op and device,
+    one series per mode, the worst point of each panel ringed and labelled with its size."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed"
+    rated = [point for point in points if point["ratio"] is not None]
+    panels = list(dict.fromkeys((point["op"], point["device"]) for point in rated))
+    if not panels:
+        return "no point with a ratio"
+    columns = min(2, len(panels))
+    lines = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.2 * lines), squeeze=False)
+    for axis, (op, device) in zip(axes.flat, panels):
+        panel = [point for point in rated if (point["op"], point["device"]) == (op, device)]
+        for index, point in enumerate(panel):
+            point.setdefault("_x", point["work"] if point["work"] else index + 1)
+        for mode in dict.fromkeys(point["mode"] for point in panel):
+            series = sorted((point["_x"], point["ratio"]) for point in panel if point["mode"] == mode)
+            axis.plot(*zip(*series), marker="o", markersize=3, linestyle="none", label=mode)
+        worst = min(panel, key=lambda point: point["ratio"])
+        axis.plot([worst["_x"]], [worst["ratio"]], marker="o", markersize=12, markerfacecolor="none",
+                  markeredgecolor="red", linestyle="none", label=f"worst: {worst['ratio']:.2f}x")
+        axis.annotate(f"{worst['size']}\n{worst['mode']}", (worst["_x"], worst["ratio"]), fontsize=6,
+                      xytext=(6, -14), textcoords="offset points", color="red")
+        axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        labels = {point["work_label"] for point in panel if point["work"]}
+        axis.set_xlabel(labels.pop() if len(labels) == 1 else "size of the work (see the table)", fontsize=8)
+        axis.set_ylabel("best peer time / gmkernels time", fontsize=8)
+        axis.set_title(f"{op}" + (f" ({device})" if len({d for _, d in panels}) > 1 else ""), fontsize=9)
+        axis.tick_params(which="both", labelsize=7)
+        axis.legend(fontsize=6, framealpha=0.6)
+        for point in panel:
+            del point["_x"]
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.suptitle(title + " (above 1: gmkernels faster)", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (4.2 * lines)))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None
+
+
+README_HEADLINE_START = "<!-- sweep headline: written by `python bench/run.py --sweep`, do not edit by hand -->"
+README_HEADLINE_END = "<!-- end of sweep headline -->"
+
+
+def update_readme_headline(path: str, result: dict, markdown_name: str) -> None:
+    """Writes the sweep's headline into the results README between its markers (replacing the
+    previous one), or, the first time, before the README's first section."""
+    block = "\n".join([README_HEADLINE_START, f"## Size sweep: the worst case per op and mode (`{markdown_name}`)", "",
+                       f"`python bench/run.py --sweep`, {result['settings']['date']}, {result['device']['cpu']}, "
+                       f"{result['settings'].get('seconds_total', 0):.0f} s:", ""]
+                      + headline_lines(result["headline"]) + [README_HEADLINE_END])
+    with open(path) as handle:
+        text = handle.read()
+    if README_HEADLINE_START in text and README_HEADLINE_END in text:
+        before, rest = text.split(README_HEADLINE_START, 1)
+        text = before + block + rest.split(README_HEADLINE_END, 1)[1]
+    else:
+        at = text.find("\n## ")
+        text = (text + "\n" + block + "\n") if at < 0 else text[:at + 1] + block + "\n\n" + text[at + 1:]
+    with open(path, "w") as handle:
+        handle.write(text)

@@ -1,7 +1,7 @@
 """gmkernels benchmark suite: every op against the eager reference and torch.compile, side by side
 in one run, judged against the machine's limits measured in the same run.
 
-    python bench/run.py [--quick | --smoke] [--op mixture_sample ...] [--backend cpp ...]
+    python bench/run.py [--sweep] [--quick | --smoke] [--op mixture_sample ...] [--backend cpp ...]
                         [--sizes "n=8192" ...] [--threads 2] [--repeats 10] [--out DIR] [--no-save]
 
 Prints a table and writes JSON, Markdown and a PNG speed-up plot under bench/results/, named by
@@ -10,11 +10,20 @@ Markdown, with the reason, and after the table of a full run.
 
 Sections: each bench/ops/<name>.py exposes `cases(kind, backends) -> list[Case]` (see
 bench/common.py and bench/ops/__init__.py), `kind` one of "full", "quick", "smoke".
+
+`--sweep` runs each section's `sweep_cases(kind, backends)` instead: a grid of sizes per op and
+mode against what a user writes (the contenders a case names in `peers`: plain eager formulas,
+their torch.compile, pykeops where installed; the reference is context only). Its Markdown leads
+with one line per op and mode: the worst ratio of gmkernels' best backend to the best peer over
+the grid, where it happens, the median, and gmkernels' fraction of the machine limit; then every
+grid point. A full unfiltered sweep saved to bench/results/ also copies that headline into
+bench/results/README.md. `--sweep --quick` keeps a few points per op.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import importlib
 import os
 import shutil
@@ -42,10 +51,25 @@ MODES = {
     "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, limit_scale=1.0),
     "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
 }
+# The sweep times many sizes: fewer repeats, each contender stops after `max_seconds` (at least
+# `min_repeats` runs). Chosen so the full grid fits 20 minutes on an idle 2-core CPU.
+SWEEP_MODES = {
+    "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, limit_scale=1.0),
+    "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, limit_scale=0.25),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
+}
+# torch.compile peers meet many sizes and variants in a sweep: recompiles past dynamo's default
+# limit (8 per function) would silently fall back to eager; the sweep raises the limit and makes
+# hitting it an error (a failed contender in the report, never a slow "compiled" row).
+SWEEP_RECOMPILE_LIMIT = 64
 
 
-def load_cases(op: str, kind: str) -> list:
-    return importlib.import_module(f"bench.ops.{op}").cases(kind, gmkernels.backends())
+def load_cases(op: str, kind: str, sweep: bool = False) -> list:
+    """The section's cases; with `sweep` its `sweep_cases` grid ([] for a section without one)."""
+    module = importlib.import_module(f"bench.ops.{op}")
+    if sweep:
+        return module.sweep_cases(kind, gmkernels.backends()) if hasattr(module, "sweep_cases") else []
+    return module.cases(kind, gmkernels.backends())
 
 
 def select_contenders(case, only_backends, smoke: bool) -> list:
@@ -139,6 +163,17 @@ def _timed_rows(case, contenders: list, settings: dict, errors: list) -> list:
 
 
 def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
+    if case.build:
+        case.contenders = case.build()
+    try:
+        return _run_built_case(case, settings, limits, only_backends, errors)
+    finally:
+        if case.build:
+            case.contenders = []   # the inputs of this size go with them
+            gc.collect()
+
+
+def _run_built_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
     rows = []
     selected = select_contenders(case, only_backends, settings["smoke"])
     run_threads = torch.get_num_threads()
@@ -154,6 +189,10 @@ def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) 
         judge(row, case, limits)
         if case.note:
             row["note"] = case.note
+        if case.peers:
+            row["is_peer"] = contender.name in case.peers
+        if case.work is not None:
+            row.update(work=case.work, work_label=case.work_label)
         rows.append(row)
     compare(rows, case, dropped={contender.name for contender in case.contenders} - {contender.name for contender in selected})
     return rows
@@ -177,6 +216,10 @@ def parse_args(argv):
                            "that on a busy one; its last line gives its wall and CPU time)")
     kind.add_argument("--smoke", action="store_true",
                       help="tiny sizes, 1 repeat, no compiling contenders, tiny limit runs: checks the machinery only")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the size sweep: each section's grid of sizes against what a user writes (plain "
+                             "eager, its torch.compile, pykeops), led by the worst ratio per op and mode; "
+                             "with --quick a few points per op, with --smoke tiny ones")
     parser.add_argument("--op", action="append", choices=OPS, help="only these op sections (repeatable)")
     parser.add_argument("--backend", action="append",
                         help="only these gmkernels backends (or pykeops); reference/plain contenders always run")
@@ -196,6 +239,7 @@ def measure_limits(limits: Limits) -> Limits:
         measured = limits.for_device(device)
         show_status("")
         print(f"# limits {device}: copy {measured['copy_gb_per_s']:.1f} GB/s, read {measured['read_gb_per_s']:.1f} GB/s, "
+              f"exp {measured['exp_gelem_per_s']:.2f} Gelem/s, "
               f"fp32 matmul {measured['fp32_matmul_gflop_per_s']:.1f} GFLOP/s (n={measured['matmul_size']})"
               + "".join(f", {dtype} {measured[f'{dtype}_matmul_gflop_per_s']:.1f}" for dtype in ("tf32", "bf16")
                         if f"{dtype}_matmul_gflop_per_s" in measured), flush=True)
@@ -203,6 +247,10 @@ def measure_limits(limits: Limits) -> Limits:
 
 
 QUICK_BUDGET_S = 120.0   # what `--quick` may take on the 2-core CPU machine, all sections included
+SWEEP_QUICK_BUDGET_S = 180.0   # what `--sweep --quick` may take there
+SWEEP_BUDGET_S = 1200.0        # and the full `--sweep`
+# A full, unfiltered sweep saved to the default folder copies its headline into this file.
+RESULTS_README = os.path.join(ROOT, "bench", "results", "README.md")
 
 
 def show_status(text: str) -> None:
@@ -236,8 +284,18 @@ def assemble(facts: dict, settings: dict, limits: Limits, rows: list, errors: li
         settings["maintainer_notes"].append(
             f"this quick run took {settings['seconds_total']:.0f} s, over its {QUICK_BUDGET_S:.0f} s budget "
             f"(load average {facts.get('load_average_end')}): shrink the quick sizes of the slowest sections")
-    return {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
-            "rows": list(rows), "below_target": report.below_target(rows), "errors": list(errors)}
+    budget = {"sweep-quick": SWEEP_QUICK_BUDGET_S, "sweep": SWEEP_BUDGET_S}.get(settings["kind"])
+    if budget and not settings["sections_pending"] and settings["seconds_total"] > budget:
+        settings["maintainer_notes"].append(
+            f"this {settings['kind']} took {settings['seconds_total']:.0f} s, over its {budget:.0f} s budget "
+            f"(load average {facts.get('load_average_end')}): drop grid points of the slowest sections "
+            f"(seconds per section above; each compiled peer's first call, `first call s`, holds its compile time)")
+    result = {"schema": 2, "device": facts, "settings": settings, "limits": limits.summary(),
+              "rows": list(rows), "below_target": report.below_target(rows), "errors": list(errors)}
+    if settings.get("sweep"):
+        result["points"] = report.sweep_points(rows)
+        result["headline"] = report.sweep_headline(result["points"])
+    return result
 
 
 def save(result: dict, folder: str, quiet: bool = False) -> None:
@@ -245,10 +303,15 @@ def save(result: dict, folder: str, quiet: bool = False) -> None:
     facts, settings = result["device"], result["settings"]
     os.makedirs(folder, exist_ok=True)
     base = os.path.join(folder, result_basename(facts, settings))
-    plot_problem = report.write_plot(base + ".png", result["rows"], f"gmkernels {settings['kind']}: {facts['cpu']}"
-                                     + (f" / {facts['gpu']['name']}" if facts["gpu"] else ""))
-    report.write_json(base + ".json", result)
-    report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
+    title = f"gmkernels {settings['kind']}: {facts['cpu']}" + (f" / {facts['gpu']['name']}" if facts["gpu"] else "")
+    if settings.get("sweep"):
+        plot_problem = report.write_sweep_plot(base + ".png", result["points"], title)
+        report.write_json(base + ".json", result)
+        report.write_sweep_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
+    else:
+        plot_problem = report.write_plot(base + ".png", result["rows"], title)
+        report.write_json(base + ".json", result)
+        report.write_markdown(base + ".md", result, None if plot_problem else os.path.basename(base) + ".png")
     if quiet:
         return
     print(f"\nresults: {base}.json, {base}.md" + (f", {base}.png" if not plot_problem else f" (no plot: {plot_problem})"))
@@ -259,12 +322,21 @@ def save(result: dict, folder: str, quiet: bool = False) -> None:
 def main(argv=None) -> int:
     run_started = time.perf_counter()
     args = parse_args(argv)
+    if not args.sweep:
+        return _main(args, run_started)
+    with torch._dynamo.config.patch(recompile_limit=SWEEP_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+        return _main(args, run_started)
+
+
+def _main(args, run_started: float) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     kind = "smoke" if args.smoke else "quick" if args.quick else "full"
-    mode = MODES[kind]
+    mode = (SWEEP_MODES if args.sweep else MODES)[kind]
     settings = {
-        "kind": kind, "quick": args.quick, "smoke": args.smoke, "date": datetime.date.today().isoformat(),
+        "kind": ("sweep" if kind == "full" else f"sweep-{kind}") if args.sweep else kind,
+        "sweep": args.sweep, "quick": args.quick, "smoke": args.smoke,
+        "date": datetime.date.today().isoformat(),
         "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
         "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
         "filters": {"op": args.op or [], "backend": args.backend or [], "sizes": args.sizes or []},
@@ -276,17 +348,22 @@ def main(argv=None) -> int:
     ops, errors, sections = args.op or list(OPS), [], {}
     for op in ops:
         try:
-            cases = load_cases(op, kind)
+            cases = load_cases(op, kind, sweep=True) if args.sweep else load_cases(op, kind)
         except Exception as error:   # a section that cannot even list its cases is reported, not fatal
             errors.append({"op": op, "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
             print(f"# section {op} failed to load: {error}", flush=True)
             continue
-        sections[op] = select_cases(cases, args.sizes)
+        if cases or not args.sweep:
+            sections[op] = select_cases(cases, args.sizes)
+        elif args.op:
+            print(f"# section {op} has no sweep grid", flush=True)
     if args.list:
         for op, cases in sections.items():
             for case in cases:
-                names = [contender.name for contender in select_contenders(case, args.backend, args.smoke)]
-                print(f"{op:<24} {case.size:<28} {case.mode:<17} {', '.join(names)}")
+                names = ([contender.name for contender in select_contenders(case, args.backend, args.smoke)]
+                         if not case.build else ["peers: " + ", ".join(case.peers) + " (+ gmkernels, built when run)"])
+                skipped = f"  [skipped: {', '.join(name for name, _ in case.skipped)}]" if case.skipped else ""
+                print(f"{op:<24} {case.size:<28} {case.mode:<17} {', '.join(names)}{skipped}")
         return 1 if errors else 0
 
     facts = device_facts()
@@ -297,9 +374,12 @@ def main(argv=None) -> int:
                                    scale=mode["limit_scale"]))
 
     rows, seconds, header = [], {}, True
+    skipped = settings["skipped"] = []
     for op, cases in sections.items():
         started = time.perf_counter()
         for case in cases:
+            skipped += [{"op": case.op, "size": case.size, "mode": case.mode, "variant": name, "why": why}
+                        for name, why in case.skipped]
             case_rows = [dict(row, section=op) for row in run_case(case, settings, limits, args.backend, errors)]
             show_status("")
             if case_rows:
@@ -329,8 +409,17 @@ def main(argv=None) -> int:
             " ".join(str(error[key]) for key in ("op", "size", "mode", "variant") if key in error) + f": {error['error']}"
             for error in errors))
 
+    if args.sweep:
+        print("\n" + "\n".join(report.headline_lines(result["headline"])))
+        if skipped:
+            print(f"\n{len(skipped)} peer(s) left out at sizes over the memory budget (listed in the Markdown)")
     if not args.no_save:
         save(result, args.out)
+        if (settings["kind"] == "sweep" and not any(settings["filters"].values())
+                and not result["settings"]["sections_pending"]
+                and os.path.abspath(args.out) == os.path.dirname(RESULTS_README)):
+            report.update_readme_headline(RESULTS_README, result, result_basename(facts, settings) + ".md")
+            print(f"headline copied into {RESULTS_README}")
     return 1 if errors else 0
 
 

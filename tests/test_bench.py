@@ -16,13 +16,13 @@ from bench.machine import Limits, judge
 MiB = 1 << 20
 
 
-def _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes=None) -> Limits:
+def _limits(bandwidth_gb_per_s=10.0, fp32_gflop_per_s=100.0, shapes=None, exp_gelem_per_s=1.0) -> Limits:
     """Limits with known values, so judgements can be checked without measuring anything."""
     limits = Limits()
     limits._devices["cpu"] = {
         "bandwidth_buffer_bytes": 64 * MiB, "copy_gb_per_s": bandwidth_gb_per_s,
         "read_gb_per_s": bandwidth_gb_per_s / 2, "bandwidth_gb_per_s": bandwidth_gb_per_s,
-        "matmul_size": 1024, "fp32_matmul_gflop_per_s": fp32_gflop_per_s,
+        "matmul_size": 1024, "fp32_matmul_gflop_per_s": fp32_gflop_per_s, "exp_gelem_per_s": exp_gelem_per_s,
     }
     for shape, rate in (shapes or {}).items():
         limits._shapes[(shape, "cpu")] = rate
@@ -372,3 +372,130 @@ def test_second_order_times_a_kernel_only_when_its_second_derivative_is_the_refe
     for case in second_order.cases("smoke", ("cpp", "reference")):
         assert [c.name for c in case.contenders] == ["gmkernels[cpp]", "reference eager"]
         assert case.mode == "gradient penalty"
+
+
+# --- The size sweep ---------------------------------------------------------------------------
+
+def _sweep_row(size, contender, seconds, limit_fraction=None, is_peer=None):
+    row = {"op": "op", "size": size, "mode": "forward", "variant": contender, "median_s": seconds,
+           "device": "cpu", "is_peer": contender.startswith("plain") if is_peer is None else is_peer}
+    if limit_fraction is not None:
+        row.update(limit="bandwidth", limit_fraction=limit_fraction)
+    return row
+
+
+def test_sweep_headline_is_the_worst_and_median_ratio_against_the_best_peer_never_the_reference():
+    rows = [
+        # ratio 2.0: the best peer is the compiled formula (2 s), not the faster reference (0.1 s).
+        _sweep_row("n=1", "gmkernels[cpp]", 1.0, 0.5), _sweep_row("n=1", "plain eager", 3.0),
+        _sweep_row("n=1", "plain compile", 2.0), _sweep_row("n=1", "reference eager", 0.1),
+        # ratio 0.5 (a loss, the worst): the best backend of two is the one that counts.
+        _sweep_row("n=2", "gmkernels[cpp]", 4.0, 0.1), _sweep_row("n=2", "gmkernels[triton]", 2.0, 0.2),
+        _sweep_row("n=2", "plain eager", 1.0),
+        # ratio 3.0
+        _sweep_row("n=3", "gmkernels[cpp]", 1.0, 0.6), _sweep_row("n=3", "plain eager", 3.0),
+        # no peer ran: kept, without a ratio
+        _sweep_row("n=4", "gmkernels[cpp]", 1.0),
+    ]
+    points = report.sweep_points(rows)
+    assert [point["size"] for point in points] == ["n=1", "n=2", "n=3", "n=4"]
+    assert [point["ratio"] for point in points] == [pytest.approx(2.0), pytest.approx(0.5), pytest.approx(3.0), None]
+    assert points[0]["peer"] == "plain compile" and points[0]["context"] == ["reference eager"]
+    assert points[1]["ours"] == "gmkernels[triton]"
+
+    (line,) = report.sweep_headline(points)
+    assert line["worst_ratio"] == pytest.approx(0.5) and line["worst_size"] == "n=2"
+    assert line["worst_peer"] == "plain eager" and line["worst_ours"] == "gmkernels[triton]"
+    assert line["median_ratio"] == pytest.approx(2.0)
+    assert line["losses"] == 1 and line["points"] == 4 and line["without_ratio"] == 1
+    assert line["worst_limit_fraction"] == pytest.approx(0.2)
+    assert line["median_limit_fraction"] == pytest.approx(0.5)
+    (text,) = report.headline_lines([line])
+    assert text.startswith("- op forward: worst **0.50x** vs plain eager at n=2; median 2.00x over 4 points")
+
+
+def test_judge_adds_the_exp_time_to_the_matmul_time_for_exp_heavy_cases():
+    limits = _limits(fp32_gflop_per_s=100.0, exp_gelem_per_s=2.0)
+    row = {"median_s": 2.0, "device": "cpu"}
+    # 100 GFLOP at 100 GFLOP/s: 1 s; 1 G exps at 2 G/s: 0.5 s; together 1.5 s of the 2 s.
+    judge(row, Case("op", "s", "forward", [], flops=100e9, exps=1e9), limits)
+    assert row["limit"] == "fp32 matmul + exp"
+    assert row["limit_fraction"] == pytest.approx(0.75)
+    exp_only = {"median_s": 1.0, "device": "cpu"}
+    judge(exp_only, Case("op", "s", "forward", [], exps=1e9), limits)
+    assert exp_only["limit"] == "vectorized exp" and exp_only["limit_fraction"] == pytest.approx(0.5)
+
+
+def test_sweep_smoke_run_leads_with_the_headline_and_lists_every_point(tmp_path):
+    argv = ["--sweep", "--smoke", "--out", str(tmp_path), "--op", "minibatch_discrimination"]
+    assert run.main(argv) == 0
+    written = {path.suffix: path for path in tmp_path.iterdir()}
+    assert set(written) == {".json", ".md", ".png"} and "sweep-smoke" in written[".md"].name
+    result = json.loads(written[".json"].read_text())
+    points = result["points"]
+    modes = {point["mode"] for point in points}
+    assert modes == {"forward", "forward+backward"}
+    for point in points:
+        assert point["ours"] == "gmkernels[cpp]" and point["peer"] == "naive eager" and point["ratio"] > 0
+    assert [(line["op"], line["mode"]) for line in result["headline"]] == [
+        ("minibatch_discrimination", "forward"), ("minibatch_discrimination", "forward+backward")]
+    markdown = written[".md"].read_text().splitlines()
+    assert markdown[4:6] == report.headline_lines(result["headline"])
+    table = markdown[markdown.index("## minibatch_discrimination"):]
+    for point in points:
+        assert any(line.startswith(f"| {point['size']} | {point['mode']} |") for line in table)
+
+
+def test_sweep_lists_the_peers_it_leaves_out_and_copies_the_headline_into_the_readme(monkeypatch, tmp_path):
+    def cases(op):
+        return [Case(op, "n=1", "forward", [], peers=("plain eager",), skipped=[("plain compile", "too big")],
+                     build=lambda: [Contender("gmkernels[cpp]", lambda: torch.zeros(1)),
+                                    Contender("plain eager", lambda: torch.zeros(1))], work=1.0)]
+    monkeypatch.setattr(run, "load_cases", lambda op, kind, sweep=False: cases(op))
+    monkeypatch.setattr(run, "OPS", ("first", "second"))
+    monkeypatch.setattr(run, "measure_limits", lambda limits: _limits())
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmark results\n\nintro\n\n## Older section\n")
+    monkeypatch.setattr(run, "RESULTS_README", str(readme))
+    assert run.main(["--sweep", "--out", str(tmp_path)]) == 0
+
+    (markdown,) = tmp_path.glob("*-sweep.md")
+    text = markdown.read_text()
+    left_out = text[text.index("## Peers left out for their memory"):text.index("## Device")]
+    for op in run.OPS:
+        assert f"| {op} | n=1 | forward | plain compile | too big |" in left_out
+    first = readme.read_text()
+    assert first.index("intro") < first.index("Size sweep") < first.index("## Older section")
+    assert all(f"- {op} forward: worst" in first for op in run.OPS)
+    # A second run replaces the block instead of adding one; a filtered run leaves it alone.
+    assert run.main(["--sweep", "--out", str(tmp_path)]) == 0
+    assert run.main(["--sweep", "--op", run.OPS[0], "--out", str(tmp_path)]) == 0
+    assert readme.read_text().count(report.README_HEADLINE_START) == 1
+
+
+def test_sweep_grids_span_the_issue_sizes_and_never_take_the_reference_as_a_peer():
+    grids = {op: importlib.import_module(f"bench.ops.{op}").sweep_cases("full", ("cpp", "reference"))
+             for op in run.OPS if op != "training_step"}
+    for op, cases in grids.items():
+        labels = [(case.op, case.size, case.mode) for case in cases]
+        assert len(labels) == len(set(labels)), op
+        for case in cases:
+            # A size where every peer is over the memory budget lists them as skipped.
+            assert case.peers or case.skipped, (op, case.size)
+            assert not any("reference" in peer for peer in case.peers), (op, case.size)
+            assert case.build and case.work, (op, case.size)
+    points = {(case.size, case.mode) for cases in grids.values() for case in cases}
+    # The rows issue 18 measured, re-measured in the same sweep.
+    for size, mode in [("B=2048 C=20000 d=256", "forward"), ("B=8192 C=5000 d=64", "forward+backward x,means"),
+                       ("N=64 K=256 n=100000 diag", "forward+backward z.sum()"),
+                       ("N=64 K=256 n=100000 diag", "forward+backward dense"),
+                       ("N=64 K=256 n=100000 diag", "forward, inputs require grad"),
+                       ("N=64 K=256 n=100000 diag", "forward")]:
+        assert (size, mode) in points, (size, mode)
+    dims = {int(case.size.split("d=")[1].split()[0]) for case in grids["mixture_log_likelihood"]}
+    assert dims == {2, 9, 16, 64, 128, 256, 784, 2048}
+    log_likelihood_sizes = {case.size for case in grids["mixture_log_likelihood"]}
+    assert any("var (C,) log_weights" in size for size in log_likelihood_sizes)
+    assert any("var (C,d) log_weights" in size for size in log_likelihood_sizes)
+    assert {case.op for case in grids["second_order"]} == {"mixture_log_likelihood", "mixture_sample",
+                                                           "class_pairwise_kl", "minibatch_discrimination"}

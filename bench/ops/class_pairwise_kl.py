@@ -15,7 +15,7 @@ import gmkernels
 from gmkernels.ops import class_pairwise_kl as op
 from gmkernels.reference import class_pairwise_kl as reference
 
-from bench.common import Case, Contender, bench_devices, kernel_backends
+from bench.common import Case, CompiledPeers, Contender, bench_devices, fits_memory, kernel_backends, too_big
 
 EPS = 1e-12
 CLASS_MEANS_EAGER = "class-means eager"
@@ -114,4 +114,78 @@ def cases(kind: str, backends: tuple) -> list:
             probs, labels = _inputs(num_samples, num_categories, device)
             result += [_class_means_case(probs, labels, backends, False, with_targets),
                        _class_means_case(probs, labels, backends, True, False)]
+    return result
+
+
+# --- The size sweep (`run.py --sweep`) ---------------------------------------------------------
+# Peers: the pairwise form a user writes first (the N x N matrix of KL divergences from one
+# matrix product, masked to same-class pairs), and the O(N C) class-means formulation, eager and
+# under torch.compile. The literal pairwise reference is not run (the naive form is its twin).
+NAIVE_EAGER, NAIVE_COMPILE = "naive pairwise eager", "naive pairwise compile"
+# (N, C): C in {2, 10, 100, 1000, 10000}, N up to 1e6 (the issue's N=200000 C=1000 included).
+SWEEP_SIZES = {
+    "full": [(10000, 2), (1000000, 2), (1000, 10), (100000, 10), (1000000, 10), (10000, 100),
+             (100000, 100), (1000000, 100), (1000, 1000), (200000, 1000), (1000, 10000), (10000, 10000)],
+    "quick": [(1000, 10), (100000, 100)],
+    "smoke": [(64, 5)],
+}
+# The naive form is left out (and listed) above this many FLOPs per call: 2 N^2 C for its product.
+NAIVE_MAX_FLOPS = 1e11
+
+
+def naive_pairwise(probs, labels, eps):
+    """KL(p_i || p_j) for every pair, from one matrix product, averaged over same-class j."""
+    log_probs = torch.log(torch.clamp(probs, min=eps))
+    kl = (probs * log_probs).sum(1, keepdim=True) - probs @ log_probs.T
+    same_class = labels[:, None] == labels[None, :]
+    return (kl * same_class).sum(1) / same_class.sum(1)
+
+
+def _sweep_case(num_samples, num_categories, backward, backends, device, compiled, seed):
+    naive_bytes = num_samples ** 2 * (4 * 2 + 1) * (2 if backward else 1)   # kl, the product, the mask
+    naive_flops = 2.0 * num_samples ** 2 * num_categories * (3 if backward else 1)
+    peers = [CLASS_MEANS_EAGER, CLASS_MEANS_COMPILE]
+    skipped = []
+    for name in (NAIVE_EAGER, NAIVE_COMPILE):
+        if not fits_memory(naive_bytes):
+            skipped.append(too_big(name, naive_bytes))
+        elif naive_flops > NAIVE_MAX_FLOPS:
+            skipped.append((name, f"{naive_flops:.1e} FLOPs a call (over the sweep's {NAIVE_MAX_FLOPS:.0e})"))
+        else:
+            peers.append(name)
+    mode = "forward+backward" if backward else "forward"
+
+    def build():
+        probs, labels = _inputs(num_samples, num_categories, device, seed)
+        out = _fused_contenders(backends, num_categories, labels, probs, backward)
+        formulas = {
+            CLASS_MEANS_EAGER: lambda p: reference.class_pairwise_kl_by_class_means(p, labels, EPS, num_categories),
+            NAIVE_EAGER: lambda p: naive_pairwise(p, labels, EPS)}
+        compiled_formulas = {CLASS_MEANS_COMPILE: (reference.class_pairwise_kl_by_class_means,
+                                                   lambda f: lambda p: f(p, labels, EPS, num_categories)),
+                             NAIVE_COMPILE: (naive_pairwise, lambda f: lambda p: f(p, labels, EPS))}
+        for name in peers:
+            if name in formulas:
+                out.append(Contender(name, _step(formulas[name], probs, backward)))
+            else:
+                formula, bind = compiled_formulas[name]
+                out.append(Contender(name, _step(bind(compiled(formula, mode)), probs, backward)))
+        return out
+
+    return Case(
+        op="class_pairwise_kl", size=f"N={num_samples} C={num_categories}", mode=mode, contenders=[], build=build,
+        # P read once (forward); read again and its gradient written (backward).
+        bytes_moved=4.0 * num_samples * num_categories * (3 if backward else 1),
+        baseline=CLASS_MEANS_EAGER, peer=CLASS_MEANS_COMPILE, peers=tuple(peers), skipped=skipped,
+        work=float(num_samples * num_categories), work_label="N*C", device=device.type)
+
+
+def sweep_cases(kind: str, backends: tuple) -> list:
+    compiled = CompiledPeers()
+    result, seed = [], 0
+    for device in bench_devices():
+        for num_samples, num_categories in SWEEP_SIZES[kind]:
+            for backward in (False, True):
+                seed += 1
+                result.append(_sweep_case(num_samples, num_categories, backward, backends, device, compiled, seed))
     return result

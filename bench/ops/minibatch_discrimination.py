@@ -11,7 +11,7 @@ from gmkernels.nn import MinibatchDiscrimination
 from gmkernels.ops import minibatch_discrimination as op
 from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference
 
-from bench.common import Case, Contender, bench_devices, kernel_backends
+from bench.common import Case, CompiledPeers, Contender, bench_devices, fits_memory, kernel_backends, too_big
 
 # (N, B, C). N=1024 B=100 C=5 is the issue's target: >= 10x eager and faster than torch.compile.
 COMPARED_SIZES = {"full": [(256, 50, 5), (1024, 100, 5)], "quick": [(256, 50, 5)], "smoke": [(64, 10, 5)]}
@@ -121,4 +121,85 @@ def cases(kind: str, backends: tuple) -> list:
         items=2 * batch,   # a real and a fake minibatch per step
         peer="reference compile",
     ))
+    return result
+
+
+# --- The size sweep (`run.py --sweep`) ---------------------------------------------------------
+# Peers: the naive form a user writes (improved-gan's: the N x N x B x C difference, its L1 norm
+# over C, exp, summed over the batch), eager and under torch.compile. The reference is not run
+# (the naive form is its twin).
+# (N, B, C): N in {16, 64, 256, 1024, 4096}, B*C from 16 to 2048 (the issue's N=1024 B=100 C=5
+# included).
+SWEEP_SIZES = {
+    "full": [(16, 4, 4), (16, 256, 8), (64, 4, 4), (64, 50, 5), (64, 256, 8), (256, 4, 4), (256, 50, 5),
+             (256, 256, 8), (1024, 4, 4), (1024, 100, 5), (1024, 256, 8), (4096, 4, 4), (4096, 50, 5),
+             (4096, 256, 8)],
+    "quick": [(64, 50, 5), (256, 50, 5)],
+    "smoke": [(16, 4, 3)],
+}
+
+
+def naive_minibatch(M):
+    """sum over j != i of exp(-||M_ib - M_jb||_1), through the N x N x B x C difference."""
+    l1 = (M[:, None] - M[None]).abs().sum(3)
+    return torch.exp(-l1).sum(1) - 1   # the j = i term is exp(0) = 1
+
+
+def _sweep_case(N, B, C, backward, names, device, compiled, seed):
+    # The difference and its absolute value (and their gradients in a backward).
+    naive_bytes = 4 * N * N * B * C * (4 if backward else 2)
+    peers, skipped = [], []
+    for name in ("naive eager", "naive compile"):
+        if fits_memory(naive_bytes):
+            peers.append(name)
+        else:
+            skipped.append(too_big(name, naive_bytes))
+    mode = "forward+backward" if backward else "forward"
+
+    def build():
+        gen = torch.Generator().manual_seed(seed)
+        M = torch.randn(N, B, C, generator=gen).to(device).requires_grad_(backward)
+        grad_out = torch.randn(N, B, generator=gen).to(device)
+
+        def step(fn):
+            def run():
+                if not backward:
+                    with torch.no_grad():
+                        return fn(M)
+                out = fn(M)
+                out.backward(grad_out)
+                return out
+            return run
+
+        def on_backend(name):
+            def call(m):
+                with gmkernels.use_backend(name):
+                    return gmkernels.minibatch_discrimination(m)
+            return call
+
+        out = [Contender(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
+        if "naive eager" in peers:
+            out.append(Contender("naive eager", step(naive_minibatch)))
+        if "naive compile" in peers:
+            out.append(Contender("naive compile", step(compiled(naive_minibatch, mode))))
+        return out
+
+    return Case(
+        op="minibatch_discrimination", size=f"N={N} B={B} C={C}", mode=mode, contenders=[], build=build,
+        # M read once and the output written once (forward); a backward reads the upstream
+        # gradient and M again and writes M's gradient.
+        bytes_moved=4.0 * (N * B * C + N * B) * (2 if backward else 1),
+        baseline="naive eager", peer="naive compile", peers=tuple(peers), skipped=skipped,
+        work=float(N * N * B * C), work_label="N^2*B*C", device=device.type)
+
+
+def sweep_cases(kind: str, backends: tuple) -> list:
+    device = bench_devices()[-1]
+    names = kernel_backends(backends, device, op.IMPLEMENTED)
+    compiled = CompiledPeers()
+    result, seed = [], 0
+    for N, B, C in SWEEP_SIZES[kind]:
+        for backward in (False, True):
+            seed += 1
+            result.append(_sweep_case(N, B, C, backward, names, device, compiled, seed))
     return result

@@ -24,11 +24,17 @@ import torch
 import gmkernels
 from gmkernels.ops.mixture_sample import draw_seed, mixture_sample_with_seed
 from gmkernels.reference.class_pairwise_kl import class_pairwise_kl as reference_class_pairwise_kl
+from gmkernels.reference.class_pairwise_kl import \
+    class_pairwise_kl_by_class_means as reference_class_pairwise_kl_by_class_means
 from gmkernels.reference.minibatch_discrimination import minibatch_discrimination as reference_minibatch
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference_log_likelihood
 from gmkernels.reference.mixture_sample import mixture_sample as reference_mixture_sample
 
-from bench.common import Case, Contender, bench_devices, kernel_backends
+from bench.common import Case, Contender, bench_devices, fits_memory, kernel_backends, too_big
+from bench.ops import class_pairwise_kl as kl_user
+from bench.ops import minibatch_discrimination as minibatch_user
+from bench.ops import mixture_log_likelihood as log_likelihood_user
+from bench.ops import mixture_sample as sample_user
 
 
 @dataclasses.dataclass
@@ -44,6 +50,9 @@ class Problem:
     # linear in the penalised input (mixture_sample's z in its scale), whose gradient would
     # otherwise not depend on it.
     outer: Callable = torch.sum
+    # What a user writes for the op (name -> function of the same inputs as `call`): the sweep's
+    # peers, differentiated twice by autograd.
+    users: dict = dataclasses.field(default_factory=dict)
 
 
 def _log_likelihood(rows, components, dim, device, dtype=torch.float32):
@@ -56,7 +65,8 @@ def _log_likelihood(rows, components, dim, device, dtype=torch.float32):
     return Problem(
         "mixture_log_likelihood", f"B={rows} C={components} d={dim}", (x, means),
         lambda x, means: gmkernels.mixture_log_likelihood(x, means, var, log_weights),
-        lambda x, means: reference_log_likelihood(x, means, var_table, log_weights))
+        lambda x, means: reference_log_likelihood(x, means, var_table, log_weights),
+        users={"matmul": lambda x, means: log_likelihood_user.matmul_formula(x, means, var, log_weights)})
 
 
 def _mixture_sample(components, dim, n, device, dtype=torch.float32):
@@ -69,7 +79,8 @@ def _mixture_sample(components, dim, n, device, dtype=torch.float32):
         "mixture_sample", f"N={components} K={dim} n={n}", (scale, mu),
         lambda scale, mu: mixture_sample_with_seed(mu, scale, component, seed),
         lambda scale, mu: reference_mixture_sample(mu, scale, component, seed),
-        outer=lambda z: z.square().sum())
+        outer=lambda z: z.square().sum(),
+        users={"plain": lambda scale, mu: sample_user.plain_formula(mu, scale, component)})
 
 
 def _class_pairwise_kl(samples, categories, device, dtype=torch.float32):
@@ -79,14 +90,17 @@ def _class_pairwise_kl(samples, categories, device, dtype=torch.float32):
     return Problem(
         "class_pairwise_kl", f"N={samples} C={categories}", (probs.requires_grad_(),),
         lambda p: gmkernels.class_pairwise_kl(p, labels, 1e-12),
-        lambda p: reference_class_pairwise_kl(p, labels, 1e-12))
+        lambda p: reference_class_pairwise_kl(p, labels, 1e-12),
+        users={"class-means": lambda p: reference_class_pairwise_kl_by_class_means(p, labels, 1e-12, categories),
+               "naive pairwise": lambda p: kl_user.naive_pairwise(p, labels, 1e-12)})
 
 
 def _minibatch(rows, kernels, dim, device, dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
     M = torch.randn(rows, kernels, dim, generator=gen, dtype=dtype).to(device).requires_grad_()
     return Problem("minibatch_discrimination", f"N={rows} B={kernels} C={dim}", (M,),
-                   gmkernels.minibatch_discrimination, reference_minibatch)
+                   gmkernels.minibatch_discrimination, reference_minibatch,
+                   users={"naive": minibatch_user.naive_minibatch})
 
 
 # Each op at one size per kind. The reference is what makes the sizes small: the
@@ -178,4 +192,95 @@ def cases(kind: str, backends: tuple) -> list:
                 contenders.append(Contender("reference compile", lambda step=step, problem=problem: step(*problem.inputs)))
             result.append(Case(op=problem.op, size=problem.size, mode="gradient penalty",
                                contenders=contenders, device=device.type))
+    return result
+
+
+# --- The size sweep (`run.py --sweep`) ---------------------------------------------------------
+# Peers: what a user writes for each op (bench/ops/<op>.py's plain / naive / class-means
+# formulas) differentiated twice by autograd, eager; in the full sweep also torch.compile of the
+# first of them (its gradient by torch.func.grad inside the compiled function, as above; compiled
+# anew at each size, tens of seconds a size on 2 cores, hence two sizes per op). The reference
+# backend is context only.
+SWEEP_SIZES = {
+    "full": [(_log_likelihood, [(256, 256, 16), (2048, 2048, 256)]),
+             (_mixture_sample, [(16, 16, 10000), (64, 256, 100000)]),
+             (_class_pairwise_kl, [(1000, 10), (100000, 100)]),
+             (_minibatch, [(64, 50, 5), (1024, 16, 4)])],
+    "quick": [(_log_likelihood, [(256, 256, 16)]), (_mixture_sample, [(16, 16, 10000)]),
+              (_class_pairwise_kl, [(1000, 10)]), (_minibatch, [(64, 50, 5)])],
+    "smoke": [(make, [size]) for make, size in SIZES["smoke"]],
+}
+# The sweep plot's axis for each op, as its own section plots it.
+WORK = {_log_likelihood: ("B*C*d", lambda B, C, d: B * C * d), _mixture_sample: ("n*K", lambda N, K, n: n * K),
+        _class_pairwise_kl: ("N*C", lambda N, C: N * C), _minibatch: ("N^2*B*C", lambda N, B, C: N * N * B * C)}
+SIZE_LABELS = {_log_likelihood: "B={} C={} d={}", _mixture_sample: "N={} K={} n={}",
+               _class_pairwise_kl: "N={} C={}", _minibatch: "N={} B={} C={}"}
+
+
+def user_penalty_bytes(make, size) -> float:
+    """What a user's formula holds through a penalty's double backward (about eight copies of its
+    largest intermediate): the naive pairwise forms are the ones that outgrow memory."""
+    if make is _class_pairwise_kl:
+        return 8 * 4.0 * size[0] ** 2
+    if make is _minibatch:
+        rows, kernels, dim = size
+        return 8 * 4.0 * rows ** 2 * kernels * dim
+    if make is _log_likelihood:
+        return 8 * 4.0 * size[0] * size[1]
+    _, dim, n = size
+    return 8 * 4.0 * n * dim
+
+
+def _sweep_case(make, size, kernels, device, with_compile, with_reference):
+    check = make(*CHECK_SIZES[make], device, dtype=torch.float64)   # tiny: the op and its user formulas
+    peers, skipped = [], []
+    for index, user in enumerate(check.users):
+        names = [f"{user} eager"] + ([f"{user} compile"] if with_compile and index == 0 else [])
+        for name in names:
+            nbytes = user_penalty_bytes(make, size) if user != "class-means" else 0
+            if fits_memory(nbytes):
+                peers.append(name)
+            else:
+                skipped.append(too_big(name, nbytes))
+
+    def build():
+        problem = make(*size, device)
+        contenders = []
+        for name in kernels + (["reference"] if with_reference else []):
+            def run(name=name):
+                with gmkernels.use_backend(name):
+                    return penalty_step(problem.call, problem.inputs, problem.outer)
+            contenders.append(Contender("reference eager" if name == "reference" else f"gmkernels[{name}]", run))
+        for name in peers:
+            user, _, how = name.rpartition(" ")
+            formula = problem.users[user]
+            if how == "eager":
+                contenders.append(Contender(name, lambda formula=formula: penalty_step(formula, problem.inputs,
+                                                                                         problem.outer)))
+            else:
+                step = compiled_penalty(formula, problem.outer)
+                contenders.append(Contender(name, lambda step=step: step(*problem.inputs)))
+        return contenders
+
+    return Case(op=check.op, size=SIZE_LABELS[make].format(*size), mode="gradient penalty", contenders=[],
+                build=build, baseline=peers[0] if peers else "reference eager", peers=tuple(peers), skipped=skipped,
+                work=float(WORK[make][1](*size)), work_label=WORK[make][0], device=device.type)
+
+
+def sweep_cases(kind: str, backends: tuple) -> list:
+    result = []
+    for device in bench_devices():
+        for make, sizes in SWEEP_SIZES[kind]:
+            kernels = []
+            for name in kernel_backends(backends, device):
+                why_not = second_derivative_problem(make, name, device)
+                if why_not:
+                    print(f"# {make.__name__.strip('_')} gradient penalty: gmkernels[{name}] not timed on "
+                          f"{device.type}, {why_not}", flush=True)
+                else:
+                    kernels.append(name)
+            # The reference backend (context) at the first, smallest size only: its
+            # log-likelihood holds B x C x d, its pairwise KL takes N^2 C, through a double backward.
+            result += [_sweep_case(make, size, kernels, device, kind == "full", index == 0)
+                       for index, size in enumerate(sizes)]
     return result
