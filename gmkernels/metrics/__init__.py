@@ -5,11 +5,13 @@ from .frechet import GaussianMoments, frechet_distance, frechet_distance_from_mo
 from .inception import (ClassScores, inception_score, modified_inception_score,
                         modified_inception_score_per_class)
 from .parzen import ParzenResult, parzen_log_likelihood
+from .precision_recall import PrecisionRecall, precision_recall
 
 __all__ = [
     "ClassScores",
     "GaussianMoments",
     "ParzenResult",
+    "PrecisionRecall",
     "apply_in_batches",
     "feature_moments",
     "frechet_distance",
@@ -21,4 +23,5 @@ __all__ = [
     "modified_inception_score_of",
     "modified_inception_score_per_class",
     "parzen_log_likelihood",
+    "precision_recall",
 ]

@@ -1,0 +1,121 @@
+// Tensors -> NearestNeighborsParams, argument checks, and the schema and CPU/CUDA registrations
+// of gmkernels::nearest_neighbors (float32/float64). The op has no backward: it is not
+// differentiable (gmkernels/ops/nearest_neighbors.py).
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../kernels/nearest_neighbors.h"
+#include "checks.h"
+
+#ifdef GMKERNELS_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace gmk {
+namespace {
+
+void check_arguments(const at::Tensor& query, const at::Tensor& points,
+                     const std::optional<at::Tensor>& radii, int64_t k, bool exclude_self) {
+  check_float_tensor(query, "query");
+  check_same_dtype_device(points, query, "points", "query");
+  TORCH_CHECK(query.dim() == 2, "query must be (Q, D), got shape ", query.sizes());
+  TORCH_CHECK(points.dim() == 2 && points.size(1) == query.size(1),
+              "points must be (M, D) with D = ", query.size(1), ", got shape ", points.sizes());
+  if (radii.has_value()) {
+    check_same_dtype_device(*radii, query, "radii", "query");
+    TORCH_CHECK(radii->dim() == 1 && radii->size(0) == points.size(0),
+                "radii must be (M,) = (", points.size(0), ",), got shape ", radii->sizes());
+  }
+  TORCH_CHECK(!exclude_self || query.size(0) == points.size(0),
+              "exclude_self needs as many query rows as points, got ", query.size(0), " and ",
+              points.size(0));
+  const int64_t candidates = points.size(0) - (exclude_self ? 1 : 0);
+  TORCH_CHECK(k >= 1 && k <= candidates, "k must be in [1, ", candidates, "], got ", k);
+}
+
+template <typename scalar_t>
+NearestNeighborsParams<scalar_t> make_params(const at::Tensor& query, const at::Tensor& points,
+                                             const std::optional<at::Tensor>& radii, int64_t k,
+                                             bool exclude_self, const at::Tensor& kth_distance,
+                                             const at::Tensor& within) {
+  NearestNeighborsParams<scalar_t> p;
+  p.query = query.data_ptr<scalar_t>();
+  p.points = points.data_ptr<scalar_t>();
+  p.radii = radii.has_value() ? radii->data_ptr<scalar_t>() : nullptr;
+  p.kth_distance = kth_distance.data_ptr<scalar_t>();
+  p.within = within.data_ptr<int64_t>();
+  p.num_queries = query.size(0);
+  p.num_points = points.size(0);
+  p.dim = query.size(1);
+  p.k = k;
+  p.exclude_self = exclude_self;
+  p.num_threads = cpu_threads();
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> cpu_nearest_neighbors(const at::Tensor& query,
+                                                         const at::Tensor& points,
+                                                         const std::optional<at::Tensor>& radii,
+                                                         int64_t k, bool exclude_self) {
+  check_arguments(query, points, radii, k, exclude_self);
+  const at::Tensor query_c = query.contiguous(), points_c = points.contiguous();
+  const std::optional<at::Tensor> radii_c =
+      radii.has_value() ? std::optional<at::Tensor>(radii->contiguous()) : std::nullopt;
+  at::Tensor kth_distance = at::empty({query.size(0)}, query.options());
+  at::Tensor within = at::empty({query.size(0)}, query.options().dtype(at::kLong));
+  if (query.size(0) == 0) return {kth_distance, within};
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "nearest_neighbors_cpu", [&] {
+    nearest_neighbors_cpu(
+        make_params<scalar_t>(query_c, points_c, radii_c, k, exclude_self, kth_distance, within));
+  });
+  return {kth_distance, within};
+}
+
+#ifdef GMKERNELS_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> cuda_nearest_neighbors(const at::Tensor& query,
+                                                          const at::Tensor& points,
+                                                          const std::optional<at::Tensor>& radii,
+                                                          int64_t k, bool exclude_self) {
+  check_arguments(query, points, radii, k, exclude_self);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor query_c = query.contiguous(), points_c = points.contiguous();
+  const std::optional<at::Tensor> radii_c =
+      radii.has_value() ? std::optional<at::Tensor>(radii->contiguous()) : std::nullopt;
+  at::Tensor kth_distance = at::empty({query.size(0)}, query.options());
+  at::Tensor within = at::empty({query.size(0)}, query.options().dtype(at::kLong));
+  if (query.size(0) == 0) return {kth_distance, within};
+  // Each query row's running top-k: Q x k scalars (k is small in every use; Q x M only if k is).
+  at::Tensor scratch = at::empty({query.size(0), k}, query.options());
+  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "nearest_neighbors_cuda", [&] {
+    check_cuda_status(
+        nearest_neighbors_cuda(
+            make_params<scalar_t>(query_c, points_c, radii_c, k, exclude_self, kth_distance,
+                                  within),
+            scratch.data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream().stream()),
+        "nearest_neighbors");
+  });
+  return {kth_distance, within};
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
+  m.def("nearest_neighbors(Tensor query, Tensor points, Tensor? radii, int k, bool exclude_self)"
+        " -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
+  m.impl("nearest_neighbors", &cpu_nearest_neighbors);
+}
+
+#ifdef GMKERNELS_WITH_CUDA
+TORCH_LIBRARY_IMPL(gmkernels, CUDA, m) {
+  m.impl("nearest_neighbors", &cuda_nearest_neighbors);
+}
+#endif
+
+}  // namespace gmk
