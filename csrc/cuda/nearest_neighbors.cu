@@ -4,8 +4,8 @@
 // is sum_d (p_jd - q_id)^2 in increasing d, the same code for every pair (the build passes
 // --fmad=false, so nothing is contracted differently anywhere): a duplicate is at exactly 0 and
 // the k-th neighbour of a point lies exactly on the radius it defines. The running top-k of a
-// row lives in `scratch` (Q x k, sorted ascending), written by its thread only; results are
-// deterministic, without atomics. Nothing of size Q x M is stored.
+// row lives in `scratch` (Q x k, sorted ascending), written by its thread only; a point's count
+// of query balls is an integer atomic add (exact in any order). Nothing of size Q x M is stored.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -37,6 +37,7 @@ __global__ void nearest_neighbors_kernel(const NearestNeighborsParams<T> p, T* s
   if (active)
     for (int64_t t = 0; t < p.k; ++t) best[t] = infinity_of<T>();
   int64_t count = 0;
+  const T query_radius = (active && p.query_radii != nullptr) ? p.query_radii[q] : T(0);
   for (int64_t p0 = 0; p0 < p.num_points; p0 += kTilePoints) {
     T squared[kTilePoints];
 #pragma unroll
@@ -68,7 +69,10 @@ __global__ void nearest_neighbors_kernel(const NearestNeighborsParams<T> p, T* s
       const int64_t point = p0 + j;
       if (point >= p.num_points || (p.exclude_self && point == q)) continue;
       const T value = squared[j];
-      if (p.radii != nullptr && sqrt(value) <= p.radii[point]) ++count;
+      const T distance = sqrt(value);
+      if (p.radii != nullptr && distance <= p.radii[point]) ++count;
+      if (p.query_radii != nullptr && distance <= query_radius)
+        atomicAdd(reinterpret_cast<unsigned long long*>(p.points_within + point), 1ull);
       if (value < best[p.k - 1]) {
         int64_t position = p.k - 1;
         while (position > 0 && best[position - 1] > value) {

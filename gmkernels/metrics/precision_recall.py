@@ -12,8 +12,8 @@
 
 A sample on a ball's boundary is inside (``<=``, as the improved precision/recall code compares;
 the density/coverage code compares with ``<``, which differs only on exact ties, e.g. duplicates
-with a radius of 0). Every number comes from :func:`gmkernels.nearest_neighbors` in four tiled
-passes: no N x M distance matrix, and a pair's distance is computed the same way in each pass,
+with a radius of 0). Every number comes from :func:`gmkernels.nearest_neighbors` in three tiled
+passes (the radii of each set, then the real x fake pairs once): no N x M distance matrix, and a pair's distance is computed the same way in each pass,
 so ties are decided exactly.
 """
 from __future__ import annotations
@@ -70,13 +70,14 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor,
     with torch.no_grad():
         real_radii = nearest_neighbors(real_features, real_features, k, exclude_self=True).kth_distance
         fake_radii = nearest_neighbors(fake_features, fake_features, k, exclude_self=True).kth_distance
-        # fake in real balls: precision and density
-        in_real = nearest_neighbors(fake_features, real_features, 1, radii=real_radii).within
-        # real in fake balls: recall; and each real sample's nearest fake one: coverage
-        real_among_fake = nearest_neighbors(real_features, fake_features, 1, radii=fake_radii)
+        # One pass over the real x fake pairs: each real sample's nearest fake one (coverage),
+        # the fake balls holding each real sample (recall), the real balls holding each fake one
+        # (precision, density).
+        cross = nearest_neighbors(real_features, fake_features, 1, radii=fake_radii,
+                                  query_radii=real_radii)
     return PrecisionRecall(
-        precision=float((in_real > 0).double().mean()),
-        recall=float((real_among_fake.within > 0).double().mean()),
-        density=float(in_real.double().sum()) / (k * fake_features.shape[0]),
-        coverage=float((real_among_fake.kth_distance <= real_radii).double().mean()),
+        precision=float((cross.points_within > 0).double().mean()),
+        recall=float((cross.within > 0).double().mean()),
+        density=float(cross.points_within.double().sum()) / (k * fake_features.shape[0]),
+        coverage=float((cross.kth_distance <= real_radii).double().mean()),
     )

@@ -2,7 +2,10 @@
 
     dist(p_j, q_i) = sqrt(sum_d (p_jd - q_id)^2)
     kth_distance_i = the k-th smallest dist(p_j, q_i) over j (j != i with exclude_self)
-    within_i       = #{j : dist(p_j, q_i) <= radii_j}   (j != i with exclude_self; 0 without radii)
+    within_i        = #{j : dist(p_j, q_i) <= radii_j}         (0 without radii)
+    points_within_j = #{i : dist(p_j, q_i) <= query_radii_i}   (0 without query_radii)
+
+with the pair (i, i) left out of all three under exclude_self.
 
 Self-exclusion is by index, once: a duplicate of q_i among the points is a neighbour at distance
 exactly 0. Every pair's distance comes from one expression, whichever chunk of rows it falls in,
@@ -15,7 +18,8 @@ import collections
 
 import torch
 
-NearestNeighbors = collections.namedtuple("NearestNeighbors", ["kth_distance", "within"])
+NearestNeighbors = collections.namedtuple("NearestNeighbors",
+                                          ["kth_distance", "within", "points_within"])
 
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -25,12 +29,13 @@ def pair_distances(points: torch.Tensor, query_rows: torch.Tensor) -> torch.Tens
     return (points[None, :, :] - query_rows[:, None, :]).square().sum(-1).sqrt()
 
 
-def nearest_neighbors(query: torch.Tensor, points: torch.Tensor, radii, k: int,
+def nearest_neighbors(query: torch.Tensor, points: torch.Tensor, radii, query_radii, k: int,
                       exclude_self: bool) -> NearestNeighbors:
     num_queries, num_points = query.shape[0], points.shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, num_points * query.shape[1]))
     kth_distance = query.new_empty(num_queries)
     within = torch.zeros(num_queries, dtype=torch.int64, device=query.device)
+    points_within = torch.zeros(num_points, dtype=torch.int64, device=query.device)
     for start in range(0, num_queries, chunk):
         rows = torch.arange(start, min(start + chunk, num_queries), device=query.device)
         distance = pair_distances(points, query[rows])
@@ -41,4 +46,6 @@ def nearest_neighbors(query: torch.Tensor, points: torch.Tensor, radii, k: int,
         kth_distance[rows] = candidates.kthvalue(k, dim=1).values
         if radii is not None:
             within[rows] = ((distance <= radii[None, :]) & counted).sum(1)
-    return NearestNeighbors(kth_distance, within)
+        if query_radii is not None:
+            points_within += ((distance <= query_radii[rows, None]) & counted).sum(0)
+    return NearestNeighbors(kth_distance, within, points_within)
