@@ -91,10 +91,10 @@ def test_duplicates_give_zero_radii_whose_boundary_counts(backend):
     require_backend(op)
     real = torch.tensor([[0.0, 0.0], [0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [20.0, 0.0]],
                         device=backend)
-    fake = torch.tensor([[0.0, 0.0], [20.0, 1e-3], [50.0, 0.0], [60.0, 0.0]], device=backend)
+    fake = torch.tensor([[0.0, 0.0], [20.0, 0.5], [50.0, 0.0], [60.0, 0.0]], device=backend)
     result = metrics.precision_recall(real, fake, k=1)
     assert result.precision == 0.25       # only (0, 0): on two zero radii and on the radius 10
-    assert result.density == 3 / 4        # of (10, 0); (20, 0.001) is outside both kinds
+    assert result.density == 3 / 4        # of (10, 0); (20, 0.5) is outside both kinds
     assert result.coverage == 3 / 5       # the two (0, 0) and (10, 0), whose nearest fake is on its radius
     assert_equal_to_loop(result, real.cpu(), fake.cpu(), 1)
 
