@@ -1,15 +1,16 @@
 // CPU kernel of nearest_neighbors (math and the tie rule in csrc/kernels/nearest_neighbors.h).
 //
-// The dot products <p_j, q_i> are a GEMM in the usual register-blocked form: both sets are
-// packed once into panels (kRows query rows, kCols points; coordinate-major), and a micro kernel
+// The dot products <p_j, q_i> are a GEMM in the usual register-blocked form: each tile of both
+// sets is packed into panels (kRows query rows, kCols points; coordinate-major) by the thread
+// that uses it, and a micro kernel
 // keeps a kRows x kCols block of dot products in vector registers, adding one coordinate at a
 // time (a broadcast query coordinate times a vector of kCols point coordinates). Threads own
 // tiles of kQueryTile query rows and sweep the points in tiles of kPointTile, in chunks of
 // kChunk coordinates (the tile's panels stay in L1/L2 while its accumulators wait in a
 // per-thread buffer). When a tile is complete each pair's squared distance is formed and the
 // query row's running top-k and ball count updated, and each point's count of query balls (in a
-// per-thread array of M counts, summed at the end). Memory: the packed copies, O((Q + M) D),
-// plus per-thread buffers; never Q x M.
+// per-thread array of M counts, summed at the end). Memory: per-thread tiles and M counts;
+// never Q x M.
 //
 // Exact ties: every dot product, and every squared norm, is the chain s = fma(x_d, y_d, s) over
 // d = 0, 1, ..., D-1 from s = 0 (std::fma and the vector FMA round identically), whichever
@@ -102,28 +103,29 @@ static_assert(kPointTile % 16 == 0, "a point tile holds whole panels");
 // Below about this many multiply-adds (Q M D) one thread does it all: waking a team costs more.
 constexpr int64_t kMinParallelWork = int64_t(1) << 22;
 
-// Rows packed in panels of `width` rows, coordinate-major: element (row, d) at
-// panel(row / width)[d * width + row % width]. Rows past the end are zeros (their results are
-// never read).
+// Rows [first, first + tile_rows) of `rows` packed in panels of `width` rows, coordinate-major:
+// element (first + p width + r, d) at out[(p dim + d) width + r]; and their squared norms, the
+// chain fma(x_d, x_d, s) over d, as micro_block computes <row, row>. Rows past `num_rows` are
+// zeros (their results are never read).
 template <typename T>
-struct Panels {
-  int64_t width, dim, count;
-  std::vector<T> data;
-
-  Panels(const T* rows, int64_t num_rows, int64_t dim_, int64_t width_, int num_threads)
-      : width(width_), dim(dim_), count((num_rows + width_ - 1) / width_) {
-    data.assign(static_cast<size_t>(count * width * dim), T(0));
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (num_rows * dim > 65536)
-    for (int64_t panel = 0; panel < count; ++panel) {
-      T* out = data.data() + panel * width * dim;
-      const int64_t first = panel * width, last = std::min(first + width, num_rows);
-      for (int64_t row = first; row < last; ++row)
-        for (int64_t d = 0; d < dim; ++d) out[d * width + (row - first)] = rows[row * dim + d];
+void pack_tile(const T* rows, int64_t num_rows, int64_t dim, int64_t first, int64_t tile_rows,
+               int64_t width, T* out, T* norms) {
+  for (int64_t i = 0; i < tile_rows; ++i) {
+    const int64_t row = first + i, panel = i / width, lane = i % width;
+    T* column = out + panel * dim * width + lane;
+    T sum = T(0);
+    if (row < num_rows) {
+      const T* source = rows + row * dim;
+      for (int64_t d = 0; d < dim; ++d) {
+        column[d * width] = source[d];
+        sum = multiply_add(source[d], source[d], sum);
+      }
+    } else {
+      for (int64_t d = 0; d < dim; ++d) column[d * width] = T(0);
     }
+    norms[i] = sum;
   }
-
-  const T* panel(int64_t index, int64_t d0) const { return data.data() + (index * dim + d0) * width; }
-};
+}
 
 // acc[r][c] (kRows x kCols, row-major) += sum over d of a[d][r] * b[d][c] for `length`
 // coordinates of an A panel (kRows wide) and a B panel (kCols wide), one coordinate after another.
@@ -147,19 +149,6 @@ __attribute__((always_inline)) inline void micro_block(const T* a, const T* b, i
     for (int v = 0; v < kVectors; ++v) sums[r][v].store(acc + r * kCols<T> + v * L);
 }
 static_assert(kVectors == 2, "micro_block names its two point vectors");
-
-// ||row||^2 = the chain fma(x_d, x_d, s) over d, as micro_block computes <row, row>.
-template <typename T>
-std::vector<T> squared_norms(const T* rows, int64_t num_rows, int64_t dim, int num_threads) {
-  std::vector<T> norms(static_cast<size_t>(num_rows));
-#pragma omp parallel for num_threads(num_threads) schedule(static) if (num_rows * dim > 65536)
-  for (int64_t i = 0; i < num_rows; ++i) {
-    T sum = T(0);
-    for (int64_t d = 0; d < dim; ++d) sum = multiply_add(rows[i * dim + d], rows[i * dim + d], sum);
-    norms[i] = sum;
-  }
-  return norms;
-}
 
 // For each radius r the largest squared distance t with sqrt(t) <= r, so that the ball test
 // sqrt(squared) <= r is squared <= t exactly (sqrt is correctly rounded, hence monotone), without
@@ -196,56 +185,78 @@ inline void insert_top_k(T* best, int64_t k, T value) {
 
 template <typename T>
 struct Workspace {
-  std::vector<T> acc, best;
+  std::vector<T> query_panels, point_panels, query_norms, point_norms, acc, best, squared;
   std::vector<int64_t> within, points_within;
-  Workspace(int64_t k, int64_t num_points, bool count_points)
-      : acc(static_cast<size_t>(kQueryTile * kPointTile)),
+  Workspace(int64_t k, int64_t dim, int64_t num_points, bool count_points)
+      : query_panels(static_cast<size_t>(kQueryTile * dim)),
+        point_panels(static_cast<size_t>(kPointTile * dim)),
+        query_norms(static_cast<size_t>(kQueryTile)),
+        point_norms(static_cast<size_t>(kPointTile)),
+        acc(static_cast<size_t>(kQueryTile * kPointTile)),
         best(static_cast<size_t>(kQueryTile * k)),
+        squared(static_cast<size_t>(kPointTile)),
         within(static_cast<size_t>(kQueryTile)),
         points_within(count_points ? static_cast<size_t>(num_points) : 0) {}
 };
 
 template <typename T>
-void query_tile(const NearestNeighborsParams<T>& p, const Panels<T>& query,
-                const Panels<T>& points, const std::vector<T>& query_norms,
-                const std::vector<T>& point_norms, const std::vector<T>& thresholds,
+void query_tile(const NearestNeighborsParams<T>& p, const std::vector<T>& thresholds,
                 const std::vector<T>& query_thresholds, int64_t q0, Workspace<T>& work) {
   constexpr int64_t C = kCols<T>;
   const int64_t rows = std::min(kQueryTile, p.num_queries - q0);
   const int64_t row_blocks = (rows + kRows - 1) / kRows;
+  pack_tile(p.query, p.num_queries, p.dim, q0, row_blocks * kRows, kRows,
+            work.query_panels.data(), work.query_norms.data());
   std::fill(work.best.begin(), work.best.begin() + rows * p.k, std::numeric_limits<T>::infinity());
   std::fill(work.within.begin(), work.within.begin() + rows, int64_t(0));
   // acc[(rb * panels + pb) * kRows * C + r * C + c]: the pair (q0 + rb kRows + r, p0 + pb C + c).
   for (int64_t p0 = 0; p0 < p.num_points; p0 += kPointTile) {
     const int64_t cols = std::min(kPointTile, p.num_points - p0);
     const int64_t panels = (cols + C - 1) / C;
+    pack_tile(p.points, p.num_points, p.dim, p0, panels * C, C, work.point_panels.data(),
+              work.point_norms.data());
     std::fill(work.acc.begin(), work.acc.begin() + row_blocks * panels * kRows * C, T(0));
     for (int64_t d0 = 0; d0 < p.dim; d0 += kChunk) {
       const int64_t length = std::min(kChunk, p.dim - d0);
       for (int64_t pb = 0; pb < panels; ++pb) {
-        const T* b = points.panel(p0 / C + pb, d0);
+        const T* b = work.point_panels.data() + (pb * p.dim + d0) * C;
         for (int64_t rb = 0; rb < row_blocks; ++rb)
-          micro_block(query.panel(q0 / kRows + rb, d0), b, length,
+          micro_block(work.query_panels.data() + (rb * p.dim + d0) * kRows, b, length,
                       work.acc.data() + (rb * panels + pb) * kRows * C);
       }
     }
+    // Per query row: the tile's squared distances (NaN for the excluded self pair: it then
+    // passes no comparison), then the counts and the top-k, each loop simple enough to
+    // vectorize or to skip most pairs at one comparison.
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t q = q0 + i;
       const T* acc_row = work.acc.data() + (i / kRows) * panels * kRows * C + (i % kRows) * C;
-      T* row_best = work.best.data() + i * p.k;
-      const T query_threshold = p.query_radii != nullptr ? query_thresholds[q] : T(0);
-      int64_t count = 0;
-      for (int64_t j = 0; j < cols; ++j) {
-        const int64_t point = p0 + j;
-        if (p.exclude_self && point == q) continue;
-        const T dot = acc_row[(j / C) * kRows * C + j % C];
-        // The one formula of a pair's squared distance (point first; the sum commutes exactly).
-        const T squared = std::max((point_norms[point] + query_norms[q]) - T(2) * dot, T(0));
-        insert_top_k(row_best, p.k, squared);
-        if (p.radii != nullptr && squared <= thresholds[point]) ++count;   // dist <= radius
-        if (p.query_radii != nullptr && squared <= query_threshold) ++work.points_within[point];
+      T* squared = work.squared.data();
+      for (int64_t pb = 0; pb < panels; ++pb)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t j = pb * C + c;
+          // The one formula of a pair's squared distance (the sum commutes exactly, so it is
+          // symmetric in the two rows).
+          squared[j] = std::max((work.point_norms[j] + work.query_norms[i]) -
+                                    T(2) * acc_row[pb * kRows * C + c],
+                                T(0));
+        }
+      if (p.exclude_self && q >= p0 && q < p0 + cols)
+        squared[q - p0] = std::numeric_limits<T>::quiet_NaN();
+      if (p.radii != nullptr) {
+        const T* threshold = thresholds.data() + p0;
+        int64_t count = 0;
+        for (int64_t j = 0; j < cols; ++j) count += squared[j] <= threshold[j];   // dist <= radius
+        work.within[i] += count;
       }
-      work.within[i] += count;
+      if (p.query_radii != nullptr) {
+        const T threshold = query_thresholds[q];
+        int64_t* counts = work.points_within.data() + p0;
+        for (int64_t j = 0; j < cols; ++j) counts[j] += squared[j] <= threshold;
+      }
+      T* row_best = work.best.data() + i * p.k;
+      for (int64_t j = 0; j < cols; ++j)
+        if (squared[j] < row_best[p.k - 1]) insert_top_k(row_best, p.k, squared[j]);
     }
   }
   for (int64_t i = 0; i < rows; ++i) {
@@ -261,24 +272,20 @@ void nearest_neighbors_cpu(const NearestNeighborsParams<T>& p) {
   static_assert(kQueryTile % kRows == 0 && kPointTile % kCols<T> == 0, "tiles hold whole panels");
   const bool parallel =
       p.num_queries * p.num_points * std::max<int64_t>(p.dim, 1) >= kMinParallelWork;
-  const int threads = parallel ? p.num_threads : 1;
-  const Panels<T> query(p.query, p.num_queries, p.dim, kRows, threads);
-  const Panels<T> points(p.points, p.num_points, p.dim, kCols<T>, threads);
-  const std::vector<T> query_norms = squared_norms(p.query, p.num_queries, p.dim, threads);
-  const std::vector<T> point_norms = squared_norms(p.points, p.num_points, p.dim, threads);
   const std::vector<T> thresholds =
       p.radii != nullptr ? squared_thresholds(p.radii, p.num_points) : std::vector<T>();
   const std::vector<T> query_thresholds = p.query_radii != nullptr
       ? squared_thresholds(p.query_radii, p.num_queries) : std::vector<T>();
   const int64_t tiles = (p.num_queries + kQueryTile - 1) / kQueryTile;
   std::fill(p.points_within, p.points_within + p.num_points, int64_t(0));
-#pragma omp parallel num_threads(threads) if (parallel)
+  // One parallel region (one barrier): each thread packs the tiles it uses itself, which costs
+  // about 1 / kQueryTile of the arithmetic and leaves nothing to wait for on a busy machine.
+#pragma omp parallel num_threads(p.num_threads) if (parallel)
   {
-    Workspace<T> work(p.k, p.num_points, p.query_radii != nullptr);
+    Workspace<T> work(p.k, p.dim, p.num_points, p.query_radii != nullptr);
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < tiles; ++t)
-      query_tile(p, query, points, query_norms, point_norms, thresholds, query_thresholds,
-                 t * kQueryTile, work);
+      query_tile(p, thresholds, query_thresholds, t * kQueryTile, work);
     if (p.query_radii != nullptr) {
 #pragma omp critical(nearest_neighbors_points_within)
       for (int64_t j = 0; j < p.num_points; ++j) p.points_within[j] += work.points_within[j];

@@ -81,8 +81,8 @@ def nearest_neighbors(query: torch.Tensor, points: torch.Tensor, k: int = 1, *,
     (the C++ kernels as sqrt(max(||p||^2 + ||q||^2 - 2 <p, q>, 0)) with the squared norms
     evaluated by the same dot-product code, so a duplicate is at exactly 0; the reference,
     Triton and CUDA as sqrt(sum (p - q)^2)), so the k-th neighbour of a point lies exactly on
-    the radius it defines. Memory is O((Q + M) D) plus a tile per thread, never Q x M. Not
-    differentiable.
+    the radius it defines. Memory beyond inputs and outputs is a tile per thread (and M counts per
+    thread with ``query_radii``), never Q x M. Not differentiable.
     """
     _check(query, points, radii, query_radii, k, exclude_self)
     return _OP(query.device, query, points, radii, query_radii, k, exclude_self)
