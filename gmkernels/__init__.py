@@ -4,6 +4,7 @@ from .ops.class_pairwise_kl import class_pairwise_kl
 from .ops.minibatch_discrimination import minibatch_discrimination
 from .ops.mixture_log_likelihood import mixture_log_likelihood, simplex_vertices
 from .ops.mixture_sample import mixture_sample
+from .ops.nearest_neighbors import nearest_neighbors
 
 from ._version import __version__
 
@@ -30,6 +31,7 @@ __all__ = [
     "minibatch_discrimination",
     "mixture_log_likelihood",
     "mixture_sample",
+    "nearest_neighbors",
     "nn",
     "set_backend",
     "simplex_vertices",

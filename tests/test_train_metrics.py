@@ -128,8 +128,6 @@ def test_feature_set_metrics_report_kid_of_the_features():
 def test_feature_set_metrics_report_precision_recall_density_coverage():
     from gmkernels import metrics as kernel_metrics
 
-    if not hasattr(kernel_metrics, "precision_recall"):
-        pytest.skip("gmkernels.metrics.precision_recall is not in this checkout yet")
     features, test = _feature_sets()
     result = feature_set_metrics(features, test)
     expected = kernel_metrics.precision_recall(test, features, k=3)

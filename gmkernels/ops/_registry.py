@@ -33,13 +33,15 @@ def _unchanged(outputs):
     return outputs
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class OpDeclaration:
     """One op, stated once.
 
     name: the op's name in both namespaces; ``<name>_backward`` is its backward op.
     schema, backward_schema: the schemas without namespace, byte-identical to the C++ bindings'
         (tests/test_backend.py checks it).
+    An op that is not differentiable leaves backward_schema and the five backward entries None:
+    it then has no backward op, and a backward through it raises ``not differentiable``.
     reference: the reference backend, called with the op's arguments; returns the public result.
     fake, fake_backward: fake-tensor implementations (torch.compile, opcheck).
     setup_context(ctx, inputs, output), backward(ops, ctx, *grads): the op's autograd, ``ops``
@@ -51,15 +53,19 @@ class OpDeclaration:
 
     name: str
     schema: str
-    backward_schema: str
     reference: Callable
     fake: Callable
-    fake_backward: Callable
-    setup_context: Callable
-    backward: Callable
-    setup_backward_context: Callable
-    double_backward: Callable
+    backward_schema: str | None = None
+    fake_backward: Callable | None = None
+    setup_context: Callable | None = None
+    backward: Callable | None = None
+    setup_backward_context: Callable | None = None
+    double_backward: Callable | None = None
     result: Callable = _unchanged
+
+    @property
+    def differentiable(self) -> bool:
+        return self.backward_schema is not None
 
     @property
     def backward_name(self) -> str:
@@ -83,8 +89,10 @@ _TRITON_OPS = {}
 
 def _define_triton_ops(declaration: OpDeclaration) -> None:
     launchers = importlib.import_module(f"gmkernels.triton.{declaration.name}")
-    for name, schema in ((declaration.name, declaration.schema),
-                         (declaration.backward_name, declaration.backward_schema)):
+    declared = [(declaration.name, declaration.schema)]
+    if declaration.differentiable:
+        declared.append((declaration.backward_name, declaration.backward_schema))
+    for name, schema in declared:
         if not schema.startswith(f"{name}("):
             raise ValueError(f"the schema of {name} must start with '{name}(', got {schema!r}")
         _TRITON_OPS[name] = torch.library.custom_op(
@@ -97,6 +105,10 @@ def _register_fake_and_autograd(declaration: OpDeclaration, namespace: str) -> N
     forward = f"{namespace}::{declaration.name}"
     backward = f"{namespace}::{declaration.backward_name}"
     torch.library.register_fake(forward, declaration.fake)
+    if not declaration.differentiable:
+        torch.library.register_autograd(forward, _not_differentiable(declaration.name),
+                                        setup_context=lambda ctx, inputs, output: None)
+        return
     torch.library.register_fake(backward, declaration.fake_backward)
     torch.library.register_autograd(
         forward, lambda ctx, *grads: declaration.backward(ops, ctx, *grads),
@@ -106,6 +118,12 @@ def _register_fake_and_autograd(declaration: OpDeclaration, namespace: str) -> N
     torch.library.register_autograd(
         backward, lambda ctx, *grads: declaration.double_backward(ops, ctx, *grads),
         setup_context=declaration.setup_backward_context)
+
+
+def _not_differentiable(name: str) -> Callable:
+    def backward(ctx, *grads):
+        raise RuntimeError(f"gmkernels.{name} is not differentiable; detach its inputs")
+    return backward
 
 
 class RegisteredOp:

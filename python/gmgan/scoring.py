@@ -160,13 +160,9 @@ def feature_set_metrics(features: torch.Tensor, test_features: torch.Tensor) -> 
     size = min(KID_SUBSET_SIZE, len(features), len(test_features))
     kid = kernel_metrics.kernel_inception_distance(features, test_features, subsets=KID_SUBSETS, subset_size=size,
                                                    generator=_EVAL_SEED)
-    results = {"kid": kid.mean, "kid_std": kid.std}
-    # gmkernels.metrics.precision_recall lands with the nearest-neighbour op; until then it is left out.
-    precision_recall = getattr(kernel_metrics, "precision_recall", None)
-    if precision_recall is not None:
-        pr = precision_recall(test_features, features, k=PR_NEIGHBOURS)
-        results.update(precision=pr.precision, recall=pr.recall, density=pr.density, coverage=pr.coverage)
-    return results
+    pr = kernel_metrics.precision_recall(test_features, features, k=PR_NEIGHBOURS)
+    return {"kid": kid.mean, "kid_std": kid.std, "precision": pr.precision, "recall": pr.recall,
+            "density": pr.density, "coverage": pr.coverage}
 
 
 def nearest_training_images(samples: torch.Tensor, train: torch.Tensor, count: int = 3) -> torch.Tensor:
