@@ -28,13 +28,13 @@
 namespace gmk {
 namespace {
 
-// Tiles of at most kTileCols components x kTileElements / kTileCols rows (512 x 256, 512 KiB in
-// float32): small enough to stay in a core's L2 cache between the BLAS product that writes the
-// tile and the epilogue and products that read it, large enough for the product to run near its
-// peak rate. Measured on a 2-core AVX2 machine (d = 16 to 256): the forward is the same from 512 KiB
-// to 16 MiB tiles, the backward (which reads each tile three times) 1.5-2x faster at 512 KiB.
-constexpr int64_t kTileCols = 512;
-constexpr int64_t kTileElements = int64_t(1) << 17;
+// Tiles of at most kTileCols components x kTileElements / kTileCols rows: wide enough for the
+// BLAS product to run near its peak rate, small enough (16 MiB in float32) to stay in the last
+// level cache between the product and its epilogue. (512 x 256 tiles, in L2, measured faster
+// one thread at a time, were 4x slower at 2 threads on a busy machine for B = 8192, C = 5000,
+// d = 64 forward + backward: each tile's BLAS call and epilogue open their own thread teams.)
+constexpr int64_t kTileCols = 1024;
+constexpr int64_t kTileElements = int64_t(1) << 22;
 constexpr double kLog2Pi = 1.83787706640934548356;
 // A tile of W with at most 1 / kSparseRatio nonzeros takes the sparse products (CPU): a dense
 // product runs ~20-40x more FLOPs per second than the scattered row updates.
