@@ -3,6 +3,7 @@ values and gradients against float64 truth, float32 rounding, gradcheck, opcheck
 distances, switched-off components, empty and single-component cases, bad input, torch.compile;
 simplex_vertices in both layouts."""
 import math
+import os
 
 import pytest
 import torch
@@ -18,6 +19,22 @@ from conftest import assert_close_per_element, backend_device, require_backend
 DIRECT_MAX = 65          # csrc/kernels/mixture_log_likelihood.h kDirectMaxComponents
 PATHS = {"direct": 7, "tiled": 70}   # a component count that takes each path
 VAR_KINDS = ("float", "()", "(C,)", "(C,d)", "(1,d)")
+# Small CPU problems take the direct kernel whatever C (csrc/binding/mixture_log_likelihood.cpp);
+# this variable moves the limit, 0 sends every C > 65 to the tiled path.
+DIRECT_MAX_WORK = "GMKERNELS_MLL_DIRECT_MAX_WORK"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def tiled_path_above_65_components():
+    """The tests below pick a path by C alone (PATHS) at sizes small enough to be quick: switch
+    the small-problem route off for them; test_cpp_small_problems_* cover it."""
+    saved = os.environ.get(DIRECT_MAX_WORK)
+    os.environ[DIRECT_MAX_WORK] = "0"
+    yield
+    if saved is None:
+        del os.environ[DIRECT_MAX_WORK]
+    else:
+        os.environ[DIRECT_MAX_WORK] = saved
 
 
 def kernel_backends():
@@ -467,3 +484,61 @@ def test_simplex_vertices_reject_bad_arguments():
         gmkernels.simplex_vertices(3, radius=-1.0)
     with pytest.raises(ValueError, match="layout must be one of"):
         gmkernels.simplex_vertices(3, layout="burkardt")
+
+
+def _uses_matrix_products(x, means, var, log_weights):
+    """Whether forward + backward on the cpp backend ran the tiled path (BLAS products)."""
+    with gmkernels.use_backend("cpp"), torch.profiler.profile() as profile:
+        value_and_grads("cpp", x, means, var, log_weights)
+    return any(event.name in ("aten::mm", "aten::addmm") for event in profile.events())
+
+
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_small_problems_take_the_direct_path_whatever_c(var_kind, monkeypatch):
+    """B C d <= 2**22 on the CPU: the direct kernel (no matrix product) for C > 65 too, with the
+    values and gradients of the float64 truth; GMKERNELS_MLL_DIRECT_MAX_WORK=0 restores the
+    tiled path for the same problem, which gives the same truth."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(40, 300, 5, var_kind, seed=31)
+    want, want_grads = truth(x, means, var, log_weights)
+    for setting, tiled in (("", False), (str(40 * 300 * 5 - 1), True), ("0", True)):
+        monkeypatch.setenv(DIRECT_MAX_WORK, setting)
+        assert _uses_matrix_products(x, means, var, log_weights) == tiled, setting
+        got, grads = value_and_grads("cpp", x, means, var, log_weights)
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+        for g, w in zip(grads, want_grads):
+            assert torch.allclose(g, w, rtol=1e-8, atol=1e-9)
+
+
+def test_cpp_problems_above_the_limit_keep_the_tiled_path(monkeypatch):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.delenv(DIRECT_MAX_WORK)
+    x, means, var, log_weights = make_inputs(300, 1000, 15, "(C,)", torch.float32, seed=32)
+    assert 300 * 1000 * 15 > 2**22
+    assert _uses_matrix_products(x, means, var, log_weights)
+
+
+@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, False)),
+                                              ("(C,d)", (False, True))])
+def test_opcheck_cpp_small_problem_direct_path_with_many_components(var_kind, wanted, monkeypatch):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.delenv(DIRECT_MAX_WORK)
+    ops = torch.ops.gmkernels
+    x, means, var, log_weights = leaves(*make_inputs(11, 200, 4, var_kind, torch.float32, seed=33))
+    torch.library.opcheck(ops.mixture_log_likelihood.default, (x, means, var, log_weights))
+    log_likelihood = ops.mixture_log_likelihood(x, means, var, log_weights).detach()
+    torch.library.opcheck(ops.mixture_log_likelihood_backward.default,
+                          (torch.randn(11), x.detach(), means.detach(), var.detach(),
+                           log_weights.detach(), log_likelihood, *wanted))
+
+
+def test_cpp_rejects_a_malformed_direct_max_work_setting(monkeypatch):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.setenv(DIRECT_MAX_WORK, "lots")
+    x, means, var, log_weights = make_inputs(4, 80, 3, "(C,)", torch.float32)
+    with pytest.raises(RuntimeError, match="GMKERNELS_MLL_DIRECT_MAX_WORK must be a non-negative integer"):
+        gmkernels.mixture_log_likelihood(x, means, var, log_weights)

@@ -448,3 +448,46 @@ def test_cpp_forward_and_backward_keep_no_n_by_k_buffer_besides_z():
     for line in result.stdout.strip().splitlines():
         full, growth_mib, z_mib = line.split()
         assert float(growth_mib) < 1.5 * float(z_mib), line
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("upstream", ["z.sum()", "w.expand(n, K)"])
+def test_broadcast_upstream_gradient_gives_the_dense_gradient(backend, full, upstream):
+    """The upstream gradient of z.sum() is one value expanded over (n, K), and a caller may pass
+    a row w expanded over the samples: stride 0 over the samples. The kernels
+    read that row again for every sample instead of a copy. The gradients must equal those of the
+    same values as a dense tensor bit for bit (the same sums in the same order), and the float64
+    reference given the same eps."""
+    require_backend(op)
+    n, dim = 300, 7
+    mu, scale = make_inputs(5, dim, full, torch.float64, backend, seed=21)
+    component = torch.randint(5, (n,), generator=torch.Generator().manual_seed(22)).to(backend)
+    seed = torch.tensor(9)
+    z = mixture_sample_with_seed(mu, scale, component, seed)
+    if upstream == "z.sum()":
+        (grad_z,) = torch.autograd.grad(z.sum(), z, retain_graph=True)
+    else:
+        w = torch.randn(dim, dtype=torch.float64, generator=torch.Generator().manual_seed(23))
+        grad_z = w.to(backend).expand(n, dim)
+    assert grad_z.stride(0) == 0
+    broadcast = torch.autograd.grad(z, (mu, scale), grad_z, retain_graph=True)
+    dense = torch.autograd.grad(z, (mu, scale), grad_z.contiguous())
+    for got, want in zip(broadcast, dense):
+        assert torch.equal(got, want)
+    eps = kernel_eps(component, dim, seed, torch.float64, backend)
+    z_ref = mixture_sample_given_eps(mu, scale, component, eps)
+    for got, want in zip(broadcast, torch.autograd.grad(z_ref, (mu, scale), grad_z.contiguous())):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_opcheck_backward_op_with_a_broadcast_upstream_gradient(full):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(3, 5, full, torch.float32)
+    component = torch.randint(3, (17,))
+    seed = torch.tensor(5)
+    for grad_z in (torch.ones(()).expand(17, 5), torch.randn(5).expand(17, 5)):
+        assert grad_z.stride(0) == 0
+        torch.library.opcheck(torch.ops.gmkernels.mixture_sample_backward.default,
+                              (grad_z, scale.detach(), component, seed))

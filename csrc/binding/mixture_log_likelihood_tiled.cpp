@@ -30,7 +30,9 @@ namespace {
 
 // Tiles of at most kTileCols components x kTileElements / kTileCols rows: wide enough for the
 // BLAS product to run near its peak rate, small enough (16 MiB in float32) to stay in the last
-// level cache between the product and its epilogue.
+// level cache between the product and its epilogue. (512 x 256 tiles, in L2, measured faster
+// one thread at a time, were 4x slower at 2 threads on a busy machine for B = 8192, C = 5000,
+// d = 64 forward + backward: each tile's BLAS call and epilogue open their own thread teams.)
 constexpr int64_t kTileCols = 1024;
 constexpr int64_t kTileElements = int64_t(1) << 22;
 constexpr double kLog2Pi = 1.83787706640934548356;

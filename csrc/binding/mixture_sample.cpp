@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "../kernels/mixture_sample.h"
 #include "checks.h"
@@ -69,6 +70,16 @@ void check_components_in_range_cpu(const at::Tensor& component, int64_t num_comp
               "), got values in [", low, ", ", high, "]");
 }
 
+// The rows of grad_z as the kernels read them: one row when every row is the same (stride 0
+// over samples: the expanded upstream gradient of z.sum(), or a row of shape (K,) expanded over
+// the samples), read again for every sample instead of being copied n times; otherwise a
+// contiguous (n, K) tensor. Returns the tensor and its row stride.
+std::pair<at::Tensor, int64_t> grad_rows(const at::Tensor& grad_z) {
+  if (grad_z.size(0) > 1 && grad_z.stride(0) == 0)
+    return {grad_z.select(0, 0).contiguous(), 0};
+  return {grad_z.contiguous(), grad_z.size(1)};
+}
+
 template <typename scalar_t>
 MixtureSampleParams<scalar_t> forward_params(const at::Tensor& mu, const at::Tensor& scale,
                                              const at::Tensor& component, const at::Tensor& z,
@@ -89,6 +100,7 @@ MixtureSampleParams<scalar_t> forward_params(const at::Tensor& mu, const at::Ten
 
 template <typename scalar_t>
 MixtureSampleBackwardParams<scalar_t> backward_params(const at::Tensor& grad_z,
+                                                      int64_t grad_row_stride,
                                                       const at::Tensor& scale,
                                                       const at::Tensor& component,
                                                       const at::Tensor& grad_mu,
@@ -96,6 +108,7 @@ MixtureSampleBackwardParams<scalar_t> backward_params(const at::Tensor& grad_z,
                                                       uint64_t seed) {
   MixtureSampleBackwardParams<scalar_t> p;
   p.grad_z = grad_z.data_ptr<scalar_t>();
+  p.grad_row_stride = grad_row_stride;
   p.scale = scale.data_ptr<scalar_t>();
   p.component = component.data_ptr<int64_t>();
   p.grad_mu = grad_mu.data_ptr<scalar_t>();
@@ -134,14 +147,18 @@ std::tuple<at::Tensor, at::Tensor> cpu_mixture_sample_backward(const at::Tensor&
   check_mixture_sample_backward_args(grad_z, scale, component);
   check_components_in_range_cpu(component, scale.size(0));
   const uint64_t seed_bits = read_seed(seed);
-  const at::Tensor grad_z_c = grad_z.contiguous(), scale_c = scale.contiguous();
+  const std::pair<at::Tensor, int64_t> rows = grad_rows(grad_z);
+  const at::Tensor& grad_z_c = rows.first;
+  const int64_t grad_row_stride = rows.second;
+  const at::Tensor scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
   at::Tensor grad_mu = at::zeros({scale.size(0), scale.size(1)}, scale.options());
   at::Tensor grad_scale = at::zeros_like(scale_c);
   if (component.size(0) == 0 || scale.size(1) == 0) return {grad_mu, grad_scale};
   AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_backward_cpu", [&] {
-    mixture_sample_backward_cpu(backward_params<scalar_t>(grad_z_c, scale_c, component_c, grad_mu,
-                                                          grad_scale, seed_bits));
+    mixture_sample_backward_cpu(backward_params<scalar_t>(grad_z_c, grad_row_stride, scale_c,
+                                                          component_c, grad_mu, grad_scale,
+                                                          seed_bits));
   });
   return {grad_mu, grad_scale};
 }
@@ -209,7 +226,10 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
   check_mixture_sample_backward_args(grad_z, scale, component);
   const c10::cuda::CUDAGuard guard(grad_z.device());
   const uint64_t seed_bits = read_seed(seed);
-  const at::Tensor grad_z_c = grad_z.contiguous(), scale_c = scale.contiguous();
+  const std::pair<at::Tensor, int64_t> rows = grad_rows(grad_z);
+  const at::Tensor& grad_z_c = rows.first;
+  const int64_t grad_row_stride = rows.second;
+  const at::Tensor scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
   at::Tensor grad_mu = at::zeros({scale.size(0), scale.size(1)}, scale.options());
   at::Tensor grad_scale = at::zeros_like(scale_c);
@@ -217,8 +237,8 @@ std::tuple<at::Tensor, at::Tensor> cuda_mixture_sample_backward(const at::Tensor
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const DeviceGrouping grouping = group_by_component(component_c, scale.size(0));
   AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_backward_cuda", [&] {
-    auto params = backward_params<scalar_t>(grad_z_c, scale_c, component_c, grad_mu, grad_scale,
-                                            seed_bits);
+    auto params = backward_params<scalar_t>(grad_z_c, grad_row_stride, scale_c, component_c,
+                                            grad_mu, grad_scale, seed_bits);
     params.deterministic = deterministic;
     params.splits = deterministic ? 1 : atomic_splits(component.size(0), scale.size(0));
     params.grouping = grouping.view();

@@ -13,6 +13,8 @@
 #include <limits>
 #include <vector>
 
+#include "team_size.h"
+
 namespace gmk {
 namespace {
 
@@ -152,6 +154,17 @@ void block_logsumexp(const scalar_t* exponent, int64_t num_components, scalar_t*
   for (int64_t r = 0; r < kRowBlock; ++r) out[r] = top[r] + std::log(sum[r]);
 }
 
+// Rough single-core costs (AVX2 machine) from which the team sizes are chosen: a direct-path
+// pair (row, component) costs ~0.15 ns per dimension plus its exp; a tile element (exponent, exp
+// and the running sums) ~1 ns; a nonzero weight of the sparse products ~0.5 ns per factor.
+double direct_ns(int64_t rows, int64_t num_components, int64_t dim) {
+  return static_cast<double>(rows) * static_cast<double>(num_components) *
+         (0.15 * static_cast<double>(dim) + 2.0);
+}
+double tile_ns(int64_t rows, int64_t cols) {
+  return static_cast<double>(rows) * static_cast<double>(cols);
+}
+
 int64_t chunk_rows_for(int64_t num_rows) {
   const int64_t spread = (num_rows + kMaxChunks - 1) / kMaxChunks;
   const int64_t rows = std::max(kChunkRows, spread);
@@ -165,7 +178,8 @@ void mixture_log_likelihood_direct_cpu(const MixtureLogLikelihoodParams<scalar_t
   const int64_t dim = p.dim, num_components = p.num_components;
   const ComponentTable<scalar_t> table(p.var, p.log_weights, num_components, dim, p.diagonal);
   const int64_t blocks = (p.num_rows + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel num_threads(p.num_threads)
+  const int threads = team_size(p.num_threads, blocks, direct_ns(p.num_rows, num_components, dim));
+#pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> x_block(dim * kRowBlock);
     std::vector<scalar_t> exponent(num_components * kRowBlock);
@@ -196,8 +210,11 @@ void mixture_log_likelihood_direct_backward_cpu(
   // Per chunk: grad_means (C x d), grad_var (var_size), grad_log_weights (C), in double.
   const int64_t partial_size = num_components * dim + var_size + num_components;
   std::vector<double> partials(component_grads ? chunks * partial_size : 0, 0.0);
+  // The backward does about three times the forward's arithmetic per pair.
+  const int threads =
+      team_size(p.num_threads, chunks, 3.0 * direct_ns(p.num_rows, num_components, dim));
 
-#pragma omp parallel num_threads(p.num_threads)
+#pragma omp parallel num_threads(threads)
   {
     std::vector<scalar_t> x_block(dim * kRowBlock);
     std::vector<scalar_t> grad_block(dim * kRowBlock);
@@ -310,7 +327,8 @@ void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
   constexpr int64_t kLanes = 16;  // independent partial maxima and sums: the loops vectorize
   const int64_t cols = p.num_cols;
   const int64_t full = cols / kLanes * kLanes;
-#pragma omp parallel for schedule(static) num_threads(p.num_threads)
+  const int threads = team_size(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* row = p.scores + b * p.ld;
     const scalar_t half_norm = p.row_norm != nullptr ? scalar_t(0.5) * p.row_norm[b] : scalar_t(0);
@@ -346,7 +364,8 @@ template <typename scalar_t>
 int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
   const int64_t cols = p.num_cols;
   int64_t nonzeros = 0;
-#pragma omp parallel for schedule(static) num_threads(p.num_threads) reduction(+ : nonzeros)
+  const int threads = team_size(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : nonzeros)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* row = p.scores + b * p.ld;
     const scalar_t grad = p.grad[b];
@@ -371,9 +390,15 @@ int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
 
 template <typename scalar_t>
 void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) {
+  // At most 1 / 32 of the weights are nonzero (the binding's kSparseRatio); the scan of the tile
+  // for them is the rest.
+  const double scan_ns = 0.2 * static_cast<double>(p.num_rows) * static_cast<double>(p.num_cols);
+  const double nonzero_ns = 0.5 * scan_ns / 32;
   if (p.row_sums != nullptr) {
+    const int threads =
+        team_size(p.num_threads, p.num_rows, scan_ns + nonzero_ns * static_cast<double>(p.row_width));
     // Each row's sum belongs to one iteration: no two threads write the same output.
-#pragma omp parallel for schedule(dynamic, 16) num_threads(p.num_threads)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
     for (int64_t b = 0; b < p.num_rows; ++b) {
       const scalar_t* w = p.weights + b * p.ld;
       scalar_t* out = p.row_sums + b * p.row_width;
@@ -391,7 +416,9 @@ void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) 
     // the sums are the same for any thread count.
     constexpr int64_t kColumnBlock = 16;
     const int64_t blocks = (p.num_cols + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(p.num_threads)
+    const int threads =
+        team_size(p.num_threads, blocks, scan_ns + nonzero_ns * static_cast<double>(p.col_width));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t col_begin = block * kColumnBlock;
       const int64_t col_end = std::min(p.num_cols, col_begin + kColumnBlock);

@@ -21,6 +21,7 @@
 
 #include "../kernels/philox.h"
 #include "philox_simd.h"
+#include "team_size.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -31,13 +32,6 @@ namespace {
 
 using simd::kLanes;
 constexpr int64_t kBlockFloats = 4 * kLanes;  // normals of one randn4_lanes call
-
-// Threads for `items` work items costing about `work_ns` nanoseconds in all: one per ~100 us
-// of work, since waking a thread (worse on a busy machine) costs more than a small call.
-int team_size(int max_threads, int64_t items, double work_ns) {
-  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / 1.0e5));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({max_threads, items, by_work})));
-}
 
 // Rough single-core costs (AVX-512 machine): ~1.5 ns per normal with its load/store, ~16
 // multiply-adds per ns in the register-blocked triangular products.
@@ -270,8 +264,9 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
     for (int64_t idx = run.begin; idx < run.end; ++idx) {
       const int64_t s = buckets.order[idx];
       // Rows of a component are scattered over grad_z: fetch the next one while this one adds.
-      const scalar_t* next = p.grad_z + buckets.order[std::min(idx + 1, run.end - 1)] * dim;
-      const scalar_t* grad = p.grad_z + s * dim;
+      const scalar_t* next =
+          p.grad_z + buckets.order[std::min(idx + 1, run.end - 1)] * p.grad_row_stride;
+      const scalar_t* grad = p.grad_z + s * p.grad_row_stride;
       const uint64_t first = static_cast<uint64_t>(s * groups);
       int64_t block = 0;
       for (; block < full_blocks; ++block) {
@@ -394,7 +389,7 @@ void backward_full(const MixtureSampleBackwardParams<scalar_t>& p,
           const int64_t s = buckets.order[tile + b];
           row_normals(p.seed, s, groups, i1, row_eps.data());
           std::copy(row_eps.begin(), row_eps.begin() + i1, eps.begin() + b * padded);
-          const scalar_t* grad_row = p.grad_z + s * dim + i0;
+          const scalar_t* grad_row = p.grad_z + s * p.grad_row_stride + i0;
           std::copy(grad_row, grad_row + rows, grad.begin() + b * rows);
           for (int64_t i = 0; i < rows; ++i) grad_mu[i0 + i] += grad_row[i];
         }

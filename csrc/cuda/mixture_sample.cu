@@ -222,7 +222,7 @@ __global__ void backward_diagonal_kernel(MixtureSampleBackwardParams<scalar_t> p
       const int64_t s = p.grouping.sorted_samples[idx];
       float eps[4];
       randn4(p.seed, static_cast<uint64_t>(s * groups + g), eps);
-      const scalar_t* grad = p.grad_z + s * p.dim + 4 * g;
+      const scalar_t* grad = p.grad_z + s * p.grad_row_stride + 4 * g;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if (4 * g + j < p.dim) {
@@ -284,7 +284,7 @@ __global__ void backward_full_kernel(MixtureSampleBackwardParams<scalar_t> p,
       const int b = e / kTile;
       const int64_t i = i0 + e % kTile;
       grad[b][e % kTile] =
-          (b < count && i < p.dim) ? p.grad_z[sample_ids[b] * p.dim + i] : scalar_t(0);
+          (b < count && i < p.dim) ? p.grad_z[sample_ids[b] * p.grad_row_stride + i] : scalar_t(0);
     }
     eps_tile(p.seed, p.dim, sample_ids, count, j0, eps);
     __syncthreads();

@@ -8,8 +8,9 @@
 //   grad_v_ck  = sum_b W_bc [ (x_bk - mu_ck)^2 / v_ck^2 - 1 / v_ck ] / 2   (summed over k when isotropic)
 //
 // Two ways to compute it, chosen by the binding:
-// - direct (C <= kDirectMaxComponents, MD-GAN's simplex head): one pass over the rows, the C
-//   exponents of a block of rows held in a small local array, differences taken directly.
+// - direct (C <= kDirectMaxComponents, MD-GAN's simplex head; on the CPU also any small
+//   problem, see the binding): one pass over the rows, the C exponents of a block of rows held
+//   in a small local array, differences taken directly.
 // - tiled (large C, Parzen windows): the binding computes a (rows x cols) tile of inner products
 //   with a BLAS matrix product and hands it to the epilogues below, which turn it into exponents
 //   E_bc = offset_c + scale_c * (S_bc - row_norm_b / 2) and fold them into a running logsumexp

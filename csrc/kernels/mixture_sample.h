@@ -39,7 +39,11 @@ struct MixtureSampleParams {
 
 template <typename scalar_t>
 struct MixtureSampleBackwardParams {
-  const scalar_t* grad_z;     // (num_samples, dim)
+  // (num_samples, dim) rows, row s at grad_z + s * grad_row_stride (each row contiguous):
+  // grad_row_stride = dim, or 0 when every row is the same, as for the upstream gradient of
+  // z.sum(), which is then read from one row instead of an n x dim copy.
+  const scalar_t* grad_z;
+  int64_t grad_row_stride;
   const scalar_t* scale;      // only its shape matters; kept for symmetry with the forward
   const int64_t* component;   // (num_samples,)
   scalar_t* grad_mu;          // (num_components, dim), zero-filled by the caller, written

@@ -90,7 +90,10 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     The kernels never build a B x C matrix: C <= 65 (MD-GAN's simplex) runs a direct kernel;
     larger C (Parzen windows) tiles the components, computes each tile's inner products with a
     matrix product on data shifted by the centre of the means, and folds them into an online
-    logsumexp; the backward recomputes the tiles from the saved log-likelihood.
+    logsumexp; the backward recomputes the tiles from the saved log-likelihood. On the CPU, small
+    problems (B * C * d <= 2**22) take the direct kernel whatever C, as its fixed costs are lower;
+    the environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on every call) moves that
+    limit, 0 sending every C > 65 to the tiled path.
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
