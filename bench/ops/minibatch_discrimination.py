@@ -21,22 +21,28 @@ LARGE_SIZES = {"full": [(4096, 50, 5)], "quick": [(1024, 20, 5)], "smoke": [(256
 D_STEP_BATCH = {"full": 1024, "quick": 128, "smoke": 16}
 
 
+def _timed_call(fn, M, grad_out, backward: bool):
+    """fn(M), and with backward its backward from grad_out (M needs no grad for a forward alone)."""
+    def run():
+        out = fn(M)
+        if backward:
+            out.backward(grad_out)
+        return out
+    return run
+
+
+def _on_backend(name):
+    def call(m):
+        with gmkernels.use_backend(name):
+            return gmkernels.minibatch_discrimination(m)
+    return call
+
+
 def _op_contenders(M, grad_out, backward, names, with_reference):
     def step(fn):
-        def run():
-            out = fn(M)
-            if backward:
-                out.backward(grad_out)
-            return out
-        return run
+        return _timed_call(fn, M, grad_out, backward)
 
-    def on_backend(name):
-        def call(m):
-            with gmkernels.use_backend(name):
-                return gmkernels.minibatch_discrimination(m)
-        return call
-
-    contenders = [Contender(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
+    contenders = [Contender(f"gmkernels[{name}]", step(_on_backend(name))) for name in names]
     if with_reference:
         compiled = torch.compile(reference)
         contenders += [Contender("reference eager", step(reference)),
@@ -162,22 +168,9 @@ def _sweep_case(N, B, C, backward, names, device, compiled, seed):
         grad_out = torch.randn(N, B, generator=gen).to(device)
 
         def step(fn):
-            def run():
-                if not backward:
-                    with torch.no_grad():
-                        return fn(M)
-                out = fn(M)
-                out.backward(grad_out)
-                return out
-            return run
+            return _timed_call(fn, M, grad_out, backward)   # M requires grad only with backward
 
-        def on_backend(name):
-            def call(m):
-                with gmkernels.use_backend(name):
-                    return gmkernels.minibatch_discrimination(m)
-            return call
-
-        out = [Contender(f"gmkernels[{name}]", step(on_backend(name))) for name in names]
+        out = [Contender(f"gmkernels[{name}]", step(_on_backend(name))) for name in names]
         if "naive eager" in peers:
             out.append(Contender("naive eager", step(naive_minibatch)))
         if "naive compile" in peers:

@@ -51,18 +51,23 @@ def keops_formula(lazy_tensor, x, means, var, log_weights):
     return exponent.logsumexp(dim=1).view(-1) - 0.5 * x.shape[1] * math.log(2 * math.pi * var)
 
 
+def _timed_call(fn, grad_inputs):
+    """fn() under no_grad, or with grad_inputs forward + backward of sum(fn()) into them."""
+    def run():
+        if not grad_inputs:
+            with torch.no_grad():
+                return fn()
+        out = fn()
+        torch.autograd.grad(out.sum(), grad_inputs)
+        return out
+    return run
+
+
 def _contenders(x, means, var, log_weights, grad_inputs, fused_backends):
     """One Contender per implementation; with grad_inputs each call is forward + backward of
     sum(log-likelihood) into those inputs."""
     def step(fn):
-        def run():
-            if not grad_inputs:
-                with torch.no_grad():
-                    return fn()
-            out = fn()
-            torch.autograd.grad(out.sum(), grad_inputs)
-            return out
-        return run
+        return _timed_call(fn, grad_inputs)
 
     out = []
     for name in fused_backends:
@@ -274,14 +279,7 @@ def _sweep_case(num_rows, num_components, dim, var_kind, with_log_weights, mode,
         grad_inputs = tuple(t for t in (x, means) if t.requires_grad)
 
         def step(fn):
-            def run():
-                if not grad_inputs:
-                    with torch.no_grad():
-                        return fn()
-                out = fn()
-                torch.autograd.grad(out.sum(), grad_inputs)
-                return out
-            return run
+            return _timed_call(fn, grad_inputs)
 
         out = []
         for name in kernel_backends(backends, torch.device(device), IMPLEMENTED):

@@ -13,6 +13,7 @@
 // two schemes depends on the shape only: results are identical run to run and for any thread
 // count, without atomics.
 #include "../kernels/minibatch_discrimination.h"
+#include "multiply_add.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,17 +23,6 @@
 
 namespace gmk {
 namespace {
-
-// a * b + c, fused where the target has FMA (one rounding, one instruction); the build turns
-// implicit contraction off, so this is the only place it happens.
-template <typename T>
-inline T multiply_add(T a, T b, T c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
 
 // exp(x) for x <= 0, branch-free so that the lane loops vectorize (Cephes' expf: x = n ln2 + r
 // with |r| <= ln2 / 2, a degree-6 polynomial in r, then 2^n through the exponent bits; < 1.5

@@ -19,6 +19,7 @@
 // Each output row is written by one thread in a fixed order: results do not depend on the
 // thread count.
 #include "../kernels/nearest_neighbors.h"
+#include "multiply_add.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,17 +32,6 @@
 
 namespace gmk {
 namespace {
-
-// a * b + c with one rounding where the target has FMA; the build turns implicit contraction
-// off, so every dot product is exactly this chain of operations.
-template <typename T>
-inline T multiply_add(T a, T b, T c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
 
 // One vector of kDotLanes lanes: a 32-byte register where the target has AVX and FMA, else an
 // array (the compiler may vectorize it). Lane by lane it is multiply_add either way.
