@@ -141,6 +141,17 @@ def _op_lines(rows: list) -> list:
     return _markdown_table([titles[index] for index in keep], [[cells[index] for index in keep] for cells in table])
 
 
+
+def _write_sections(path: str, lines: list, rows: list, section_lines, settings: dict) -> None:
+    """The report's head ``lines``, a section per op (``section_lines`` of its rows), the
+    maintainers' notes, written to ``path``."""
+    for op in dict.fromkeys(row["op"] for row in rows):
+        lines += ["", f"## {op}", ""] + section_lines([row for row in rows if row["op"] == op])
+    if settings.get("maintainer_notes"):
+        lines += ["", "## Notes for maintainers", ""] + [f"- {note}" for note in settings["maintainer_notes"]]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
 def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
     settings, rows = result["settings"], result["rows"]
     facts = result["device"]
@@ -192,12 +203,7 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
                      "steps run on one thread, as gmgan's presets run them).")
     if plot_name:
         lines += ["", f"![speed-up vs size]({plot_name})"]
-    for op in dict.fromkeys(row["op"] for row in rows):
-        lines += ["", f"## {op}", ""] + _op_lines([row for row in rows if row["op"] == op])
-    if settings.get("maintainer_notes"):
-        lines += ["", "## Notes for maintainers", ""] + [f"- {note}" for note in settings["maintainer_notes"]]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    _write_sections(path, lines, rows, _op_lines, settings)
 
 
 def write_json(path: str, result: dict) -> None:
@@ -443,12 +449,7 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
     ]
     if plot_name:
         lines += ["", f"![ratio vs size]({plot_name})"]
-    for op in dict.fromkeys(point["op"] for point in points):
-        lines += ["", f"## {op}", ""] + _sweep_point_lines([point for point in points if point["op"] == op])
-    if settings.get("maintainer_notes"):
-        lines += ["", "## Notes for maintainers", ""] + [f"- {note}" for note in settings["maintainer_notes"]]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    _write_sections(path, lines, points, _sweep_point_lines, settings)
 
 
 def write_sweep_plot(path: str, points: list, title: str) -> Optional[str]:

@@ -11,7 +11,7 @@ import gmkernels
 from gmkernels.metrics import precision_recall
 from gmkernels.ops import nearest_neighbors as op
 
-from bench.common import Case, Contender, bench_devices, kernel_backends
+from bench.common import Case, CompiledPeers, Contender, bench_devices, kernel_backends
 
 K = 3
 # (N per set, D): D = 64 and D = 2048 (Inception features), N up to 50,000 in full runs.
@@ -85,3 +85,43 @@ def cases(kind: str, backends: tuple) -> list:
                 device=device.type,
             ))
     return result
+
+
+# The sweep: N per set x D. The user's blocked version holds one block of distances (256 MB), so
+# no size is over the memory budget; 50,000 x 2048 (about 30 TFLOP for the three passes) is left to
+# the full benchmark above, which fits its time only there.
+SWEEP_SIZES = {
+    "full": [(n, d) for d in (64, 2048) for n in (1000, 4000, 10000)],
+    "quick": [(1000, 64), (1000, 2048)],
+    "smoke": [(64, 8)],
+}
+
+
+def _sweep_case(n, d, names, device, compiled, seed):
+    def build():
+        gen = torch.Generator().manual_seed(seed)
+        real = torch.randn(n, d, generator=gen).to(device)
+        fake = (torch.randn(n, d, generator=gen) * 1.1 + 0.1).to(device)
+
+        def on_backend(name):
+            def run():
+                with gmkernels.use_backend(name):
+                    return precision_recall(real, fake, k=K)
+            return run
+
+        radii_compiled, cross_compiled = compiled(_radii_block, "radii"), compiled(_cross_block, "cross")
+        return [Contender(f"gmkernels[{name}]", on_backend(name)) for name in names] + [
+            Contender("plain eager", lambda: _plain(real, fake, K, _radii_block, _cross_block)),
+            Contender("plain compile", lambda: _plain(real, fake, K, radii_compiled, cross_compiled))]
+
+    return Case(
+        op="nearest_neighbors", size=f"precision/recall N={n} D={d} k={K}", mode="forward", contenders=[],
+        build=build, flops=3 * 2.0 * n * n * d, baseline="plain eager", peer="plain compile",
+        peers=("plain eager", "plain compile"), work=float(n * n * d), work_label="N^2*D", device=device.type)
+
+
+def sweep_cases(kind: str, backends: tuple) -> list:
+    device = bench_devices()[-1]
+    names = kernel_backends(backends, device, op.IMPLEMENTED)
+    compiled = CompiledPeers()
+    return [_sweep_case(n, d, names, device, compiled, seed) for seed, (n, d) in enumerate(SWEEP_SIZES[kind], 1)]

@@ -168,19 +168,26 @@ def second_derivative_problem(make: Callable, backend: str, device: torch.device
     return None
 
 
+def _differentiable_twice(make, backends, device) -> list:
+    """The kernel backends whose second derivative of ``make``'s op runs on ``device``; each one
+    left out is said in a line."""
+    kernels = []
+    for name in kernel_backends(backends, device):
+        why_not = second_derivative_problem(make, name, device)
+        if why_not:
+            print(f"# {make.__name__.strip('_')} gradient penalty: gmkernels[{name}] not timed on "
+                  f"{device.type}, {why_not}", flush=True)
+        else:
+            kernels.append(name)
+    return kernels
+
+
 def cases(kind: str, backends: tuple) -> list:
     result = []
     for device in bench_devices():
         for make, size in SIZES[kind]:
             problem = make(*size, device)
-            kernels = []
-            for name in kernel_backends(backends, device):
-                why_not = second_derivative_problem(make, name, device)
-                if why_not:
-                    print(f"# {problem.op} gradient penalty: gmkernels[{name}] not timed on {device.type}, "
-                          f"{why_not}", flush=True)
-                else:
-                    kernels.append(name)
+            kernels = _differentiable_twice(make, backends, device)
             contenders = []
             for name in kernels + ["reference"]:
                 def run(name=name, problem=problem):
@@ -271,14 +278,7 @@ def sweep_cases(kind: str, backends: tuple) -> list:
     result = []
     for device in bench_devices():
         for make, sizes in SWEEP_SIZES[kind]:
-            kernels = []
-            for name in kernel_backends(backends, device):
-                why_not = second_derivative_problem(make, name, device)
-                if why_not:
-                    print(f"# {make.__name__.strip('_')} gradient penalty: gmkernels[{name}] not timed on "
-                          f"{device.type}, {why_not}", flush=True)
-                else:
-                    kernels.append(name)
+            kernels = _differentiable_twice(make, backends, device)
             # The reference backend (context) at the first, smallest size only: its
             # log-likelihood holds B x C x d, its pairwise KL takes N^2 C, through a double backward.
             result += [_sweep_case(make, size, kernels, device, kind == "full", index == 0)
