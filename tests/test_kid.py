@@ -65,7 +65,7 @@ def test_identical_distributions_give_about_zero_and_shifted_ones_positive():
     (lambda a: kernel_inception_distance(a, a, subset_size=11), ValueError, "must not exceed"),
     (lambda a: kernel_inception_distance(a, a, subset_size=1), ValueError, "subset_size must be >= 2"),
     (lambda a: kernel_inception_distance(a, a, subsets=0, subset_size=5), ValueError, "subsets must be >= 1"),
-    (lambda a: kernel_inception_distance(a, a, subsets=2.0, subset_size=5), TypeError, "subsets must be an int"),
+    (lambda a: kernel_inception_distance(a, a, subsets=2.0, subset_size=5), TypeError, "subsets must be a Python int or NumPy integer"),
     (lambda a: kernel_inception_distance(a, a, subset_size=5, generator="x"), TypeError, "generator must be"),
     (lambda a: kernel_inception_distance(a, [[1.0]], subset_size=5), TypeError, "b must be a torch.Tensor"),
 ])

@@ -288,7 +288,9 @@ def _all_reduce_worker(rank, world_size, init_file, features, result_queue):
         else:
             moments.update(shard)
         moments.all_reduce()
-        result_queue.put((rank, moments.count, moments.mean, moments.covariance))
+        # NumPy copies travel by value: a tensor would travel as a shared-memory handle that the
+        # parent can fail to open once this process has exited (FileNotFoundError under load).
+        result_queue.put((rank, moments.count, moments.mean.numpy(), moments.covariance.numpy()))
     finally:
         dist.destroy_process_group()
 
@@ -310,8 +312,8 @@ def test_all_reduce_across_two_gloo_ranks_gives_the_moments_of_all_features(tmp_
         assert process.exitcode == 0
     for _, count, mean, covariance in results:
         assert count == 101
-        assert torch.allclose(mean, features.mean(0), rtol=1e-13)
-        assert torch.allclose(covariance, torch.cov(features.T), rtol=1e-12)
+        assert torch.allclose(torch.from_numpy(mean), features.mean(0), rtol=1e-13)
+        assert torch.allclose(torch.from_numpy(covariance), torch.cov(features.T), rtol=1e-12)
 
 
 def test_all_reduce_without_distributed_leaves_the_moments():

@@ -74,7 +74,7 @@ def test_kernel_backends_give_the_reference_result(backend):
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(), ValueError, "pass sigma, or a validation set"),
     (dict(sigma=-1.0), ValueError, "sigma must be a finite float > 0"),
-    (dict(sigma=0.1, batch_size=0), ValueError, "batch_size must be an int >= 1"),
+    (dict(sigma=0.1, batch_size=0), ValueError, "batch_size must be >= 1"),
     (dict(validation=np.zeros((4, 3))), ValueError, "validation must be"),
     (dict(validation=np.zeros((4, 6)), sigmas=[]), ValueError, "sigmas must be a non-empty"),
     (dict(sigma=0.1, test=np.zeros((4, 5))), ValueError, "test must have d = 6"),

@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..ops import _checks
 from .frechet import GaussianMoments
 from .inception import inception_score, modified_inception_score
 
@@ -15,8 +16,7 @@ Inputs = "torch.Tensor | Iterable[torch.Tensor]"  # annotation only
 
 def _batches(inputs, batch_size: int, device):
     if isinstance(inputs, torch.Tensor):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a Python int >= 1, got {batch_size!r}")
+        batch_size = _checks.int_at_least(batch_size, "batch_size", 1)
         batches = inputs.split(batch_size)
     else:
         batches = inputs

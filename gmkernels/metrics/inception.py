@@ -18,12 +18,6 @@ from ..ops.class_pairwise_kl import (check_eps, check_labels, check_num_classes,
                                      check_probabilities, class_pairwise_kl)
 
 
-def _positive_int(value, name: str) -> int:
-    if _checks.non_negative_int(value, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def _mean_std(values: torch.Tensor) -> tuple:
     """(mean, population std, ddof=0) of the finite entries, as Python floats (numpy's default)."""
     values = values[torch.isfinite(values)]
@@ -50,7 +44,7 @@ def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple:
         improved-gan's code would give NaN.
     """
     probs = check_probabilities(probs, "probs")
-    splits = _positive_int(splits, "splits")
+    splits = _checks.int_at_least(splits, "splits", 1)
     num_samples = probs.shape[0]
     if num_samples < splits:
         raise ValueError(f"probs must have at least splits = {splits} rows, got {num_samples}")
@@ -106,7 +100,7 @@ def modified_inception_score_per_class(probs: torch.Tensor, labels: torch.Tensor
     ``splits`` samples) are skipped where the script produced NaN.
     """
     probs, labels, eps, num_classes = _class_setup(probs, labels, eps, num_classes)
-    splits = _positive_int(splits, "splits")
+    splits = _checks.int_at_least(splits, "splits", 1)
     kl = class_pairwise_kl(probs, labels, eps, num_classes=num_classes)
     device = probs.device
     count = torch.bincount(labels, minlength=num_classes)

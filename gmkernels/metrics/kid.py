@@ -38,14 +38,6 @@ def _features(value, name: str) -> torch.Tensor:
     return value
 
 
-def _positive_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Unbiased MMD^2 of two (m, d) float64 sets under k(x, y) = (x . y / d + 1)^3."""
     m, d = x.shape
@@ -78,8 +70,8 @@ def kernel_inception_distance(a, b, subsets: int = 100, subset_size: int = 1000,
     if a.shape[1] == 0:
         raise ValueError("a and b must have at least one feature")
     _checks.same_device({"a": a, "b": b})
-    subsets = _positive_int(subsets, "subsets", 1)
-    subset_size = _positive_int(subset_size, "subset_size", 2)
+    subsets = _checks.int_at_least(subsets, "subsets", 1)
+    subset_size = _checks.int_at_least(subset_size, "subset_size", 2)
     if subset_size > min(len(a), len(b)):
         raise ValueError(f"subset_size ({subset_size}) must not exceed the rows of a ({len(a)}) and b ({len(b)})")
     if generator is None or (isinstance(generator, (int, np.integer)) and not isinstance(generator, bool)):

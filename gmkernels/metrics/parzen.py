@@ -77,8 +77,7 @@ def parzen_log_likelihood(samples, test, sigma: float | None = None, validation=
         raise ValueError(f"test must have d = {samples.shape[1]} (from samples), got shape {tuple(test.shape)}")
     if samples.shape[0] == 0:
         raise ValueError("samples must hold at least one point")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    batch_size = _checks.int_at_least(batch_size, "batch_size", 1)
     if sigma is not None:
         if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}")

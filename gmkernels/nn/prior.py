@@ -7,17 +7,12 @@ import numbers
 import torch
 from torch import nn
 
+from ..ops import _checks
 from ..ops.mixture_sample import mixture_sample
 
 COVARIANCES = ("diag", "full", "fixed")
 ASSIGNMENTS = ("uniform", "per_row")
 REDUCTIONS = ("mean", "per_component")
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def _real(value, name: str, low: float, inclusive: bool) -> float:
@@ -60,8 +55,8 @@ class GaussianMixturePrior(nn.Module):
             raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
         if assignment not in ASSIGNMENTS:
             raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
-        num_components = _positive_int(num_components, "num_components")
-        dim = _positive_int(dim, "dim")
+        num_components = _checks.int_at_least(num_components, "num_components", 1)
+        dim = _checks.int_at_least(dim, "dim", 1)
         mean_range = _real(mean_range, "mean_range", 0.0, inclusive=True)
         std = _real(std, "std", 0.0, inclusive=False)
         self.num_components, self.dim = num_components, dim
@@ -136,13 +131,12 @@ class GaussianMixturePrior(nn.Module):
     def sample_component(self, k: int, n: int, *, generator: torch.Generator | None = None,
                          temperature: float = 1.0) -> torch.Tensor:
         """n samples of component k (GM-GAN: generate per Gaussian, e.g. for its clustering)."""
-        if (isinstance(k, bool) or not isinstance(k, numbers.Integral)
-                or not 0 <= k < self.num_components):
-            raise ValueError(f"k must be an int in [0, {self.num_components}), got {k!r}")
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
-        component = torch.full((int(n),), int(k), dtype=torch.int64, device=self.mu.device)
-        z, _ = mixture_sample(self.mu, self._scaled(temperature), int(n), component=component,
+        k = _checks.int_at_least(k, "k", 0)
+        if k >= self.num_components:
+            raise ValueError(f"k must be in [0, {self.num_components}), got {k}")
+        n = _checks.non_negative_int(n, "n")
+        component = torch.full((n,), k, dtype=torch.int64, device=self.mu.device)
+        z, _ = mixture_sample(self.mu, self._scaled(temperature), n, component=component,
                               generator=generator)
         return z
 

@@ -5,6 +5,7 @@ without a graph break; they run in eager mode and are skipped while compiling.
 """
 from __future__ import annotations
 
+import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -77,9 +78,17 @@ def index_range(value: torch.Tensor, name: str, upper: int) -> None:
             raise ValueError(f"{name} must lie in [0, {upper}), got values in [{low}, {high}]")
 
 
+def int_at_least(value, name: str, minimum: int) -> int:
+    """value as a Python int, checked to be an integer >= minimum.
+
+    NumPy integers are accepted (they come out of configs and arrays); bool is not an integer here.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a Python int or NumPy integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
 def non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return int_at_least(value, name, 0)

@@ -58,14 +58,10 @@ def check_labels(labels, num_samples: int, num_classes: int, device) -> torch.Te
 
 
 def check_num_classes(num_classes, num_categories: int) -> int:
-    """K: num_classes (a Python int >= 1), default C."""
+    """K: num_classes (an int >= 1, Python or NumPy), default C."""
     if num_classes is None:
         return num_categories
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be a Python int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return num_classes
+    return _checks.int_at_least(num_classes, "num_classes", 1)
 
 
 def check_eps(eps, dtype: torch.dtype) -> float:

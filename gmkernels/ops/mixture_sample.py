@@ -73,7 +73,7 @@ def mixture_sample(mu: torch.Tensor, scale: torch.Tensor, n: int, *,
             accepted, as in DeLiGAN's code, where a learned scale may cross zero: |scale| is the
             standard deviation (eps is symmetric, so the sign changes which z a seed gives, not
             the distribution), and the gradient is the plain d z / d scale = eps.
-        n: number of samples (Python int >= 0).
+        n: number of samples (an int >= 0: Python or NumPy).
         component: optional (n,) int64 components in [0, N) chosen by the caller.
         generator: the only RNG state consumed when given; otherwise torch's default generators.
         weights: optional (N,) non-negative mixture weights (need not sum to 1); uniform if None.
