@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from train_support import ROOT, one_thread, run_cli  # noqa: F401 (autouse fixture)
 
 import gmkernels
@@ -171,6 +172,30 @@ def test_cluster_command_scores_seeds_and_reuses_finished_runs(tmp_path, capsys,
     stamp = checkpoint.stat().st_mtime_ns
     trainer = _trained(build_config(dict(flags, seed=1)))
     assert trainer.step == 3 and checkpoint.stat().st_mtime_ns == stamp   # re-used, not retrained
+
+
+def test_cluster_training_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
+    """cluster's training (gmgan.cli._trained) continues a run stopped after its step-2 checkpoint
+    instead of restarting it, and ends with the parameters of the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from gmgan.cli import _trained
+    from gmgan.config import build_config
+
+    config = build_config(dict(dataset="ring8", steps=4, batch_size=64, g_hidden=[16], d_hidden=[16], progress=False,
+                               out_dir=str(tmp_path), variant="gmgan", checkpoint_every=2))
+    _trained(config)
+    checkpoints = tmp_path / config.run_name / "checkpoints"
+    finished = load_file(str(checkpoints / "step_0000004.safetensors"))
+    for path in checkpoints.glob("step_0000004.*"):
+        path.unlink()
+    kept = (checkpoints / "step_0000002.safetensors").stat().st_mtime_ns
+    trainer = _trained(config)
+    assert trainer.step == 4
+    assert (checkpoints / "step_0000002.safetensors").stat().st_mtime_ns == kept   # not restarted
+    resumed = load_file(str(checkpoints / "step_0000004.safetensors"))
+    assert resumed.keys() == finished.keys()
+    assert all(torch.equal(resumed[k], finished[k]) for k in finished)
 
 
 def test_compare_continues_an_interrupted_run_from_its_checkpoint(tmp_path, capsys):

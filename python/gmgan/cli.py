@@ -174,16 +174,13 @@ def _seeds(text: str) -> list:
 
 
 def _trained(config):
-    """A Trainer of config trained to config.steps, re-using a finished run of the same config."""
-    from .checkpoint import latest
-    from .trainer import Trainer, saved_config_matches
+    """A Trainer of config trained to config.steps, re-using a finished run of the same config and
+    continuing an unfinished one from its newest checkpoint."""
+    from .trainer import Trainer, has_checkpointed_run
 
-    run_dir = os.path.join(config.out_dir, config.run_name)
-    stem = latest(os.path.join(run_dir, "checkpoints"))
-    if stem and saved_config_matches(run_dir, config) and stem.endswith(f"step_{config.steps:07d}"):
-        return Trainer.from_run_dir(run_dir, {"progress": config.progress})
-    trainer = Trainer(config)
-    trainer.run(evaluate_end=False)
+    trainer = Trainer(config, resume=has_checkpointed_run(config))
+    if trainer.step < config.steps:
+        trainer.run(evaluate_end=False)
     return trainer
 
 

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import checkpoint
 from .config import CHOICES, NUM_MODES, ConfigError, build_config, config_from_dict
 from .plots import image_grid, scatter_grid
-from .trainer import Trainer, saved_config_matches
+from .trainer import Trainer, has_checkpointed_run, saved_config_matches
 
 COLUMNS_2D = (("modes", "modes ({modes})"), ("high_quality", "% hq (<= 3 std)"), ("reverse_kl", "reverse KL"))
 COLUMNS_IMAGES = (("is", "IS"), ("mis", "mIS"), ("fid", "FID"), ("parzen_mean", "Parzen LL"))
@@ -82,14 +81,6 @@ def _finished_metrics(run_dir: str, config) -> dict | None:
     return metrics if metrics.get("step") == config.steps else None
 
 
-def _interrupted(config) -> bool:
-    """Whether the run folder of ``config`` holds an unfinished run of the same config with a
-    checkpoint: compare continues it from there (a resumed run ends exactly where an uninterrupted
-    one would, gmgan.trainer)."""
-    run_dir = os.path.join(config.out_dir, config.run_name)
-    return saved_config_matches(run_dir, config) and checkpoint.latest(os.path.join(run_dir, "checkpoints")) is not None
-
-
 def _train(config_values: dict, resume: bool = False) -> str:
     """Train one run in a worker process; the parent reads its metrics.json."""
     trainer = Trainer(config_from_dict(config_values), resume=resume)
@@ -108,7 +99,7 @@ def _train_all(configs: list, jobs: int) -> None:
     """Train the configs, ``jobs`` at a time in worker processes (1: in this process)."""
     if jobs <= 1:
         for index, config in enumerate(configs, 1):
-            trainer = Trainer(config, resume=_interrupted(config))
+            trainer = Trainer(config, resume=has_checkpointed_run(config))
             metrics = trainer.run()
             if trainer.world.is_main:
                 print(f"[{index}/{len(configs)}] {config.run_name}: {_describe(metrics)}", flush=True)
@@ -119,7 +110,7 @@ def _train_all(configs: list, jobs: int) -> None:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     values = [dict(c.to_dict(), progress=False, threads=c.threads or threads) for c in configs]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train, v, _interrupted(c)): v for v, c in zip(values, configs)}
+        futures = {pool.submit(_train, v, has_checkpointed_run(c)): v for v, c in zip(values, configs)}
         for index, future in enumerate(as_completed(futures), 1):
             run_dir = future.result()
             with open(os.path.join(run_dir, "metrics.json")) as handle:

@@ -44,6 +44,14 @@ def saved_config_matches(run_dir: str, config: Config) -> bool:
     return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in RESUMABLE or k == "steps")
 
 
+def has_checkpointed_run(config: Config) -> bool:
+    """Whether <out_dir>/<run_name> holds a run of this config with a checkpoint, finished or not,
+    so that ``Trainer(config, resume=True)`` picks it up (a resumed run ends exactly where an
+    uninterrupted one would)."""
+    run_dir = os.path.join(config.out_dir, config.run_name)
+    return saved_config_matches(run_dir, config) and checkpoint.latest(os.path.join(run_dir, "checkpoints")) is not None
+
+
 def network_sizes(G: nn.Module, D: nn.Module) -> dict:
     """Parameter counts of G and D (D's whole network: body, head and any minibatch layer) and,
     for conv discriminators, the d_size widths and counts (gmgan.models.conv_discriminator_widths)."""
