@@ -1,5 +1,6 @@
 """The gmgan command line: bad configurations give one clear line; the commands write their files."""
 import json
+import math
 import re
 import subprocess
 import sys
@@ -219,6 +220,53 @@ def test_compare_continues_an_interrupted_run_from_its_checkpoint(tmp_path, caps
     resumed = json.loads((run / "metrics.json").read_text())
     assert {k: resumed[k] for k in ("step", "modes", "high_quality", "reverse_kl")} == \
         {k: finished[k] for k in ("step", "modes", "high_quality", "reverse_kl")}
+
+
+def test_a_diverged_run_stops_and_is_named_as_diverged(tmp_path, capsys, monkeypatch):
+    """Losses that stop being finite end the run at that logged step with a warning; its metrics
+    carry diverged_at, compare names it under the table and does not train it again."""
+    import gmgan.trainer
+    from gmgan.cli import main
+
+    real_step = gmgan.trainer.Trainer.train_step
+
+    def blows_up_after_step_1(self):
+        d_loss, g_loss = real_step(self)
+        return (d_loss, g_loss * math.inf) if self.step >= 1 and self.config.seed == 1 else (d_loss, g_loss)
+
+    monkeypatch.setattr(gmgan.trainer.Trainer, "train_step", blows_up_after_step_1)
+    argv = ["compare", "--variants", "gan", "--seeds", "0,1", *TINY_FLAGS, "--log-every", "2",
+            "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "gan-s1: the losses are not finite by step 2" in captured.err
+    assert "gan-s1: diverged at step 2:" in captured.out and "gan-s0: diverged" not in captured.out
+    folder = tmp_path / "compare-grid25"
+    assert "Diverged (losses not finite; training stopped there, and the run is scored as it was then): " \
+           "gan s1 (step 2)." in (folder / "compare.md").read_text()
+    diverged = json.loads((folder / "gan-s1" / "metrics.json").read_text())
+    finished = json.loads((folder / "gan-s0" / "metrics.json").read_text())
+    assert diverged["diverged_at"] == 2 and diverged["step"] == 2 and "diverged_at" not in finished
+    history = (folder / "gan-s1" / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and history[-1].split(",")[2] == "inf"     # header, step 2
+
+    stamp = (folder / "gan-s1" / "metrics.json").stat().st_mtime_ns
+    assert main(argv) == 0                                               # re-used, not trained again
+    assert (folder / "gan-s1" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_train_exits_1_after_a_divergence(tmp_path, monkeypatch, capsys):
+    import gmgan.trainer
+    from gmgan.cli import main
+
+    real_step = gmgan.trainer.Trainer.train_step
+    monkeypatch.setattr(gmgan.trainer.Trainer, "train_step",
+                        lambda self: tuple(v * math.nan for v in real_step(self)))
+    argv = ["train", "--variant", "gan", "--dataset", "ring8", *TINY_FLAGS, "--steps", "6", "--log-every", "2",
+            "--out-dir", str(tmp_path)]
+    assert main(argv) == 1
+    assert "the losses are not finite by step 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "ring8-gan-s0" / "metrics.json").read_text())["diverged_at"] == 2
 
 
 def test_cluster_command_scores_infogan_by_its_q_head(tmp_path, capsys):

@@ -85,6 +85,9 @@ def command_train(args) -> int:
             if metrics:
                 _print_metrics(metrics)
             print(f"run folder: {trainer.run_dir}")
+        if trainer.diverged_at is not None:
+            close_world(trainer.world)
+            return 1
     except KeyboardInterrupt:
         print(f"gmgan: interrupted at step {trainer.step}, checkpointed; continue with "
               f"gmgan train --resume {trainer.run_dir}", file=sys.stderr)
@@ -229,6 +232,8 @@ def command_compare(args) -> int:
                           file=args.config_file, name=args.name, command=command, jobs=args.jobs)
     if outcome:
         print(outcome["table"])
+        if outcome["divergence_note"]:
+            print(textwrap.fill(outcome["divergence_note"], 100, break_on_hyphens=False))
         for paragraph in outcome["reading"].split("\n"):
             print(textwrap.fill(paragraph, 100, break_on_hyphens=False))
         print(f"table: {os.path.join(outcome['folder'], 'compare.md')}")

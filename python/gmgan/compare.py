@@ -78,7 +78,8 @@ def _finished_metrics(run_dir: str, config) -> dict | None:
             metrics = json.load(handle)
     except (OSError, json.JSONDecodeError):
         return None
-    return metrics if metrics.get("step") == config.steps else None
+    done = metrics.get("step") == config.steps or metrics.get("diverged_at") is not None
+    return metrics if done else None
 
 
 def _train(config_values: dict, resume: bool = False) -> str:
@@ -89,10 +90,22 @@ def _train(config_values: dict, resume: bool = False) -> str:
 
 
 def _describe(metrics: dict) -> str:
+    diverged = f"diverged at step {metrics['diverged_at']}: " if metrics.get("diverged_at") is not None else ""
     if "modes" in metrics:
-        return f"{metrics['modes']} modes, {metrics['high_quality']:.1f}% hq"
+        return f"{diverged}{metrics['modes']} modes, {metrics['high_quality']:.1f}% hq"
     shown = [f"{k} {metrics[k]:.3g}" for k in ("is", "mis", "fid", "stacked_modes") if isinstance(metrics.get(k), (int, float))]
-    return ", ".join(shown) or "done"
+    return diverged + (", ".join(shown) or "done")
+
+
+def divergence_note(results: dict) -> str:
+    """One sentence naming the runs that diverged (empty when none did): their rows average the
+    metrics of the generator as it was when its losses stopped being finite."""
+    diverged = [f"{variant} s{m['seed']} (step {m['diverged_at']})" for variant, runs in results.items()
+                for m in runs if m.get("diverged_at") is not None]
+    if not diverged:
+        return ""
+    return ("Diverged (losses not finite; training stopped there, and the run is scored as it was then): "
+            + ", ".join(diverged) + ".")
 
 
 def _train_all(configs: list, jobs: int) -> None:
@@ -171,7 +184,9 @@ def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | N
         handle.write(f"# {first.dataset}: {', '.join(variants)} x seeds {', '.join(map(str, seeds))}\n\n")
         if command:
             handle.write(f"Command: `{command}`\n\n")
-        handle.write(table + "\n\n" + reading(first.dataset, variants, seeds).replace("\n", "\n\n")
+        note = divergence_note(results)
+        handle.write(table + "\n\n" + (note + "\n\n" if note else "")
+                     + reading(first.dataset, variants, seeds).replace("\n", "\n\n")
                      + "\n\nStd over seeds with ddof = 0.\n")
     with open(os.path.join(folder, "compare.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -182,8 +197,8 @@ def run_compare(variants: list, seeds: list, overrides: dict, *, preset: str | N
                 writer.writerow([variant, metrics["seed"]] + [metrics.get(k) for k in keys])
     with open(os.path.join(folder, "compare.json"), "w") as handle:
         json.dump({"variants": variants, "seeds": seeds, "results": results, "command": command}, handle, indent=1)
-    return {"table": table, "reading": reading(first.dataset, variants, seeds), "folder": folder, "figure": figure,
-            "results": results}
+    return {"table": table, "divergence_note": divergence_note(results), "reading": reading(first.dataset, variants, seeds),
+            "folder": folder, "figure": figure, "results": results}
 
 
 def _figure(config, panels: list, images: list, path: str, columns: int) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import sys
 import time
 
 import torch
@@ -126,6 +128,7 @@ class Trainer:
         self.order: torch.Tensor | None = None
         self.position = 0
         self.step = 0
+        self.diverged_at: int | None = None   # the logged step whose mean losses were not finite
         self.run_dir = run_dir or os.path.join(config.out_dir, config.run_name)
         self.checkpoint_dir = os.path.join(self.run_dir, "checkpoints")
         self.history = History(os.path.join(self.run_dir, "history.csv"), writer=self.world.is_main)
@@ -262,7 +265,10 @@ class Trainer:
     def run(self, until: int | None = None, evaluate_end: bool = True) -> dict | None:
         """Train to step ``until`` (default config.steps), checkpointing every checkpoint_every
         steps and at the end. On Ctrl-C, checkpoints the last completed step and re-raises.
-        Returns the final metrics when the run reached config.steps and evaluate_end is set."""
+        A run whose logged losses are no longer finite (NaN or inf: the training diverged) stops
+        there with a warning; its metrics carry ``diverged_at`` (that step) and describe the
+        generator as it was then. Returns the final metrics when the run reached config.steps (or
+        diverged) and evaluate_end is set."""
         config = self.config
         until = config.steps if until is None else min(until, config.steps)
         # disable=None: tqdm draws only on a terminal (a log file would get a line of \r updates).
@@ -292,6 +298,15 @@ class Trainer:
                     bar.set_postfix(d=f"{losses[0]:.3f}", g=f"{losses[1]:.3f}", samples_s=f"{rate:,.0f}")
                     loss_sum.zero_()
                     window_steps, window_start = 0, time.perf_counter()
+                    # Checked at the logged steps only: it needs the losses on the host, which the
+                    # log already fetched (a check every step would synchronize a GPU every step).
+                    if not all(math.isfinite(v) for v in losses):
+                        self.diverged_at = self.step
+                        if self.world.is_main:
+                            print(f"gmgan: {config.run_name}: the losses are not finite by step {self.step} "
+                                  f"(d_loss {losses[0]}, g_loss {losses[1]}): training diverged and stops "
+                                  f"here; its metrics carry diverged_at = {self.step}", file=sys.stderr, flush=True)
+                        break
                 if self.step % config.checkpoint_every == 0 and self.step < until:
                     self.save_checkpoint()
         except KeyboardInterrupt:
@@ -300,7 +315,7 @@ class Trainer:
             raise
         bar.close()
         self.save_checkpoint()
-        if self.step >= config.steps and evaluate_end:
+        if (self.step >= config.steps or self.diverged_at is not None) and evaluate_end:
             return self.evaluate(plots=True, write=True)
         return None
 
@@ -309,7 +324,8 @@ class Trainer:
         samples.png by rank 0 when ``write``; ``temperature`` defaults to the config's."""
         return scoring.evaluate_generator(self.config, self.dataset, self.G, self.sample_fake, step=self.step,
                                           world=self.world, run_dir=self.run_dir, plots=plots, write=write,
-                                          temperature=temperature, extra=self.network_sizes)
+                                          temperature=temperature, extra=dict(self.network_sizes, **(
+                                              {} if self.diverged_at is None else {"diverged_at": self.diverged_at})))
 
     def save_checkpoint(self) -> None:
         """checkpoints/step_<step> (gmgan.checkpoint.save_trainer)."""
