@@ -306,7 +306,8 @@ def test_every_backend_gives_the_same_z_within_1e5(dim, full):
 
 
 @pytest.mark.parametrize("full", [False, True])
-@pytest.mark.parametrize("num_components, dim, n", [(1, 70, 300), (4, 33, 257), (2, 130, 40)])
+# (3, 9, 5000): the diagonal backward's chunks of 2048 consecutive samples, added in order.
+@pytest.mark.parametrize("num_components, dim, n", [(1, 70, 300), (4, 33, 257), (2, 130, 40), (3, 9, 5000)])
 def test_gradients_equal_reference_given_same_eps_across_tile_boundaries(
         backend, num_components, dim, n, full):
     """Shapes that cross the kernels' SIMD blocks, register tiles and sample tiles (the
