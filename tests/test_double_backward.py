@@ -193,3 +193,25 @@ def test_unregistered_autograd_warning_is_an_error_in_this_suite():
     out = torch.ops.gmkernels_test_no_autograd.double_it(x)
     with pytest.raises(UserWarning, match="autograd kernel was not registered"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("var_kind", ["diagonal", "isotropic", "shared"])
+@pytest.mark.parametrize("penalized", [(0,), (1,), (0, 1)])
+def test_likelihood_penalty_with_some_inputs_constant(backend, var_kind, penalized):
+    """Only x and means require grad (a discriminator's input and its mixture's means; var and
+    log_weights fixed), the penalty taken in x, in means, or in both at once: the double
+    backward computes just the gradients with a cotangent (a penalty in x alone by its closed
+    form), differentiated in the inputs that need it, and must equal the reference's."""
+    require_backend(likelihood_op)
+    op, inputs = _likelihood_case(var_kind)(backend)
+    inputs = [t.detach().requires_grad_(index < 2) for index, t in enumerate(inputs)]
+    trainable = inputs[:2]
+
+    def derivatives():
+        grads = torch.autograd.grad(_loss(op(*inputs), "quadratic"), [inputs[i] for i in penalized],
+                                    create_graph=True)
+        return _derivatives(sum(g.pow(2).sum() for g in grads), trainable)
+    got = derivatives()
+    with gmkernels.use_backend("reference"):
+        want = derivatives()
+    _assert_close(got, want)

@@ -236,8 +236,8 @@ def test_cpp_is_identical_across_runs_thread_counts_and_deterministic_mode(num_c
     in sample order), so torch.use_deterministic_algorithms changes nothing there."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    # 4500 samples of one component: the diagonal backward cuts them into runs of 2048 and the
-    # full one into row blocks that follow the thread count.
+    # 4500 samples: the diagonal backward cuts them into chunks of 2048 consecutive samples (added
+    # in chunk order) and the full one into row blocks that follow the thread count.
     mu, scale = make_inputs(num_components, 33, full, torch.float32)
     component = torch.randint(num_components, (4500,))
     seed = torch.tensor(17)
@@ -306,7 +306,8 @@ def test_every_backend_gives_the_same_z_within_1e5(dim, full):
 
 
 @pytest.mark.parametrize("full", [False, True])
-@pytest.mark.parametrize("num_components, dim, n", [(1, 70, 300), (4, 33, 257), (2, 130, 40)])
+# (3, 9, 5000): the diagonal backward's chunks of 2048 consecutive samples, added in order.
+@pytest.mark.parametrize("num_components, dim, n", [(1, 70, 300), (4, 33, 257), (2, 130, 40), (3, 9, 5000)])
 def test_gradients_equal_reference_given_same_eps_across_tile_boundaries(
         backend, num_components, dim, n, full):
     """Shapes that cross the kernels' SIMD blocks, register tiles and sample tiles (the

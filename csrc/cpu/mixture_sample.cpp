@@ -8,15 +8,17 @@
 //   s * ceil(K/4) ...), z written once, in order.
 // Forward, full: samples grouped by component; per component, tiles of samples times the packed
 //   transposed factor L^T (a register-blocked triangular mat-mat product), z rows written once.
-// Backward: samples grouped by component with a stable counting sort. Every gradient entry is a
-//   sum over its component's samples in sample order, accumulated by one writer (diagonal: per
-//   fixed-size chunk of samples, chunks then added in order): the bits are the same run to run
-//   and for any thread count, without atomics. torch.are_deterministic_algorithms_enabled() thus
+// Backward: every gradient entry is a sum over its component's samples in sample order,
+//   accumulated by one writer: the bits are the same run to run and for any thread count, without
+//   atomics. Diagonal: the forward's walk over the counter stream, in chunks of consecutive
+//   samples whose per-component sums are added in chunk order. Full: samples grouped by
+//   component with a stable counting sort. torch.are_deterministic_algorithms_enabled() thus
 //   needs no special path on the CPU.
 #include "../kernels/mixture_sample.h"
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "../kernels/philox.h"
@@ -228,78 +230,81 @@ void forward_full(const MixtureSampleParams<scalar_t>& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Diagonal backward. Work item = run of at most kRunSamples samples of one component, whole rows
-// (grad_z rows are read once, contiguously); a run's sums land in `partial`, and the runs of a
-// component are then added in order. The run length is a constant, so the summation order does
-// not depend on the thread count.
-constexpr int64_t kRunSamples = 2048;
+// Diagonal backward, in sample order: the flat counter stream is walked as the forward walks it
+// (no normal is drawn twice, grad_z is read front to back), cut into chunks of consecutive
+// samples. A chunk sums its samples, in order, into per-component accumulators of its thread;
+// chunks then add their sums to the gradients one after another, in chunk order (an ordered
+// loop). The chunk length depends on the problem only, so every entry is summed in the same
+// order for any thread count: the same bits, without atomics.
+constexpr int64_t kChunkSamples = 2048;
 
-// sums[k] += grad[k], sums[dim + k] += grad[k] eps[k] for k < width.
-template <typename scalar_t, int64_t width>
-GMK_SIMD_INLINE void accumulate_diagonal(const scalar_t* grad, const float* eps, scalar_t* sums,
-                                         scalar_t* sums_eps) {
-  for (int64_t k = 0; k < width; ++k) {
-    sums[k] += grad[k];
-    sums_eps[k] += grad[k] * static_cast<scalar_t>(eps[k]);
-  }
+// Samples per chunk: at least 16 per component, so that the ordered additions (at most one
+// (N, 2K) block per chunk) stay a small fraction of the chunk's own work.
+int64_t chunk_samples(int64_t num_components) {
+  return std::max<int64_t>(kChunkSamples, 16 * num_components);
 }
 
 template <typename scalar_t>
-void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p,
-                       const ComponentBuckets& buckets) {
+void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
   const int64_t dim = p.dim;
   const int64_t groups = philox_groups_per_row(dim);
-  const int64_t full_blocks = dim / kBlockFloats;
-  const std::vector<SampleRun> runs = split_buckets(buckets, kRunSamples);
-  const int64_t num_runs = static_cast<int64_t>(runs.size());
-  // partial[run][0] = sum of grad_z, partial[run][1] = sum of grad_z * eps, (dim,) each.
-  std::vector<scalar_t> partial(num_runs * 2 * dim, scalar_t(0));
-  const int threads = team_size(p.num_threads, num_runs, normals_ns(p.num_samples * dim));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t run_index = 0; run_index < num_runs; ++run_index) {
-    const SampleRun run = runs[run_index];
-    scalar_t* sums = partial.data() + run_index * 2 * dim;
-    scalar_t* sums_eps = sums + dim;
-    alignas(64) float eps[kBlockFloats];
-    for (int64_t idx = run.begin; idx < run.end; ++idx) {
-      const int64_t s = buckets.order[idx];
-      // Rows of a component are scattered over grad_z: fetch the next one while this one adds.
-      const scalar_t* next =
-          p.grad_z + buckets.order[std::min(idx + 1, run.end - 1)] * p.grad_row_stride;
-      const scalar_t* grad = p.grad_z + s * p.grad_row_stride;
-      const uint64_t first = static_cast<uint64_t>(s * groups);
-      int64_t block = 0;
-      for (; block < full_blocks; ++block) {
-        const int64_t k = block * kBlockFloats;
-        for (int64_t line = 0; line < kBlockFloats; line += 64 / int64_t(sizeof(scalar_t)))
-          __builtin_prefetch(next + k + line);
-        simd::randn4_lanes(p.seed, first + block * kLanes, eps);
-        accumulate_diagonal<scalar_t, kBlockFloats>(grad + k, eps, sums + k, sums_eps + k);
-      }
-      const int64_t k = block * kBlockFloats;
-      if (k < dim) {
-        simd::randn4_lanes(p.seed, first + block * kLanes, eps);
-        for (int64_t j = 0; j < dim - k; ++j) {
-          sums[k + j] += grad[k + j];
-          sums_eps[k + j] += grad[k + j] * static_cast<scalar_t>(eps[j]);
+  const int64_t chunk = chunk_samples(p.num_components);
+  const int64_t chunks = (p.num_samples + chunk - 1) / chunk;
+  const int threads = team_size(p.num_threads, chunks, normals_ns(p.num_samples * dim));
+#pragma omp parallel num_threads(threads)
+  {
+    // sums[c * 2 dim + k] = sum of grad_z, sums[c * 2 dim + dim + k] = sum of grad_z * eps over
+    // the chunk's samples of component c; `touched` lists the components the chunk met, whose
+    // rows are zeroed when first met (untouched rows are never read, so never cleared).
+    std::unique_ptr<scalar_t[]> sums(new scalar_t[p.num_components * 2 * dim]);
+    std::vector<char> met(p.num_components, 0);
+    std::vector<int64_t> touched;
+#pragma omp for ordered schedule(static, 1)
+    for (int64_t chunk_index = 0; chunk_index < chunks; ++chunk_index) {
+      const int64_t first_sample = chunk_index * chunk;
+      const int64_t end_sample = std::min(p.num_samples, first_sample + chunk);
+      const int64_t end_counter = end_sample * groups;
+      alignas(64) float eps[kBlockFloats];
+      for (int64_t first = first_sample * groups; first < end_counter; first += kLanes) {
+        simd::randn4_lanes(p.seed, static_cast<uint64_t>(first), eps);
+        const int64_t last = std::min(end_counter, first + kLanes);
+        // The block's counters may span rows: one piece per row.
+        for (int64_t counter = first; counter < last;) {
+          const int64_t s = counter / groups;
+          const int64_t g = counter - s * groups;
+          const int64_t piece_end = std::min(last, (s + 1) * groups);
+          const int64_t k_begin = 4 * g;
+          const int64_t k_end = std::min(dim, 4 * (g + piece_end - counter));
+          const int64_t c = p.component[s];
+          if (!met[c]) {
+            met[c] = 1;
+            touched.push_back(c);
+            std::fill(sums.get() + c * 2 * dim, sums.get() + (c + 1) * 2 * dim, scalar_t(0));
+          }
+          const float* piece_eps = eps + 4 * (counter - first);
+          const scalar_t* grad = p.grad_z + s * p.grad_row_stride + k_begin;
+          scalar_t* sum = sums.get() + c * 2 * dim + k_begin;
+          scalar_t* sum_eps = sum + dim;
+          for (int64_t k = 0; k < k_end - k_begin; ++k) {
+            sum[k] += grad[k];
+            sum_eps[k] += grad[k] * static_cast<scalar_t>(piece_eps[k]);
+          }
+          counter = piece_end;
         }
       }
-    }
-  }
-  // Runs of component c are consecutive in `runs`: add them in order.
-  std::vector<int64_t> first_run(p.num_components + 1, num_runs);
-  for (int64_t r = num_runs - 1; r >= 0; --r) first_run[runs[r].component] = r;
-  for (int64_t c = p.num_components - 1; c >= 0; --c)
-    if (first_run[c] == num_runs) first_run[c] = first_run[c + 1];  // empty bucket
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t c = 0; c < p.num_components; ++c) {
-    scalar_t* grad_mu = p.grad_mu + c * dim;
-    scalar_t* grad_sigma = p.grad_scale + c * dim;
-    for (int64_t r = first_run[c]; r < first_run[c + 1]; ++r) {
-      const scalar_t* sums = partial.data() + r * 2 * dim;
-      for (int64_t k = 0; k < dim; ++k) {
-        grad_mu[k] += sums[k];
-        grad_sigma[k] += sums[dim + k];
+#pragma omp ordered
+      {
+        for (const int64_t c : touched) {
+          scalar_t* sum = sums.get() + c * 2 * dim;
+          scalar_t* grad_mu = p.grad_mu + c * dim;
+          scalar_t* grad_sigma = p.grad_scale + c * dim;
+          for (int64_t k = 0; k < dim; ++k) {
+            grad_mu[k] += sum[k];
+            grad_sigma[k] += sum[dim + k];
+          }
+          met[c] = 0;
+        }
+        touched.clear();
       }
     }
   }
@@ -447,12 +452,10 @@ void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& p) {
 
 template <typename scalar_t>
 void mixture_sample_backward_cpu(const MixtureSampleBackwardParams<scalar_t>& p) {
-  const ComponentBuckets buckets =
-      bucket_by_component(p.component, p.num_samples, p.num_components);
   if (p.full_scale) {
-    backward_full(p, buckets);
+    backward_full(p, bucket_by_component(p.component, p.num_samples, p.num_components));
   } else {
-    backward_diagonal(p, buckets);
+    backward_diagonal(p);
   }
 }
 

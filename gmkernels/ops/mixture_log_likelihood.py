@@ -183,6 +183,9 @@ def _backward(ops, ctx, grad):
 
 
 def _setup_backward_context(ctx, inputs, output):
+    # Gradients that do not reach the loss come as None rather than zeros, so that a penalty in
+    # x alone takes the closed form (penalty_in_x) and nothing is recomputed for the others.
+    ctx.set_materialize_grads(False)
     grad, x, means, var, log_weights = inputs[:5]
     ctx.save_for_backward(grad, x, means, var, log_weights)
 
@@ -220,39 +223,115 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs
     x, means, var, log_weights) (those of ``needs``). The first-order gradient is recomputed with
     autograd through ``exponents`` and logsumexp, chunk of rows of x by chunk, so only a
     B_chunk x C tile lives at once; the row parts (grad, x) are concatenated, the component parts
-    summed. The saved log-likelihood is recomputed too, so it gets no gradient (see _autograd)."""
-    cotangents = [_autograd.cotangent(g) for g in grad_grads]   # of grad x, means, var, log_weights
-    if all(c is None for c in cotangents) or not any(needs):
-        return [None] * 5
-    components = (means, var, log_weights)
-    # An output without a cotangent contributes nothing: zeros of its shape stand for it.
-    cotangents[1:] = [torch.zeros_like(t) if c is None else c
-                      for t, c in zip(components, cotangents[1:])]
-    if cotangents[0] is None:
-        cotangents[0] = torch.zeros_like(x)
+    summed. The saved log-likelihood is recomputed too, so it gets no gradient (see _autograd).
 
-    def first_order(grad_rows, x_rows, *components):
-        _, pullback = torch.func.vjp(
-            lambda *primals: torch.logsumexp(exponents(*primals), 1), x_rows, *components)
+    Only what is asked for is computed: the first-order gradients that have a cotangent (a
+    gradient penalty in x alone recomputes grad x, not the component gradients), differentiated
+    in the inputs of ``needs`` only; the other inputs are constants of the chunk's function."""
+    cotangents = [_autograd.cotangent(g) for g in grad_grads]   # of grad x, means, var, log_weights
+    inputs = (grad, x, means, var, log_weights)
+    outputs = [o for o, c in enumerate(cotangents) if c is not None]   # o: input o + 1's gradient
+    wanted = [i for i, need in enumerate(needs) if need]
+    if not outputs or not wanted:
+        return [None] * 5
+    if outputs == [0]:
+        return penalty_in_x(cotangents[0], *inputs, needs)
+    is_row = (True, True, False, False, False)                 # (grad, x) are cut into chunks
+
+    def first_order(chunk_inputs):
+        grad_rows, *primals = chunk_inputs
+
+        def log_likelihood(*differentiated):
+            arguments = list(primals)
+            for o, tensor in zip(outputs, differentiated):
+                arguments[o] = tensor
+            return torch.logsumexp(exponents(*arguments), 1)
+        _, pullback = torch.func.vjp(log_likelihood, *[primals[o] for o in outputs])
         return pullback(grad_rows)
 
-    row_parts, component_totals = ([], []), [None, None, None]
+    totals = [None] * 5
+    row_parts = {i: [] for i in wanted if is_row[i]}
     chunk = _autograd.rows_per_chunk(means.shape[0])           # B_chunk x C per tile
     for start in range(0, x.shape[0], chunk):
         rows = slice(start, start + chunk)
-        parts = _autograd.vector_jacobian(first_order, (grad[rows], x[rows], *components),
-                                          (cotangents[0][rows], *cotangents[1:]))
-        for collected, part in zip(row_parts, parts[:2]):
-            collected.append(part)
-        component_totals = [_autograd.add(total, part)
-                            for total, part in zip(component_totals, parts[2:])]
-    results = [torch.cat(collected) if collected else torch.zeros_like(t)
-               for collected, t in zip(row_parts, (grad, x))]
-    results += [torch.zeros_like(t) if total is None else total
-                for t, total in zip(components, component_totals)]
-    return [result if need else None for result, need in zip(results, needs)]
+        chunk_inputs = [t[rows] if is_row[i] else t for i, t in enumerate(inputs)]
+
+        def of_wanted(*differentiated, chunk_inputs=chunk_inputs):
+            arguments = list(chunk_inputs)
+            for i, tensor in zip(wanted, differentiated):
+                arguments[i] = tensor
+            return first_order(arguments)
+        parts = _autograd.vector_jacobian(
+            of_wanted, tuple(chunk_inputs[i] for i in wanted),
+            tuple(cotangents[o][rows] if o == 0 else cotangents[o] for o in outputs))
+        for i, part in zip(wanted, parts):
+            if is_row[i]:
+                row_parts[i].append(part)
+            else:
+                totals[i] = _autograd.add(totals[i], part)
+    for i, collected in row_parts.items():
+        totals[i] = torch.cat(collected)
+    return [torch.zeros_like(t) if need and total is None else total
+            for t, total, need in zip(inputs, totals, needs)]
 
 
+def penalty_in_x(cotangent_x, grad, x, means, var, log_weights, needs) -> list:
+    """The double backward when only grad x has a cotangent U (a gradient penalty in x), by its
+    closed form: a few B_chunk x C passes and matmuls instead of differentiating a recomputed
+    gradient. With r = softmax(E) the responsibilities, P = 1 / var and, for each pair,
+    s_bc = dE_bc/dx_b . U_b = -sum_k U_bk (x_bk - m_ck) P_ck, the penalty's inner product is
+    Phi = sum_b g_b sum_c r_bc s_bc. Writing q = g r and w = q (s - sum_c r s):
+      dPhi/dg_b    = sum_c r_bc s_bc
+      dPhi/dx_b    = -U_b (q P)_b - x_b (w P)_b + (w (m P))_b
+      dPhi/dm_c    = P_c ((q^T U)_c + (w^T x)_c - m_c sum_b w_bc)
+      dPhi/dv_ck   = P_ck^2 ((q^T (U x))_ck - m_ck (q^T U)_ck)
+                     + 1/2 P_ck^2 ((w^T x^2)_ck - 2 m_ck (w^T x)_ck + m_ck^2 sum_b w_bc)
+                     - 1/2 P_ck sum_b w_bc                  (summed to var's shape)
+      dPhi/dlog w_c = sum_b w_bc
+    with x and m shifted by the centre of the means, as in ``exponents``. Plain torch ops, so
+    third and higher derivatives follow by autograd."""
+    results = [None] * 5
+    row_parts = ([], [])
+    centre = means.detach().mean(0)
+    means_centred = means - centre
+    precision = var.reciprocal()
+    precision = (precision[:, None] if var.dim() == 1 else precision).expand_as(means)
+    means_precision = means_centred * precision
+    chunk = _autograd.rows_per_chunk(means.shape[0])           # B_chunk x C per tile
+    for start in range(0, x.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        g, x_centred, u = grad[rows], x[rows] - centre, cotangent_x[rows]
+        r = torch.softmax(exponents(x[rows], means, var, log_weights), 1)
+        s = u @ means_precision.T - (u * x_centred) @ precision.T
+        s_mean = (r * s).sum(1, keepdim=True)
+        q = g[:, None] * r
+        w = q * (s - s_mean)
+        if needs[0]:
+            row_parts[0].append(s_mean.squeeze(1))
+        if needs[1]:
+            row_parts[1].append(w @ means_precision - u * (q @ precision) - x_centred * (w @ precision))
+        if not any(needs[2:]):
+            continue
+        w_total = w.sum(0)[:, None]
+        q_u = q.T @ u
+        w_x = w.T @ x_centred
+        if needs[2]:
+            part = precision * (q_u + w_x) - means_precision * w_total
+            results[2] = _autograd.add(results[2], part)
+        if needs[3]:
+            squared = precision * precision
+            part = (squared * (q.T @ (u * x_centred) - means_centred * q_u)
+                    + 0.5 * squared * (w.T @ (x_centred * x_centred) - 2 * means_centred * w_x
+                                       + means_centred * means_centred * w_total)
+                    - 0.5 * precision * w_total)
+            part = part.sum(1) if var.dim() == 1 else part.sum_to_size(var.shape)
+            results[3] = _autograd.add(results[3], part)
+        if needs[4]:
+            results[4] = _autograd.add(results[4], w_total.squeeze(1))
+    for i, collected in enumerate(row_parts):
+        if needs[i]:
+            results[i] = torch.cat(collected)
+    return results
 
 
 _OP = _registry.register(_registry.OpDeclaration(
