@@ -129,6 +129,33 @@ inline int64_t row_exp_weights(double* row, int64_t cols, double grad, double cu
   return total;
 }
 
+// The direct path's exps over the kRowBlock rows of a block (a multiple of simd::kLanes):
+//   sum[r] += exp(exponent[r] - top[r])            (block_exp_accumulate)
+//   w[r] = grad[r] == 0 ? 0 : grad[r] exp(w[r] - shift[r])   (block_exp_weights)
+// in SIMD registers for float (GCC left the `omp simd` forms scalar), plain loops for double.
+static_assert(kRowBlock % simd::kLanes == 0, "a row block is whole SIMD registers");
+inline void block_exp_accumulate(const float* exponent, const float* top, float* sum) {
+  for (int64_t r = 0; r < kRowBlock; r += simd::kLanes)
+    simd::store(sum + r, simd::load<simd::f32v>(sum + r) +
+                             exp_lanes(simd::load<simd::f32v>(exponent + r) -
+                                       simd::load<simd::f32v>(top + r)));
+}
+inline void block_exp_accumulate(const double* exponent, const double* top, double* sum) {
+  for (int64_t r = 0; r < kRowBlock; ++r) sum[r] += std::exp(exponent[r] - top[r]);
+}
+inline void block_exp_weights(float* w, const float* grad, const float* shift) {
+  for (int64_t r = 0; r < kRowBlock; r += simd::kLanes) {
+    const simd::f32v g = simd::load<simd::f32v>(grad + r);
+    const simd::f32v weight =
+        g * exp_lanes(simd::load<simd::f32v>(w + r) - simd::load<simd::f32v>(shift + r));
+    simd::store(w + r, simd::select(g == 0.0f, simd::f32v{}, weight));
+  }
+}
+inline void block_exp_weights(double* w, const double* grad, const double* shift) {
+  for (int64_t r = 0; r < kRowBlock; ++r)
+    w[r] = grad[r] == 0.0 ? 0.0 : grad[r] * std::exp(w[r] - shift[r]);
+}
+
 // Per-component constants of the direct path: precision 1/v_ck as a full (C, d) table (so that
 // inner loops never branch on the variance's shape), 1/v_c for the isotropic case, and
 // offset_c = lw_c - 1/2 sum_k log(2 pi v_ck), the latter summed in double.
@@ -220,9 +247,7 @@ void block_logsumexp(const scalar_t* exponent, int64_t num_components, scalar_t*
     if (top[r] == minus_infinity<scalar_t>()) top[r] = 0;
   scalar_t sum[kRowBlock] = {};
   for (int64_t c = 0; c < num_components; ++c)
-#pragma omp simd
-    for (int64_t r = 0; r < kRowBlock; ++r)
-      sum[r] += exp_vectorizable(exponent[c * kRowBlock + r] - top[r]);
+    block_exp_accumulate(exponent + c * kRowBlock, top, sum);
 #pragma omp simd
   for (int64_t r = 0; r < kRowBlock; ++r) out[r] = top[r] + std::log(sum[r]);
 }
@@ -313,12 +338,8 @@ void mixture_log_likelihood_direct_backward_cpu(
             shift[r] = log_likelihood;
           }
         }
-        for (int64_t c = 0; c < num_components; ++c) {
-          scalar_t* w = exponent.data() + c * kRowBlock;
-#pragma omp simd
-          for (int64_t r = 0; r < kRowBlock; ++r)
-            w[r] = grad[r] == scalar_t(0) ? scalar_t(0) : grad[r] * exp_vectorizable(w[r] - shift[r]);
-        }
+        for (int64_t c = 0; c < num_components; ++c)
+          block_exp_weights(exponent.data() + c * kRowBlock, grad, shift);
         if (p.x_grad) {
           // grad_x_r = sum_c W_rc (mu_c - x_r) / v_c
           std::fill(grad_block.begin(), grad_block.end(), scalar_t(0));
