@@ -542,3 +542,28 @@ def test_cpp_rejects_a_malformed_direct_max_work_setting(monkeypatch):
     x, means, var, log_weights = make_inputs(4, 80, 3, "(C,)", torch.float32)
     with pytest.raises(RuntimeError, match="GMKERNELS_MLL_DIRECT_MAX_WORK must be a non-negative integer"):
         gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+
+
+@pytest.mark.parametrize("components", [7, 72, 79])
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_kind):
+    """The float32 CPU kernels take their exps a SIMD register at a time (8 or 16 lanes) with a
+    scalar tail: C = 72 fills whole registers of a tiled row, C = 79 leaves a tail, C = 7 is
+    the direct path (row blocks of whole registers). Rows of ragged length (B = 37), and points
+    from near to 40 standard deviations away, so that exponents span the polynomial's range and
+    its cut-off at -87: values and all four gradients against float64 within float32 rounding."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(37, components, 6, var_kind, torch.float32, seed=41)
+    x = x * torch.linspace(0.1, 6.0, 37)[:, None]
+    grad = torch.randn(37, generator=torch.Generator().manual_seed(42))
+    results = []
+    for name, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
+        inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
+        with gmkernels.use_backend(name):
+            out = gmkernels.mixture_log_likelihood(*inputs)
+        results.append((out, torch.autograd.grad(out, inputs, grad.to(dtype))))
+    (got, grads), (want, want_grads) = results
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
