@@ -6,10 +6,11 @@
 // packed tile stays in L2, the query rows of a micro block in L1, the block's accumulators wait
 // in a per-thread buffer between chunks); a micro kernel keeps kRows x kCols dot products in
 // vector registers, adding one coordinate at a time (a broadcast query coordinate, read in place,
-// times a vector of kCols point coordinates). The squared norms are computed once per call. When
-// a block is complete each pair's squared distance is formed and the thread's running top-k and
-// ball count of the query row updated (each thread keeps its own for every query row, Q k + Q
-// numbers, merged at the end), and the tile's counts of query balls (the tile's own outputs).
+// times a vector of kCols point coordinates). Each thread computes the query rows' squared norms
+// once, a tile's when it packs it. When a block is complete each pair's squared distance is
+// formed and the thread's running top-k and ball count of the query row updated (each thread
+// keeps its own for every query row, Q (k + 2) numbers, merged by the last thread to finish: one
+// parallel region, no barrier inside), and the tile's counts of query balls (its own outputs).
 // A set against itself (exclude_self, the same rows, no radii: the k-NN radii of
 // precision_recall) visits each unordered pair once and feeds both rows' top-k: half the work.
 // Memory: the per-thread tile and row state; never Q x M.
@@ -24,6 +25,7 @@
 #include "multiply_add.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -119,34 +121,34 @@ void pack_tile(const T* rows, int64_t num_rows, int64_t dim, int64_t first, int6
   }
 }
 
-// The squared norms of all rows, each the chain fma(x_d, x_d, s) over d = 0, 1, ..., D-1 from
-// s = 0 that micro_block computes for <row, row>: packed kCols rows at a time, one chain per
-// vector lane.
+// The squared norms of the kCols rows of a packed panel, each the chain fma(x_d, x_d, s) over
+// d = 0, 1, ..., D-1 from s = 0 that micro_block computes for <row, row>: one chain per lane.
 template <typename T>
-void squared_norms(const T* rows, int64_t num_rows, int64_t dim, bool parallel, int num_threads,
-                   T* norms) {
+void panel_norms(const T* panel, int64_t dim, T* norms) {
   constexpr int64_t C = kCols<T>;
   constexpr int L = kDotLanes<T>;
-  const int64_t panels = (num_rows + C - 1) / C;
-#pragma omp parallel num_threads(num_threads) if (parallel)
-  {
-    std::vector<T> panel(static_cast<size_t>(C * std::max<int64_t>(dim, 1)));
-    T sums[C];
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < panels; ++b) {
-      pack_tile(rows, num_rows, dim, b * C, C, panel.data());
-      Lanes<T> sum0 = Lanes<T>::broadcast(&kZero<T>), sum1 = sum0;
-      for (int64_t d = 0; d < dim; ++d) {
-        const Lanes<T> x0 = Lanes<T>::load(panel.data() + d * C);
-        const Lanes<T> x1 = Lanes<T>::load(panel.data() + d * C + L);
-        sum0 = Lanes<T>::multiply_add(x0, x0, sum0);
-        sum1 = Lanes<T>::multiply_add(x1, x1, sum1);
-      }
-      sum0.store(sums);
-      sum1.store(sums + L);
-      for (int64_t c = 0; c < C && b * C + c < num_rows; ++c) norms[b * C + c] = sums[c];
-    }
+  Lanes<T> sum0 = Lanes<T>::broadcast(&kZero<T>), sum1 = sum0;
+  for (int64_t d = 0; d < dim; ++d) {
+    const Lanes<T> x0 = Lanes<T>::load(panel + d * C);
+    const Lanes<T> x1 = Lanes<T>::load(panel + d * C + L);
+    sum0 = Lanes<T>::multiply_add(x0, x0, sum0);
+    sum1 = Lanes<T>::multiply_add(x1, x1, sum1);
   }
+  sum0.store(norms);
+  sum1.store(norms + L);
+}
+
+// The squared norms of all rows (as panel_norms computes them).
+template <typename T>
+std::vector<T> squared_norms(const T* rows, int64_t num_rows, int64_t dim) {
+  constexpr int64_t C = kCols<T>;
+  std::vector<T> panel(static_cast<size_t>(C * std::max<int64_t>(dim, 1)));
+  std::vector<T> norms(static_cast<size_t>((num_rows + C - 1) / C * C));
+  for (int64_t first = 0; first < num_rows; first += C) {
+    pack_tile(rows, num_rows, dim, first, C, panel.data());
+    panel_norms(panel.data(), dim, norms.data() + first);
+  }
+  return norms;
 }
 
 // acc[r][c] (kRows x kCols, row-major) += sum over d of a[r][d] * b[d][c] for `length`
@@ -211,15 +213,16 @@ inline void insert_top_k(T* best, int64_t k, T value) {
 // What one thread has seen of every query row: its running top-k (Q k) and ball count (Q).
 template <typename T>
 struct RowState {
-  std::vector<T> best;
+  std::vector<T> query_norms, best;
   std::vector<int64_t> within;
 };
 
 template <typename T>
 struct Workspace {
-  std::vector<T> point_panels, acc, squared;
+  std::vector<T> point_panels, point_norms, acc, squared;
   explicit Workspace(int64_t dim)
       : point_panels(static_cast<size_t>(kPointTile * std::max<int64_t>(dim, 1))),
+        point_norms(static_cast<size_t>(kPointTile)),
         acc(static_cast<size_t>(kQueryTile * kPointTile)),
         squared(static_cast<size_t>(kPointTile)) {}
 };
@@ -228,14 +231,16 @@ struct Workspace {
 // `symmetric`, the rows i < p0 + kPointTile, each unordered pair {i, j} once, i < j, counted for
 // both rows). Updates this thread's row state, and writes the tile's points_within.
 template <typename T>
-void point_tile(const NearestNeighborsParams<T>& p, const T* query_norms, const T* point_norms,
-                const std::vector<T>& thresholds, const std::vector<T>& query_thresholds,
+void point_tile(const NearestNeighborsParams<T>& p, const std::vector<T>& thresholds, const std::vector<T>& query_thresholds,
                 bool symmetric, int64_t p0, Workspace<T>& work, RowState<T>& state) {
   constexpr int64_t C = kCols<T>;
   constexpr T nan = std::numeric_limits<T>::quiet_NaN();
   const int64_t cols = std::min(kPointTile, p.num_points - p0);
   const int64_t panels = (cols + C - 1) / C;
   pack_tile(p.points, p.num_points, p.dim, p0, panels * C, work.point_panels.data());
+  for (int64_t pb = 0; pb < panels; ++pb)
+    panel_norms(work.point_panels.data() + pb * p.dim * C, p.dim, work.point_norms.data() + pb * C);
+  const T* point_norms = work.point_norms.data();
   int64_t counts[kPointTile] = {};
   const int64_t query_end = symmetric ? std::min(p.num_queries, p0 + cols) : p.num_queries;
   for (int64_t q0 = 0; q0 < query_end; q0 += kQueryTile) {
@@ -265,13 +270,13 @@ void point_tile(const NearestNeighborsParams<T>& p, const T* query_norms, const 
       const int64_t q = q0 + i;
       const T* acc_row = work.acc.data() + (i / kRows) * panels * kRows * C + (i % kRows) * C;
       T* squared = work.squared.data();
-      const T query_norm = query_norms[q];
+      const T query_norm = state.query_norms[q];
       for (int64_t pb = 0; pb < panels; ++pb)
         for (int64_t c = 0; c < C; ++c) {
           const int64_t j = pb * C + c;
           // The one formula of a pair's squared distance (the sum commutes exactly, so it is
           // symmetric in the two rows).
-          squared[j] = std::max((point_norms[p0 + j] + query_norm) - T(2) * acc_row[pb * kRows * C + c],
+          squared[j] = std::max((point_norms[j] + query_norm) - T(2) * acc_row[pb * kRows * C + c],
                                 T(0));
         }
       if (symmetric) {
@@ -302,6 +307,25 @@ void point_tile(const NearestNeighborsParams<T>& p, const T* query_norms, const 
   for (int64_t j = 0; j < cols; ++j) p.points_within[p0 + j] = counts[j];
 }
 
+// The threads' row states into the outputs (a team may have fewer threads than states: the
+// states of threads that did not run are empty).
+template <typename T>
+void merge_rows(const NearestNeighborsParams<T>& p, std::vector<RowState<T>>& states) {
+  RowState<T>& first = states[0];
+  for (int64_t q = 0; q < p.num_queries; ++q) {
+    T* best = first.best.data() + q * p.k;
+    int64_t within = first.within[q];
+    for (size_t s = 1; s < states.size(); ++s) {
+      if (states[s].best.empty()) continue;
+      const T* other = states[s].best.data() + q * p.k;
+      for (int64_t n = 0; n < p.k && other[n] < best[p.k - 1]; ++n) insert_top_k(best, p.k, other[n]);
+      within += states[s].within[q];
+    }
+    p.kth_distance[q] = std::sqrt(best[p.k - 1]);
+    p.within[q] = within;
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -317,43 +341,27 @@ void nearest_neighbors_cpu(const NearestNeighborsParams<T>& p) {
   // A set against itself (the same rows, self excluded, no balls): each unordered pair once.
   const bool symmetric = p.exclude_self && p.query == p.points && p.num_queries == p.num_points &&
                          p.radii == nullptr && p.query_radii == nullptr;
-  std::vector<T> query_norms(static_cast<size_t>(p.num_queries));
-  squared_norms(p.query, p.num_queries, p.dim, parallel, teams, query_norms.data());
-  std::vector<T> own_point_norms;
-  const T* point_norms = query_norms.data();
-  if (!symmetric) {
-    own_point_norms.resize(static_cast<size_t>(p.num_points));
-    squared_norms(p.points, p.num_points, p.dim, parallel, teams, own_point_norms.data());
-    point_norms = own_point_norms.data();
-  }
   const int64_t tiles = (p.num_points + kPointTile - 1) / kPointTile;
   std::vector<RowState<T>> states(static_cast<size_t>(teams));
-  // Threads own tiles of points and keep their own view of every query row, merged below: the
-  // k smallest of the union of their lists and the sum of their counts do not depend on which
-  // thread saw which pair, so neither do the results.
+  std::atomic<int> finished{0};
+  // Threads own tiles of points and keep their own view of every query row (and their own copy
+  // of the query norms: no barrier to wait at on a busy machine), merged by the last thread to
+  // finish: the k smallest of the union of their lists and the sum of their counts do not depend
+  // on which thread saw which pair, so neither do the results.
 #pragma omp parallel num_threads(teams) if (parallel)
   {
     RowState<T>& state = states[static_cast<size_t>(omp_get_thread_num())];
+    state.query_norms = squared_norms(p.query, p.num_queries, p.dim);
     state.best.assign(static_cast<size_t>(p.num_queries * p.k), std::numeric_limits<T>::infinity());
     state.within.assign(static_cast<size_t>(p.num_queries), 0);
     Workspace<T> work(p.dim);
     // Symmetric tiles grow with their position: the largest first balances the team.
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < tiles; ++t)
-      point_tile(p, query_norms.data(), point_norms, thresholds, query_thresholds, symmetric,
+      point_tile(p, thresholds, query_thresholds, symmetric,
                  (symmetric ? tiles - 1 - t : t) * kPointTile, work, state);
-#pragma omp for schedule(static)
-    for (int64_t q = 0; q < p.num_queries; ++q) {
-      T* best = states[0].best.data() + q * p.k;
-      int64_t within = states[0].within[q];
-      for (size_t s = 1; s < states.size(); ++s) {
-        const T* other = states[s].best.data() + q * p.k;
-        for (int64_t n = 0; n < p.k && other[n] < best[p.k - 1]; ++n) insert_top_k(best, p.k, other[n]);
-        within += states[s].within[q];
-      }
-      p.kth_distance[q] = std::sqrt(best[p.k - 1]);
-      p.within[q] = within;
-    }
+    if (finished.fetch_add(1, std::memory_order_acq_rel) + 1 == omp_get_num_threads())
+      merge_rows(p, states);
   }
 }
 
