@@ -213,6 +213,22 @@ def test_non_contiguous_inputs_give_the_contiguous_result(backend):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("grid", [False, True])
+def test_a_set_against_itself_equals_it_against_a_copy(backend, grid):
+    """The k-NN radii of one set (the same tensor twice, self excluded) equal, bit for bit, those
+    against a copy of it (the CPU kernel visits each pair once for the former and feeds both rows;
+    every pair in the other orientation for the latter), across tiles and chunks, with duplicates
+    and ties."""
+    require_backend(op)
+    n, d = (300, 300) if gmkernels.get_backend() != "triton" else (24, 9)
+    x = random_set(n, d, 11, torch.float32, duplicates=n // 4, grid=grid).to(backend)
+    for k in (1, 3, 7):
+        alone = gmkernels.nearest_neighbors(x, x, k, exclude_self=True)
+        copied = gmkernels.nearest_neighbors(x, x.clone(), k, exclude_self=True)
+        assert torch.equal(alone.kth_distance, copied.kth_distance)
+        assert_matches_truth(alone, x, x, k, exclude_self=True)
+
+
 def test_cpp_results_do_not_depend_on_the_thread_count():
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
@@ -226,12 +242,14 @@ def test_cpp_results_do_not_depend_on_the_thread_count():
             for count in (1, 2, 3):
                 torch.set_num_threads(count)
                 results.append(gmkernels.nearest_neighbors(x, y, 5, radii=radii, query_radii=query_radii))
+                results.append(gmkernels.nearest_neighbors(x, x, 5, exclude_self=True))
     finally:
         torch.set_num_threads(threads)
     assert results[0].within.sum() > 0 and results[0].points_within.sum() > 0
-    for result in results[1:]:
-        for got, want in zip(result, results[0]):
-            assert torch.equal(got, want)
+    for count in (1, 2):
+        for result, want in zip(results[2 * count:2 * count + 2], results[:2]):
+            for got, expected in zip(result, want):
+                assert torch.equal(got, expected)
 
 
 def compiled_namespaces():

@@ -1,30 +1,36 @@
 // CPU kernel of nearest_neighbors (math and the tie rule in csrc/kernels/nearest_neighbors.h).
 //
-// The dot products <p_j, q_i> are a GEMM in the usual register-blocked form: each tile of both
-// sets is packed into panels (kRows query rows, kCols points; coordinate-major) by the thread
-// that uses it, and a micro kernel
-// keeps a kRows x kCols block of dot products in vector registers, adding one coordinate at a
-// time (a broadcast query coordinate times a vector of kCols point coordinates). Threads own
-// tiles of kQueryTile query rows and sweep the points in tiles of kPointTile, in chunks of
-// kChunk coordinates (the tile's panels stay in L1/L2 while its accumulators wait in a
-// per-thread buffer). When a tile is complete each pair's squared distance is formed and the
-// query row's running top-k and ball count updated, and each point's count of query balls (in a
-// per-thread array of M counts, summed at the end). Memory: per-thread tiles and M counts;
-// never Q x M.
+// The dot products <p_j, q_i> are a GEMM in the usual register-blocked form. A thread owns a
+// tile of kPointTile points, packs it once into panels (kCols points, coordinate-major), and
+// sweeps the query rows against it in blocks of kQueryTile, in chunks of kChunk coordinates (the
+// packed tile stays in L2, the query rows of a micro block in L1, the block's accumulators wait
+// in a per-thread buffer between chunks); a micro kernel keeps kRows x kCols dot products in
+// vector registers, adding one coordinate at a time (a broadcast query coordinate, read in place,
+// times a vector of kCols point coordinates). Each thread computes the query rows' squared norms
+// once, a tile's when it packs it. When a block is complete each pair's squared distance is
+// formed and the thread's running top-k and ball count of the query row updated (each thread
+// keeps its own for every query row, Q (k + 2) numbers, merged by the last thread to finish: one
+// parallel region, no barrier inside), and the tile's counts of query balls (its own outputs).
+// A set against itself (exclude_self, the same rows, no radii: the k-NN radii of
+// precision_recall) visits each unordered pair once and feeds both rows' top-k: half the work.
+// Memory: the per-thread tile and row state; never Q x M.
 //
 // Exact ties: every dot product, and every squared norm, is the chain s = fma(x_d, y_d, s) over
 // d = 0, 1, ..., D-1 from s = 0 (std::fma and the vector FMA round identically), whichever
 // register lane, tile, chunk or pass computes it. So ||a||^2 is bit for bit <a, a>, a duplicate
 // of a point is at distance exactly 0, and the pair that defines a radius lies exactly on it.
-// Each output row is written by one thread in a fixed order: results do not depend on the
-// thread count.
+// The k smallest of the union of the threads' lists and the sum of their counts do not depend on
+// which thread saw which pair: results do not depend on the thread count.
 #include "../kernels/nearest_neighbors.h"
 #include "multiply_add.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
+
+#include <omp.h>
 
 #if defined(__AVX__) && defined(__FMA__)
 #include <immintrin.h>
@@ -32,6 +38,9 @@
 
 namespace gmk {
 namespace {
+
+template <typename T>
+constexpr T kZero = T(0);
 
 // One vector of kDotLanes lanes: a 32-byte register where the target has AVX and FMA, else an
 // array (the compiler may vectorize it). Lane by lane it is multiply_add either way.
@@ -86,51 +95,79 @@ constexpr int kRows = 6;
 constexpr int kVectors = 2;
 template <typename T>
 constexpr int64_t kCols = kVectors * kDotLanes<T>;   // points per panel: 16 floats, 8 doubles
-constexpr int64_t kQueryTile = 8 * kRows;            // query rows per work item
-constexpr int64_t kPointTile = 128;                  // points per tile (whole panels)
-constexpr int64_t kChunk = 256;                      // coordinates per pass over a tile
+constexpr int64_t kQueryTile = 8 * kRows;            // query rows per accumulator block
+constexpr int64_t kPointTile = 128;                  // points per work item (whole panels)
+constexpr int64_t kChunk = 256;                      // coordinates per pass over a block
 static_assert(kPointTile % 16 == 0, "a point tile holds whole panels");
 // Below about this many multiply-adds (Q M D) one thread does it all: waking a team costs more.
 constexpr int64_t kMinParallelWork = int64_t(1) << 22;
 
-// Rows [first, first + tile_rows) of `rows` packed in panels of `width` rows, coordinate-major:
-// element (first + p width + r, d) at out[(p dim + d) width + r]; and their squared norms, the
-// chain fma(x_d, x_d, s) over d, as micro_block computes <row, row>. Rows past `num_rows` are
-// zeros (their results are never read).
+// Rows [first, first + tile_rows) of `rows` packed in panels of kCols rows, coordinate-major:
+// element (first + p kCols + c, d) at out[(p dim + d) kCols + c]. Rows past `num_rows` are zeros
+// (their results are never read).
 template <typename T>
 void pack_tile(const T* rows, int64_t num_rows, int64_t dim, int64_t first, int64_t tile_rows,
-               int64_t width, T* out, T* norms) {
-  for (int64_t i = 0; i < tile_rows; ++i) {
-    const int64_t row = first + i, panel = i / width, lane = i % width;
-    T* column = out + panel * dim * width + lane;
-    T sum = T(0);
-    if (row < num_rows) {
-      const T* source = rows + row * dim;
-      for (int64_t d = 0; d < dim; ++d) {
-        column[d * width] = source[d];
-        sum = multiply_add(source[d], source[d], sum);
-      }
-    } else {
-      for (int64_t d = 0; d < dim; ++d) column[d * width] = T(0);
+               T* out) {
+  constexpr int64_t C = kCols<T>;
+  for (int64_t panel = 0; panel < tile_rows / C; ++panel) {
+    const T* source[C];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t row = first + panel * C + c;
+      source[c] = row < num_rows ? rows + row * dim : nullptr;
     }
-    norms[i] = sum;
+    T* target = out + panel * dim * C;
+    for (int64_t d = 0; d < dim; ++d)
+      for (int64_t c = 0; c < C; ++c) target[d * C + c] = source[c] != nullptr ? source[c][d] : T(0);
   }
 }
 
-// acc[r][c] (kRows x kCols, row-major) += sum over d of a[d][r] * b[d][c] for `length`
-// coordinates of an A panel (kRows wide) and a B panel (kCols wide), one coordinate after another.
+// The squared norms of the kCols rows of a packed panel, each the chain fma(x_d, x_d, s) over
+// d = 0, 1, ..., D-1 from s = 0 that micro_block computes for <row, row>: one chain per lane.
 template <typename T>
-__attribute__((always_inline)) inline void micro_block(const T* a, const T* b, int64_t length,
-                                                       T* acc) {
+void panel_norms(const T* panel, int64_t dim, T* norms) {
+  constexpr int64_t C = kCols<T>;
   constexpr int L = kDotLanes<T>;
+  Lanes<T> sum0 = Lanes<T>::broadcast(&kZero<T>), sum1 = sum0;
+  for (int64_t d = 0; d < dim; ++d) {
+    const Lanes<T> x0 = Lanes<T>::load(panel + d * C);
+    const Lanes<T> x1 = Lanes<T>::load(panel + d * C + L);
+    sum0 = Lanes<T>::multiply_add(x0, x0, sum0);
+    sum1 = Lanes<T>::multiply_add(x1, x1, sum1);
+  }
+  sum0.store(norms);
+  sum1.store(norms + L);
+}
+
+// The squared norms of all rows (as panel_norms computes them).
+template <typename T>
+std::vector<T> squared_norms(const T* rows, int64_t num_rows, int64_t dim) {
+  constexpr int64_t C = kCols<T>;
+  std::vector<T> panel(static_cast<size_t>(C * std::max<int64_t>(dim, 1)));
+  std::vector<T> norms(static_cast<size_t>((num_rows + C - 1) / C * C));
+  for (int64_t first = 0; first < num_rows; first += C) {
+    pack_tile(rows, num_rows, dim, first, C, panel.data());
+    panel_norms(panel.data(), dim, norms.data() + first);
+  }
+  return norms;
+}
+
+// acc[r][c] (kRows x kCols, row-major) += sum over d of a[r][d] * b[d][c] for `length`
+// coordinates of kRows query rows (row pointers, unpacked: one broadcast each) and a B panel
+// (kCols wide, packed), one coordinate after another.
+template <typename T>
+__attribute__((always_inline)) inline void micro_block(const T* const* a, const T* b,
+                                                       int64_t length, T* acc) {
+  constexpr int L = kDotLanes<T>;
+  const T *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
   Lanes<T> sums[kRows][kVectors];
   for (int r = 0; r < kRows; ++r)
     for (int v = 0; v < kVectors; ++v) sums[r][v] = Lanes<T>::load(acc + r * kCols<T> + v * L);
   for (int64_t d = 0; d < length; ++d) {
     const Lanes<T> column0 = Lanes<T>::load(b + d * kCols<T>);
     const Lanes<T> column1 = Lanes<T>::load(b + d * kCols<T> + L);
+    const T* rows[kRows] = {a0 + d, a1 + d, a2 + d, a3 + d, a4 + d, a5 + d};
     for (int r = 0; r < kRows; ++r) {
-      const Lanes<T> row = Lanes<T>::broadcast(a + d * kRows + r);
+      const Lanes<T> row = Lanes<T>::broadcast(rows[r]);
       sums[r][0] = Lanes<T>::multiply_add(row, column0, sums[r][0]);
       sums[r][1] = Lanes<T>::multiply_add(row, column1, sums[r][1]);
     }
@@ -138,7 +175,7 @@ __attribute__((always_inline)) inline void micro_block(const T* a, const T* b, i
   for (int r = 0; r < kRows; ++r)
     for (int v = 0; v < kVectors; ++v) sums[r][v].store(acc + r * kCols<T> + v * L);
 }
-static_assert(kVectors == 2, "micro_block names its two point vectors");
+static_assert(kVectors == 2 && kRows == 6, "micro_block names its point vectors and rows");
 
 // For each radius r the largest squared distance t with sqrt(t) <= r, so that the ball test
 // sqrt(squared) <= r is squared <= t exactly (sqrt is correctly rounded, hence monotone), without
@@ -173,85 +210,119 @@ inline void insert_top_k(T* best, int64_t k, T value) {
   best[position] = value;
 }
 
+// What one thread has seen of every query row: its running top-k (Q k) and ball count (Q).
 template <typename T>
-struct Workspace {
-  std::vector<T> query_panels, point_panels, query_norms, point_norms, acc, best, squared;
-  std::vector<int64_t> within, points_within;
-  Workspace(int64_t k, int64_t dim, int64_t num_points, bool count_points)
-      : query_panels(static_cast<size_t>(kQueryTile * dim)),
-        point_panels(static_cast<size_t>(kPointTile * dim)),
-        query_norms(static_cast<size_t>(kQueryTile)),
-        point_norms(static_cast<size_t>(kPointTile)),
-        acc(static_cast<size_t>(kQueryTile * kPointTile)),
-        best(static_cast<size_t>(kQueryTile * k)),
-        squared(static_cast<size_t>(kPointTile)),
-        within(static_cast<size_t>(kQueryTile)),
-        points_within(count_points ? static_cast<size_t>(num_points) : 0) {}
+struct RowState {
+  std::vector<T> query_norms, best;
+  std::vector<int64_t> within;
 };
 
 template <typename T>
-void query_tile(const NearestNeighborsParams<T>& p, const std::vector<T>& thresholds,
-                const std::vector<T>& query_thresholds, int64_t q0, Workspace<T>& work) {
+struct Workspace {
+  std::vector<T> point_panels, point_norms, acc, squared;
+  explicit Workspace(int64_t dim)
+      : point_panels(static_cast<size_t>(kPointTile * std::max<int64_t>(dim, 1))),
+        point_norms(static_cast<size_t>(kPointTile)),
+        acc(static_cast<size_t>(kQueryTile * kPointTile)),
+        squared(static_cast<size_t>(kPointTile)) {}
+};
+
+// One work item: the points [p0, p0 + kPointTile) packed once, against every query row (or, for
+// `symmetric`, the rows i < p0 + kPointTile, each unordered pair {i, j} once, i < j, counted for
+// both rows). Updates this thread's row state, and writes the tile's points_within.
+template <typename T>
+void point_tile(const NearestNeighborsParams<T>& p, const std::vector<T>& thresholds, const std::vector<T>& query_thresholds,
+                bool symmetric, int64_t p0, Workspace<T>& work, RowState<T>& state) {
   constexpr int64_t C = kCols<T>;
-  const int64_t rows = std::min(kQueryTile, p.num_queries - q0);
-  const int64_t row_blocks = (rows + kRows - 1) / kRows;
-  pack_tile(p.query, p.num_queries, p.dim, q0, row_blocks * kRows, kRows,
-            work.query_panels.data(), work.query_norms.data());
-  std::fill(work.best.begin(), work.best.begin() + rows * p.k, std::numeric_limits<T>::infinity());
-  std::fill(work.within.begin(), work.within.begin() + rows, int64_t(0));
-  // acc[(rb * panels + pb) * kRows * C + r * C + c]: the pair (q0 + rb kRows + r, p0 + pb C + c).
-  for (int64_t p0 = 0; p0 < p.num_points; p0 += kPointTile) {
-    const int64_t cols = std::min(kPointTile, p.num_points - p0);
-    const int64_t panels = (cols + C - 1) / C;
-    pack_tile(p.points, p.num_points, p.dim, p0, panels * C, C, work.point_panels.data(),
-              work.point_norms.data());
+  constexpr T nan = std::numeric_limits<T>::quiet_NaN();
+  const int64_t cols = std::min(kPointTile, p.num_points - p0);
+  const int64_t panels = (cols + C - 1) / C;
+  pack_tile(p.points, p.num_points, p.dim, p0, panels * C, work.point_panels.data());
+  for (int64_t pb = 0; pb < panels; ++pb)
+    panel_norms(work.point_panels.data() + pb * p.dim * C, p.dim, work.point_norms.data() + pb * C);
+  const T* point_norms = work.point_norms.data();
+  int64_t counts[kPointTile] = {};
+  const int64_t query_end = symmetric ? std::min(p.num_queries, p0 + cols) : p.num_queries;
+  for (int64_t q0 = 0; q0 < query_end; q0 += kQueryTile) {
+    const int64_t rows = std::min(kQueryTile, query_end - q0);
+    const int64_t row_blocks = (rows + kRows - 1) / kRows;
+    // acc[(rb * panels + pb) * kRows * C + r * C + c]: the pair (q0 + rb kRows + r, p0 + pb C + c).
     std::fill(work.acc.begin(), work.acc.begin() + row_blocks * panels * kRows * C, T(0));
     for (int64_t d0 = 0; d0 < p.dim; d0 += kChunk) {
       const int64_t length = std::min(kChunk, p.dim - d0);
-      for (int64_t pb = 0; pb < panels; ++pb) {
-        const T* b = work.point_panels.data() + (pb * p.dim + d0) * C;
-        for (int64_t rb = 0; rb < row_blocks; ++rb)
-          micro_block(work.query_panels.data() + (rb * p.dim + d0) * kRows, b, length,
+      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        const T* a[kRows];
+        for (int r = 0; r < kRows; ++r) {
+          // A row past the block's end reads row q0 (its results are never read).
+          const int64_t i = rb * kRows + r < rows ? q0 + rb * kRows + r : q0;
+          a[r] = p.query + i * p.dim + d0;
+        }
+        for (int64_t pb = 0; pb < panels; ++pb)
+          micro_block(a, work.point_panels.data() + (pb * p.dim + d0) * C, length,
                       work.acc.data() + (rb * panels + pb) * kRows * C);
       }
     }
-    // Per query row: the tile's squared distances (NaN for the excluded self pair: it then
-    // passes no comparison), then the counts and the top-k, each loop simple enough to
-    // vectorize or to skip most pairs at one comparison.
+    // Per query row: the tile's squared distances (NaN for a pair left out: the excluded self
+    // pair, and in the symmetric case each pair's second orientation; NaN passes no comparison),
+    // then the counts and the top-k, each loop simple enough to vectorize or to skip most pairs
+    // at one comparison.
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t q = q0 + i;
       const T* acc_row = work.acc.data() + (i / kRows) * panels * kRows * C + (i % kRows) * C;
       T* squared = work.squared.data();
+      const T query_norm = state.query_norms[q];
       for (int64_t pb = 0; pb < panels; ++pb)
         for (int64_t c = 0; c < C; ++c) {
           const int64_t j = pb * C + c;
           // The one formula of a pair's squared distance (the sum commutes exactly, so it is
           // symmetric in the two rows).
-          squared[j] = std::max((work.point_norms[j] + work.query_norms[i]) -
-                                    T(2) * acc_row[pb * kRows * C + c],
+          squared[j] = std::max((point_norms[j] + query_norm) - T(2) * acc_row[pb * kRows * C + c],
                                 T(0));
         }
-      if (p.exclude_self && q >= p0 && q < p0 + cols)
-        squared[q - p0] = std::numeric_limits<T>::quiet_NaN();
+      if (symmetric) {
+        for (int64_t j = 0; j < std::min(cols, q - p0 + 1); ++j) squared[j] = nan;   // p0 + j <= q
+      } else if (p.exclude_self && q >= p0 && q < p0 + cols) {
+        squared[q - p0] = nan;
+      }
       if (p.radii != nullptr) {
         const T* threshold = thresholds.data() + p0;
         int64_t count = 0;
         for (int64_t j = 0; j < cols; ++j) count += squared[j] <= threshold[j];   // dist <= radius
-        work.within[i] += count;
+        state.within[q] += count;
       }
       if (p.query_radii != nullptr) {
         const T threshold = query_thresholds[q];
-        int64_t* counts = work.points_within.data() + p0;
         for (int64_t j = 0; j < cols; ++j) counts[j] += squared[j] <= threshold;
       }
-      T* row_best = work.best.data() + i * p.k;
+      T* row_best = state.best.data() + q * p.k;
       for (int64_t j = 0; j < cols; ++j)
         if (squared[j] < row_best[p.k - 1]) insert_top_k(row_best, p.k, squared[j]);
+      if (symmetric)
+        for (int64_t j = 0; j < cols; ++j) {
+          T* column_best = state.best.data() + (p0 + j) * p.k;
+          if (squared[j] < column_best[p.k - 1]) insert_top_k(column_best, p.k, squared[j]);
+        }
     }
   }
-  for (int64_t i = 0; i < rows; ++i) {
-    p.kth_distance[q0 + i] = std::sqrt(work.best[i * p.k + p.k - 1]);
-    p.within[q0 + i] = work.within[i];
+  for (int64_t j = 0; j < cols; ++j) p.points_within[p0 + j] = counts[j];
+}
+
+// The threads' row states into the outputs (a team may have fewer threads than states: the
+// states of threads that did not run are empty).
+template <typename T>
+void merge_rows(const NearestNeighborsParams<T>& p, std::vector<RowState<T>>& states) {
+  RowState<T>& first = states[0];
+  for (int64_t q = 0; q < p.num_queries; ++q) {
+    T* best = first.best.data() + q * p.k;
+    int64_t within = first.within[q];
+    for (size_t s = 1; s < states.size(); ++s) {
+      if (states[s].best.empty()) continue;
+      const T* other = states[s].best.data() + q * p.k;
+      for (int64_t n = 0; n < p.k && other[n] < best[p.k - 1]; ++n) insert_top_k(best, p.k, other[n]);
+      within += states[s].within[q];
+    }
+    p.kth_distance[q] = std::sqrt(best[p.k - 1]);
+    p.within[q] = within;
   }
 }
 
@@ -262,24 +333,35 @@ void nearest_neighbors_cpu(const NearestNeighborsParams<T>& p) {
   static_assert(kQueryTile % kRows == 0 && kPointTile % kCols<T> == 0, "tiles hold whole panels");
   const bool parallel =
       p.num_queries * p.num_points * std::max<int64_t>(p.dim, 1) >= kMinParallelWork;
+  const int teams = parallel ? std::max(p.num_threads, 1) : 1;
   const std::vector<T> thresholds =
       p.radii != nullptr ? squared_thresholds(p.radii, p.num_points) : std::vector<T>();
   const std::vector<T> query_thresholds = p.query_radii != nullptr
       ? squared_thresholds(p.query_radii, p.num_queries) : std::vector<T>();
-  const int64_t tiles = (p.num_queries + kQueryTile - 1) / kQueryTile;
-  std::fill(p.points_within, p.points_within + p.num_points, int64_t(0));
-  // One parallel region (one barrier): each thread packs the tiles it uses itself, which costs
-  // about 1 / kQueryTile of the arithmetic and leaves nothing to wait for on a busy machine.
-#pragma omp parallel num_threads(p.num_threads) if (parallel)
+  // A set against itself (the same rows, self excluded, no balls): each unordered pair once.
+  const bool symmetric = p.exclude_self && p.query == p.points && p.num_queries == p.num_points &&
+                         p.radii == nullptr && p.query_radii == nullptr;
+  const int64_t tiles = (p.num_points + kPointTile - 1) / kPointTile;
+  std::vector<RowState<T>> states(static_cast<size_t>(teams));
+  std::atomic<int> finished{0};
+  // Threads own tiles of points and keep their own view of every query row (and their own copy
+  // of the query norms: no barrier to wait at on a busy machine), merged by the last thread to
+  // finish: the k smallest of the union of their lists and the sum of their counts do not depend
+  // on which thread saw which pair, so neither do the results.
+#pragma omp parallel num_threads(teams) if (parallel)
   {
-    Workspace<T> work(p.k, p.dim, p.num_points, p.query_radii != nullptr);
+    RowState<T>& state = states[static_cast<size_t>(omp_get_thread_num())];
+    state.query_norms = squared_norms(p.query, p.num_queries, p.dim);
+    state.best.assign(static_cast<size_t>(p.num_queries * p.k), std::numeric_limits<T>::infinity());
+    state.within.assign(static_cast<size_t>(p.num_queries), 0);
+    Workspace<T> work(p.dim);
+    // Symmetric tiles grow with their position: the largest first balances the team.
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t t = 0; t < tiles; ++t)
-      query_tile(p, thresholds, query_thresholds, t * kQueryTile, work);
-    if (p.query_radii != nullptr) {
-#pragma omp critical(nearest_neighbors_points_within)
-      for (int64_t j = 0; j < p.num_points; ++j) p.points_within[j] += work.points_within[j];
-    }
+      point_tile(p, thresholds, query_thresholds, symmetric,
+                 (symmetric ? tiles - 1 - t : t) * kPointTile, work, state);
+    if (finished.fetch_add(1, std::memory_order_acq_rel) + 1 == omp_get_num_threads())
+      merge_rows(p, states);
   }
 }
 

@@ -81,8 +81,10 @@ def nearest_neighbors(query: torch.Tensor, points: torch.Tensor, k: int = 1, *,
     (the C++ kernels as sqrt(max(||p||^2 + ||q||^2 - 2 <p, q>, 0)) with the squared norms
     evaluated by the same dot-product code, so a duplicate is at exactly 0; the reference,
     Triton and CUDA as sqrt(sum (p - q)^2)), so the k-th neighbour of a point lies exactly on
-    the radius it defines. Memory beyond inputs and outputs is a tile per thread (and M counts per
-    thread with ``query_radii``), never Q x M. Not differentiable.
+    the radius it defines. Memory beyond inputs and outputs is a tile per thread (the C++ kernel:
+    also each thread's running top-k and count of every query row), never Q x M. The C++ kernel
+    visits each pair once for both rows when ``query`` and ``points`` are the same tensor with
+    ``exclude_self`` and no radii (half the work). Not differentiable.
     """
     _check(query, points, radii, query_radii, k, exclude_self)
     return _OP(query.device, query, points, radii, query_radii, k, exclude_self)
