@@ -92,6 +92,23 @@ std::vector<SampleRun> split_buckets(const ComponentBuckets& buckets, int64_t le
 // ---------------------------------------------------------------------------------------------
 // Diagonal forward: z[s, k] = mu[c, k] + sigma[c, k] eps[s, k], walking the flat counter stream.
 
+// Splits the Philox counters [first, last) of one SIMD block (eps: their 4 normals each) at row
+// boundaries, since a block may span rows: visit(sample, k_begin, k_end, normals) for each piece,
+// the row's coordinates [k_begin, k_end) taking normals[0 .. k_end - k_begin).
+template <typename Visit>
+inline void for_each_row_piece(int64_t first, int64_t last, int64_t groups, int64_t dim,
+                               const float* eps, Visit&& visit) {
+  for (int64_t counter = first; counter < last;) {
+    const int64_t s = counter / groups;
+    const int64_t g = counter - s * groups;
+    const int64_t piece_end = std::min(last, (s + 1) * groups);
+    const int64_t k_begin = 4 * g;
+    const int64_t k_end = std::min(dim, 4 * (g + piece_end - counter));
+    visit(s, k_begin, k_end, eps + 4 * (counter - first));
+    counter = piece_end;
+  }
+}
+
 template <typename scalar_t>
 void forward_diagonal(const MixtureSampleParams<scalar_t>& p) {
   const int64_t dim = p.dim;
@@ -106,22 +123,15 @@ void forward_diagonal(const MixtureSampleParams<scalar_t>& p) {
     const int64_t first = block * kLanes;
     simd::randn4_lanes(p.seed, static_cast<uint64_t>(first), eps);
     const int64_t last = std::min(total, first + kLanes);
-    // The block's counters may span rows: one piece per row.
-    for (int64_t counter = first; counter < last;) {
-      const int64_t s = counter / groups;
-      const int64_t g = counter - s * groups;
-      const int64_t piece_end = std::min(last, (s + 1) * groups);
-      const int64_t k_begin = 4 * g;
-      const int64_t k_end = std::min(dim, 4 * (g + piece_end - counter));
+    for_each_row_piece(first, last, groups, dim, eps, [&](int64_t s, int64_t k_begin, int64_t k_end,
+                                                      const float* piece_eps) {
       const int64_t c = p.component[s];
-      const float* piece_eps = eps + 4 * (counter - first);
       const scalar_t* mu = p.mu + c * dim + k_begin;
       const scalar_t* sigma = p.scale + c * dim + k_begin;
       scalar_t* z = p.z + s * dim + k_begin;
       for (int64_t k = 0; k < k_end - k_begin; ++k)
         z[k] = mu[k] + sigma[k] * static_cast<scalar_t>(piece_eps[k]);
-      counter = piece_end;
-    }
+    });
   }
 }
 
@@ -268,20 +278,14 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
       for (int64_t first = first_sample * groups; first < end_counter; first += kLanes) {
         simd::randn4_lanes(p.seed, static_cast<uint64_t>(first), eps);
         const int64_t last = std::min(end_counter, first + kLanes);
-        // The block's counters may span rows: one piece per row.
-        for (int64_t counter = first; counter < last;) {
-          const int64_t s = counter / groups;
-          const int64_t g = counter - s * groups;
-          const int64_t piece_end = std::min(last, (s + 1) * groups);
-          const int64_t k_begin = 4 * g;
-          const int64_t k_end = std::min(dim, 4 * (g + piece_end - counter));
+        for_each_row_piece(first, last, groups, dim, eps, [&](int64_t s, int64_t k_begin, int64_t k_end,
+                                                          const float* piece_eps) {
           const int64_t c = p.component[s];
           if (!met[c]) {
             met[c] = 1;
             touched.push_back(c);
             std::fill(sums.get() + c * 2 * dim, sums.get() + (c + 1) * 2 * dim, scalar_t(0));
           }
-          const float* piece_eps = eps + 4 * (counter - first);
           const scalar_t* grad = p.grad_z + s * p.grad_row_stride + k_begin;
           scalar_t* sum = sums.get() + c * 2 * dim + k_begin;
           scalar_t* sum_eps = sum + dim;
@@ -289,8 +293,7 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
             sum[k] += grad[k];
             sum_eps[k] += grad[k] * static_cast<scalar_t>(piece_eps[k]);
           }
-          counter = piece_end;
-        }
+        });
       }
 #pragma omp ordered
       {
