@@ -345,7 +345,7 @@ BAD_INPUTS = [
     (dict(radii=torch.ones(5, dtype=torch.float64)), TypeError, "radii must have the dtype of query"),
     (dict(query_radii=torch.ones(4)), ValueError, r"query_radii must be \(Q,\) = \(5,\)"),
     (dict(query_radii=torch.full((5,), float("nan"))), ValueError, "query_radii must not be NaN"),
-    (dict(k=0), ValueError, r"k must be in \[1, 5\]"),
+    (dict(k=0), ValueError, "k must be >= 1, got 0"),
     (dict(k=6), ValueError, r"k must be in \[1, 5\]"),
     (dict(k=5, exclude_self=True), ValueError, r"k must be in \[1, 4\]"),
     (dict(k=2.0), TypeError, "k must be a Python int"),

@@ -43,10 +43,7 @@ def _check(real, fake, k):
                          f"({real.shape[1]}), got shape {tuple(fake.shape)}")
     _checks.same_dtype({"real_features": real, "fake_features": fake})
     _checks.same_device({"real_features": real, "fake_features": fake})
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be a Python int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = _checks.int_at_least(k, "k", 1)
     smallest = min(real.shape[0], fake.shape[0])
     if k >= smallest:
         raise ValueError(f"k must be smaller than the number of samples in each set "

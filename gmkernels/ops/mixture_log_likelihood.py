@@ -144,10 +144,7 @@ def simplex_vertices(d: int, radius: float = 1.0, *, layout: str = "regular",
     scale: norm 0.9436 for d = 9, 0.8944 for d = 2), multiplied by ``radius``; radius=1 is the
     code's setting. Still a regular simplex centred at the origin, only smaller.
     """
-    if isinstance(d, bool) or not isinstance(d, int):
-        raise TypeError(f"d must be a Python int, got {type(d).__name__}")
-    if d < 1:
-        raise ValueError(f"d must be >= 1, got {d}")
+    d = _checks.int_at_least(d, "d", 1)
     if isinstance(radius, bool) or not (isinstance(radius, (int, float)) and radius > 0
                                         and math.isfinite(radius)):
         raise ValueError(f"radius must be a finite float > 0, got {radius}")

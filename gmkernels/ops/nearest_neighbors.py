@@ -44,9 +44,8 @@ def _check(query, points, radii, query_radii, k, exclude_self):
         raise ValueError(f"exclude_self needs query row i to be point i (as many rows), got "
                          f"{query.shape[0]} query rows and {points.shape[0]} points")
     candidates = points.shape[0] - (1 if exclude_self else 0)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be a Python int, got {type(k).__name__}")
-    if not 1 <= k <= candidates:
+    k = _checks.int_at_least(k, "k", 1)
+    if k > candidates:
         raise ValueError(f"k must be in [1, {candidates}] (the points"
                          f"{' other than the row itself' if exclude_self else ''}), got {k}")
     _checks.finite(query, "query")
