@@ -485,7 +485,7 @@ def test_sweep_grids_span_the_issue_sizes_and_never_take_the_reference_as_a_peer
             assert not any("reference" in peer for peer in case.peers), (op, case.size)
             assert case.build and case.work, (op, case.size)
     points = {(case.size, case.mode) for cases in grids.values() for case in cases}
-    # The rows issue 18 measured, re-measured in the same sweep.
+    # The sizes where the kernels lost before the sweep existed, re-measured in the same sweep.
     for size, mode in [("B=2048 C=20000 d=256", "forward"), ("B=8192 C=5000 d=64", "forward+backward x,means"),
                        ("N=64 K=256 n=100000 diag", "forward+backward z.sum()"),
                        ("N=64 K=256 n=100000 diag", "forward+backward dense"),

@@ -1,5 +1,5 @@
 """Second (and third) derivatives of every op on every backend: gradgradcheck in float64, and the
-derivatives of a gradient penalty equal to the reference backend's (issue 21). A backward op
+derivatives of a gradient penalty equal to the reference backend's. A backward op
 without an autograd formula of its own would give zeros here (PyTorch's deprecated fallback) or
 raise; the pytest configuration turns that fallback's warning into an error."""
 import pytest

@@ -1,5 +1,5 @@
 """Gradient penalties (--gp-weight, --gp-kind wgan-gp|r1) for every variant, and on the kernel
-backends the same training as on the reference backend (issue 21: a penalty differentiates the
+backends the same training as on the reference backend (a penalty differentiates the
 ops twice, through D's minibatch layer and MD-GAN's simplex head)."""
 import math
 

@@ -1,4 +1,4 @@
-"""Stacked digits and the discriminator-capacity knobs (issue 20): the stacked evaluation against a
+"""Stacked digits and the discriminator-capacity knobs: the stacked evaluation against a
 hand count, end to end on a tiny run; the d_size parameter ratios; spectral normalization of D."""
 import math
 from collections import Counter

@@ -1,4 +1,4 @@
-"""How the Triton launchers address memory and pick devices (issue 15, Triton bullet): the grid
+"""How the Triton launchers address memory and pick devices: the grid
 split of mixture_sample's full-scale backward (exercised by lowering its limit), non-contiguous
 inputs, and launches on the tensors' own CUDA device. Offsets past 2^31 elements need tensors too
 large for CI; the kernels compute them in int64 (checked here on strided views that the int64

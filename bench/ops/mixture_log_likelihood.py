@@ -9,7 +9,7 @@ and forward + backward (into x, and into x and the means).
   matmul formula (||x||^2 - 2 x mu^T + ||mu||^2, then logsumexp: what torch.cdist-style code
   does) and its compiled form the peer. ``flops`` is the 2 B C d of the distance product and
   ``matmul_shape`` (B, d, C) makes the run time a plain fp32 matmul of that shape, so each row
-  reports its fraction of the measured same-shape matmul rate (issue target: >= 60% forward). The
+  reports its fraction of the measured same-shape matmul rate (target: >= 60% forward). The
   fused kernels hold O((B + C) d) plus one B x 1024 tile, never B x C; the plain formula holds
   several B x C float32 tensors (164 MB each here): see the rows' peak memory.
 - MD-GAN's simplex head (B=65536 embeddings, d=9, C=10, var 0.25): the direct kernel.

@@ -3,7 +3,7 @@
 forward and forward + backward, on the CPU and (when present) on the GPU.
 
 Forward bandwidth counts the bytes a forward must move: z written once, the component ids, mu
-and the scale read once (eps is never stored). Targets (issue 3): forward + backward at least 5x
+and the scale read once (eps is never stored). Targets: forward + backward at least 5x
 the eager reference and faster than torch.compile of it (the peer).
 """
 from __future__ import annotations
