@@ -35,19 +35,28 @@ constexpr scalar_t minus_infinity() {
 // it (std::exp does not vectorize without -ffast-math). Cephes' expf: x = n ln2 + r with
 // |r| <= ln2 / 2, ln2 split in two parts so r is exact, degree-6 polynomial: within 2 ulp.
 // Below -87 (exp < 1.7e-38) it returns 0, which also covers -inf; NaN stays NaN.
-inline float exp_vectorizable(float x) {
-  const float clamped = std::min(std::max(x, -87.0f), 88.0f);
-  float n = clamped * 1.44269504088896341f;
+// The reduction and polynomial of exp on x clamped to [-87, 88], for a float or a register of
+// floats alike (exp_vectorizable and exp_lanes below: one set of operations, so the same values):
+// returns exp(r) with r = clamped - n ln2, and n, the power of two still to multiply by.
+template <typename Floats>
+GMK_SIMD_INLINE Floats exp_reduced(Floats clamped, Floats& n) {
+  n = clamped * 1.44269504088896341f;
   n = (n + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 pushes the fraction out
-  float r = clamped - n * 0.693359375f;
+  Floats r = clamped - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  Floats p = Floats{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
+  return p * (r * r) + r + 1.0f;
+}
+
+inline float exp_vectorizable(float x) {
+  const float clamped = std::min(std::max(x, -87.0f), 88.0f);
+  float n;
+  const float p = exp_reduced(clamped, n);
   const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
   float power;
   std::memcpy(&power, &bits, sizeof(power));
@@ -66,17 +75,8 @@ GMK_SIMD_INLINE simd::f32v exp_lanes(simd::f32v x) {
   const f32v low = f32v{} - 87.0f, high = f32v{} + 88.0f;
   f32v clamped = simd::select(x < low, low, x);
   clamped = simd::select(clamped > high, high, clamped);
-  f32v n = clamped * 1.44269504088896341f;
-  n = (n + 12582912.0f) - 12582912.0f;
-  f32v r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  f32v q = f32v{} + 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * (r * r) + r + 1.0f;
+  f32v n;
+  const f32v q = exp_reduced(clamped, n);
   const i32v bits = (__builtin_convertvector(n, i32v) + 127) << 23;
   return simd::select(x < low, f32v{}, q * (f32v)bits);
 }
