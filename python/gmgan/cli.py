@@ -85,9 +85,6 @@ def command_train(args) -> int:
             if metrics:
                 _print_metrics(metrics)
             print(f"run folder: {trainer.run_dir}")
-        if trainer.diverged_at is not None:
-            close_world(trainer.world)
-            return 1
     except KeyboardInterrupt:
         print(f"gmgan: interrupted at step {trainer.step}, checkpointed; continue with "
               f"gmgan train --resume {trainer.run_dir}", file=sys.stderr)
@@ -97,7 +94,7 @@ def command_train(args) -> int:
         close_world(trainer.world, wait_for_peers=False)
         raise
     close_world(trainer.world)
-    return 0
+    return 0 if trainer.diverged_at is None else 1
 
 
 def _parse_floats(text: str, name: str) -> list:
