@@ -88,3 +88,20 @@ def test_every_op_lists_its_backends_in_one_order():
     order = ("reference", "triton", "cpp", "cuda")
     assert all(name in order for name in OP_MODULES[0].IMPLEMENTED)
     assert list(OP_MODULES[0].IMPLEMENTED) == [n for n in order if n in OP_MODULES[0].IMPLEMENTED]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_finite_check_rejects_any_inf_or_nan_and_accepts_finite_values_whose_sum_overflows(dtype):
+    # The check sums first (a finite sum proves every element finite) and tests elementwise only
+    # when the sum is not finite: finite values whose sum overflows must pass, and one inf, -inf or
+    # NaN anywhere must fail, also when infs of both signs cancel into a NaN sum.
+    from gmkernels.ops import _checks
+
+    largest = torch.finfo(dtype).max
+    _checks.finite(torch.full((1000,), largest, dtype=dtype), "x")
+    _checks.finite(torch.tensor([largest, -largest, largest], dtype=dtype), "x")
+    for bad in ([float("inf")], [float("-inf")], [float("nan")], [float("inf"), float("-inf")]):
+        values = torch.ones(257, dtype=dtype)
+        values[100:100 + len(bad)] = torch.tensor(bad, dtype=dtype)
+        with pytest.raises(ValueError, match="x must be finite"):
+            _checks.finite(values.view(1, 257), "x")

@@ -18,10 +18,6 @@
 
 namespace gmk {
 
-// Lanes of one 32-byte vector register: 8 floats, 4 doubles.
-template <typename scalar_t>
-constexpr int kDotLanes = 32 / static_cast<int>(sizeof(scalar_t));
-
 template <typename scalar_t>
 struct NearestNeighborsParams {
   const scalar_t* query;    // (num_queries, dim)
