@@ -8,12 +8,15 @@
 //   s * ceil(K/4) ...), z written once, in order.
 // Forward, full: samples grouped by component; per component, tiles of samples times the packed
 //   transposed factor L^T (a register-blocked triangular mat-mat product), z rows written once.
+//   A component with few samples (at most dim / 16) skips the packing: a direct row-wise product
+//   from L's lower triangle. dim <= 16: the diagonal forward's walk over the counter stream, each
+//   z row one or two vectors from a per-component packed L^T.
 // Backward: every gradient entry is a sum over its component's samples in sample order,
 //   accumulated by one writer: the bits are the same run to run and for any thread count, without
-//   atomics. Diagonal: the forward's walk over the counter stream, in chunks of consecutive
-//   samples whose per-component sums are added in chunk order. Full: samples grouped by
-//   component with a stable counting sort. torch.are_deterministic_algorithms_enabled() thus
-//   needs no special path on the CPU.
+//   atomics. Diagonal and full with dim <= 16: the forward's walk over the counter stream, in
+//   chunks of consecutive samples whose per-component sums are added in chunk order. Full: samples
+//   grouped by component with a stable counting sort. torch.are_deterministic_algorithms_enabled()
+//   thus needs no special path on the CPU.
 #include "../kernels/mixture_sample.h"
 
 #include <algorithm>
