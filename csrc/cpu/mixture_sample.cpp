@@ -203,10 +203,10 @@ void full_forward_rows(const scalar_t* eps, const scalar_t* lt, const scalar_t* 
 // sharing each row's loads: L is streamed once per group of samples, nothing is packed.
 //
 // A component with at most dim / 16 samples takes the direct product. Measured on an AVX-512 Zen 4
-// core (2 threads, L larger than the caches): at dim 64 the two paths tie at 4 samples per
-// component and the packed tiles win from 8 (1.5-2x at 16); at dim 256 the direct product is
-// 2.5-4x faster at 1 to 4 samples, ties at 16, and loses at 32; at dim 1024 (L^T of 4 MiB does
-// not stay in L2 while it is packed) it is 2-6x faster up to 32.
+// core (2 threads, L larger than the caches, every component with the same number of samples):
+// at dim 64 the paths tie at 4 samples per component and the packed tiles are ~2x faster from 8;
+// at dim 256 the direct product is 2-3x faster at 4 to 8 samples, 1.2-1.9x at 16 and ties at 32;
+// at dim 1024 (packing an L^T of 4 MiB, larger than L2) it is 3-7x faster from 4 to 32.
 bool direct_product(int64_t samples, int64_t dim) { return samples * 16 <= dim; }
 constexpr int kDirectSamples = 4;
 
@@ -317,10 +317,11 @@ void forward_full(const MixtureSampleParams<scalar_t>& p) {
 // vectors: acc = sum_j e_j L^T[j] over a per-component packed L^T, then z = mu + acc, the
 // multiply-adds in the tiled path's order (the same bits).
 //
-// dim at or below which the full-scale kernels walk the counter stream (measured on an AVX-512
-// Zen 4 core: at dim 16 the walk takes ~0.6x the tiled forward's time and ~0.7x its backward's,
-// the tiled path's wasted normals (4 of every 5 drawn) costing more than the walk's per-sample
-// accumulation; above 16 a row needs 3+ vectors and the tiled path is preferred).
+// dim at or below which the full-scale kernels walk the counter stream: a z row and a row of
+// the backward's sums are one vector of floats. Measured on an AVX-512 Zen 4 core (one thread,
+// 10 or 100 components, 1e5 samples) against the tiled path: dim 2 forward 9.4 -> 1.15 ms,
+// forward + backward 15 -> 2.6 ms; dim 16 forward ~20 -> ~4.6 ms, forward + backward ~50 -> ~11 ms.
+// Larger dims were not measured (the tiled path wastes half its normals at 32, none from 64).
 constexpr int64_t kSmallDimMax = 16;
 
 // Per component c, (dim + 1) rows of `row` scalars at table + c * (dim + 1) * row: mu[c], then
