@@ -492,3 +492,71 @@ def test_opcheck_backward_op_with_a_broadcast_upstream_gradient(full):
         assert grad_z.stride(0) == 0
         torch.library.opcheck(torch.ops.gmkernels.mixture_sample_backward.default,
                               (grad_z, scale.detach(), component, seed))
+
+
+def cpp_values_and_gradients(mu, scale, component, seed, grad_z, threads):
+    """z and the gradients of mu and scale from the cpp backend with `threads` OpenMP threads."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with gmkernels.use_backend("cpp"):
+            z = mixture_sample_with_seed(mu, scale, component, seed)
+            return (z,) + torch.autograd.grad(z, (mu, scale), grad_z)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def nan_above_diagonal(scale):
+    """Only the lower triangle of a full scale is used: NaN above it must not reach z."""
+    with torch.no_grad():
+        upper = torch.ones(scale.shape[-2:], dtype=torch.bool).triu(1)
+        scale[:, upper] = float("nan")
+
+
+def check_cpp_full_against_reference(mu, scale, component, seed, tolerance):
+    """The cpp full-scale kernels against the reference given the same eps (values and
+    gradients, finite), and the same bits for 1, 2 and 3 threads."""
+    grad_z = torch.randn(component.shape[0], mu.shape[1], dtype=mu.dtype,
+                         generator=torch.Generator().manual_seed(component.shape[0]))
+    results = [cpp_values_and_gradients(mu, scale, component, seed, grad_z, threads)
+               for threads in (1, 2, 3)]
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    eps = kernel_eps(component, mu.shape[1], seed, mu.dtype, "cpu")
+    truth = mixture_sample_given_eps(mu, scale, component, eps)
+    expected = (truth,) + torch.autograd.grad(truth, (mu, scale), grad_z)
+    for got, want in zip(results[0], expected):
+        assert torch.isfinite(got).all()
+        assert (got - want).abs().max() <= tolerance * (1 + want.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# dim <= 16: the walk over the counter stream (1 vector per row, 2 for float64 past 8); 5000
+# samples span three of the backward's chunks of 2048 samples.
+@pytest.mark.parametrize("num_components, dim", [(4, 2), (3, 3), (7, 9), (2, 16)])
+def test_cpp_full_small_dimension_walk_matches_reference_for_any_thread_count(
+        num_components, dim, dtype):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(num_components, dim, True, dtype, seed=dim)
+    nan_above_diagonal(scale)
+    component = torch.randint(num_components, (5000,), generator=torch.Generator().manual_seed(1))
+    check_cpp_full_against_reference(mu, scale, component, torch.tensor(2**33 + dim),
+                                     2e-12 if dtype == torch.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [64, 130])
+def test_cpp_full_direct_product_for_few_samples_per_component_matches_reference(dim, dtype):
+    """Components with at most dim / 16 samples skip packing L^T (the direct row-wise product):
+    200 components with one sample each, others with 2 to 11 samples (groups of 4 sharing L's rows,
+    a remainder, and past the threshold the packed tiles)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    counts = [1] * 200 + [2, 3, 4, 5, 7, 8, 9, 11]
+    mu, scale = make_inputs(len(counts), dim, True, dtype, seed=dim)
+    nan_above_diagonal(scale)
+    component = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    component = component[torch.randperm(component.numel(), generator=torch.Generator().manual_seed(2))]
+    check_cpp_full_against_reference(mu, scale, component, torch.tensor(77),
+                                     2e-12 if dtype == torch.float64 else 2e-5)
