@@ -109,9 +109,10 @@ def test_finite_check_rejects_any_inf_or_nan_and_accepts_finite_values_whose_sum
 
 def test_calls_that_record_nothing_skip_the_autograd_kernel_with_the_same_results():
     """Without grad (no input requires it, or grad mode off) the registry calls the kernel op
-    below autograd, and a first-order backward calls the backward op below autograd; with
-    create_graph the backward op records its own graph. Values and gradients are those of the op
-    called through torch.ops (its autograd kernel)."""
+    below autograd; with grad it records the op through its own autograd.Function (the declared
+    setup_context and backward), and a first-order backward calls the backward op below
+    autograd; with create_graph the backward op records its own graph. Values and gradients are
+    those of the op called through torch.ops (its registered autograd kernel)."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     gen = torch.Generator().manual_seed(3)
