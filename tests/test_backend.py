@@ -105,3 +105,40 @@ def test_finite_check_rejects_any_inf_or_nan_and_accepts_finite_values_whose_sum
         values[100:100 + len(bad)] = torch.tensor(bad, dtype=dtype)
         with pytest.raises(ValueError, match="x must be finite"):
             _checks.finite(values.view(1, 257), "x")
+
+
+def test_calls_that_record_nothing_skip_the_autograd_kernel_with_the_same_results():
+    """Without grad (no input requires it, or grad mode off) the registry calls the kernel op
+    below autograd; with grad it records the op through its own autograd.Function (the declared
+    setup_context and backward), and a first-order backward calls the backward op below
+    autograd; with create_graph the backward op records its own graph. Values and gradients are
+    those of the op called through torch.ops (its registered autograd kernel)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(3)
+    M = torch.randn(6, 9, 3, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    with gmkernels.use_backend("cpp"):
+        plain = gmkernels.minibatch_discrimination(M)
+        with torch.no_grad():
+            no_grad = gmkernels.minibatch_discrimination(M.clone().requires_grad_())
+        leaf = M.clone().requires_grad_()
+        recorded = gmkernels.minibatch_discrimination(leaf)
+        (grad,) = torch.autograd.grad(recorded, leaf, grad_out)
+        (grad_graph,) = torch.autograd.grad(gmkernels.minibatch_discrimination(leaf), leaf, grad_out,
+                                            create_graph=True)
+    through_torch_ops = torch.ops.gmkernels.minibatch_discrimination(M)
+    expected_grad = torch.ops.gmkernels.minibatch_discrimination_backward(grad_out, M)
+    assert plain.grad_fn is None and no_grad.grad_fn is None and recorded.grad_fn is not None
+    assert torch.equal(plain, through_torch_ops) and torch.equal(no_grad, through_torch_ops)
+    assert torch.equal(recorded.detach(), through_torch_ops)
+    assert grad.grad_fn is None and torch.equal(grad, expected_grad)
+    assert grad_graph.grad_fn is not None and torch.equal(grad_graph.detach(), expected_grad)
+    # The double backward through the recorded backward op matches the reference's.
+    (second,) = torch.autograd.grad(grad_graph.pow(2).sum(), leaf)
+    ref_leaf = M.clone().requires_grad_()
+    with gmkernels.use_backend("reference"):
+        (ref_grad,) = torch.autograd.grad(gmkernels.minibatch_discrimination(ref_leaf), ref_leaf,
+                                          grad_out, create_graph=True)
+    (ref_second,) = torch.autograd.grad(ref_grad.pow(2).sum(), ref_leaf)
+    assert torch.allclose(second, ref_second, rtol=1e-10, atol=1e-12)

@@ -249,6 +249,49 @@ def test_cpp_is_identical_across_runs_and_thread_counts(kernels):
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+# The CPU kernel runs its lanes over kernels instead of samples for N <= 128, B >= 8 and
+# N C <= 1024: both sides of N = 128, of B = 8 and of N C = 1024, B filling its last lane group
+# (16 floats, 8 doubles) or not, the compile-time dimensions and the run-time one (C = 11), C = 0.
+@pytest.mark.parametrize("shape", [(2, 8, 3), (16, 256, 8), (17, 9, 5), (32, 40, 11), (128, 20, 8),
+                                   (129, 20, 4), (64, 7, 4), (93, 9, 11), (94, 9, 11), (5, 24, 0),
+                                   (1, 8, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_lanes_over_kernels_match_the_reference(shape, dtype):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(sum(shape))
+    M = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    grad_out = torch.randn(*shape[:2], generator=gen, dtype=torch.float64)
+    (truth, truth_grad), (plain, plain_grad) = truth_and_plain32(M, grad_out)
+    with gmkernels.use_backend("cpp"):
+        out, grad = value_and_grad(M.to(dtype), grad_out.to(dtype))
+    if dtype == torch.float64:
+        assert torch.allclose(out, truth, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(grad, truth_grad, rtol=1e-12, atol=1e-12)
+    else:
+        assert_float32_rounding(out, grad, truth, truth_grad, plain, plain_grad, M, grad_out)
+
+
+def test_cpp_lanes_over_kernels_identical_across_thread_counts():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(9)
+    # N^2 B C = 2^21 with N = 64: the lanes-over-kernels scheme, on more than one thread.
+    M = torch.randn(64, 64, 8, generator=gen)
+    grad_out = torch.randn(64, 64, generator=gen)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 1):
+            torch.set_num_threads(count)
+            with gmkernels.use_backend("cpp"):
+                results.append(value_and_grad(M, grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 def test_works_under_torch_compile_fullgraph(backend):
     require_backend(op)
     if backend.type == "cpu" and gmkernels.get_backend() == "triton":

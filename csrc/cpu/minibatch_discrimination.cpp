@@ -9,6 +9,10 @@
 // When there are fewer than kMinKernelsForSymmetry kernels, kernels alone cannot keep the
 // threads busy; items are then (kernel, chunk of rows) and each row sums over all j != i itself
 // (twice the arithmetic, but no shared writes).
+// With few samples (N <= kMaxSamplesForKernelLanes) a lane group over j is mostly padding and the
+// pairs inside a row block run scalar: the lanes then run over kernels instead. One work item is
+// a group of kLanes kernels, transposed to X[j][c][lane] = M[j, b0 + lane, c]; each pair i < j is
+// visited once for all the group's kernels, every lane doing useful work when B fills the group.
 // Every output element is accumulated by one thread in a fixed order, and the choice between the
 // two schemes depends on the shape only: results are identical run to run and for any thread
 // count, without atomics.
@@ -98,6 +102,13 @@ constexpr int64_t kRowChunk = 64;  // rows per work item in the row-split scheme
 // Below about this many pair-coordinates (N^2 B C, ~0.5 ms of work) one thread does it all:
 // waking a thread team costs more than it saves (results do not depend on the thread count).
 constexpr int64_t kMinParallelWork = int64_t(1) << 21;
+// Up to this many samples (with at least kMinKernelsForSymmetry kernels, and a group's
+// coordinates N x C x kLanes within 64 KiB) the lanes run over kernels (see the file comment).
+// Measured on one thread, lanes over kernels against lanes over j: N = 16, B = 256, C = 8 3.4x
+// faster forward, 4x backward; N = 64, B = 8..256, 1.4-2.4x; N = 128, B = 50 or 256, 1.4-2x;
+// N = 256 mixed (B = 50 1.1-1.25x faster, B = 8 1.3x slower), so it stops at 128.
+constexpr int64_t kMaxSamplesForKernelLanes = 128;
+constexpr int64_t kMaxGroupCoordinates = 1024;  // N x C
 static_assert(kRowChunk % kRowBlock == 0, "row chunks hold whole row blocks");
 
 template <typename scalar_t>
@@ -336,6 +347,150 @@ void backward_kernel(const KernelSlice<scalar_t>& slice, const scalar_t* G, int6
   }
 }
 
+// One group of kLanes kernels [b0, b0 + kLanes), transposed: X[(j * dim + c) * L + lane] =
+// M[j, b0 + lane, c], lanes past B zero (their results are computed and never written out).
+template <typename scalar_t>
+void load_kernel_group(const scalar_t* M, int64_t n, int64_t kernels, int64_t dim, int64_t b0,
+                       scalar_t* X) {
+  constexpr int L = kLanes<scalar_t>;
+  const int64_t valid = std::min<int64_t>(L, kernels - b0);
+  for (int64_t j = 0; j < n; ++j) {
+    scalar_t* row = X + j * dim * L;
+    if (valid < L) std::fill(row, row + dim * L, scalar_t(0));
+    for (int64_t l = 0; l < valid; ++l) {
+      const scalar_t* coords = M + (j * kernels + b0 + l) * dim;
+      for (int64_t c = 0; c < dim; ++c) row[c * L + l] = coords[c];
+    }
+  }
+}
+
+// sums[i * L + lane] = sum over j != i of e_ij for the group's kernels; each pair i < j once,
+// added to both rows (out_i sums its partners in increasing order of j).
+template <typename scalar_t, int kDim>
+void forward_kernel_lanes(const scalar_t* X, int64_t n, int64_t dim, scalar_t* sums) {
+  constexpr int L = kLanes<scalar_t>;
+  const int64_t dims = kDim > 0 ? kDim : dim;
+  std::fill(sums, sums + n * L, scalar_t(0));
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* xi = X + i * dims * L;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const scalar_t* xj = X + j * dims * L;
+      scalar_t dist[L] = {};
+      for (int64_t c = 0; c < dims; ++c) {
+#pragma omp simd
+        for (int l = 0; l < L; ++l) dist[l] += std::abs(xj[c * L + l] - xi[c * L + l]);
+      }
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const scalar_t e = exp_nonpositive(-dist[l]);
+        sums[i * L + l] += e;
+        sums[j * L + l] += e;
+      }
+    }
+  }
+}
+
+// grads[(i * dim + c) * L + lane] = sum over j != i of w_ij sign(X_jc - X_ic), with
+// w_ij = (g_i + g_j) e_ij and G[j * L + lane] = g_jb (zero in padding lanes, so is w there).
+template <typename scalar_t, int kDim>
+void backward_kernel_lanes(const scalar_t* X, const scalar_t* G, int64_t n, int64_t dim,
+                           scalar_t* grads) {
+  constexpr int L = kLanes<scalar_t>;
+  const int64_t dims = kDim > 0 ? kDim : dim;
+  std::fill(grads, grads + n * dims * L, scalar_t(0));
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t* xi = X + i * dims * L;
+    scalar_t* gi = grads + i * dims * L;
+    for (int64_t j = i + 1; j < n; ++j) {
+      const scalar_t* xj = X + j * dims * L;
+      scalar_t* gj = grads + j * dims * L;
+      scalar_t dist[L] = {};
+      for (int64_t c = 0; c < dims; ++c) {
+#pragma omp simd
+        for (int l = 0; l < L; ++l) dist[l] += std::abs(xj[c * L + l] - xi[c * L + l]);
+      }
+      scalar_t weight[L];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) weight[l] = (G[i * L + l] + G[j * L + l]) * exp_nonpositive(-dist[l]);
+      for (int64_t c = 0; c < dims; ++c) {
+#pragma omp simd
+        for (int l = 0; l < L; ++l) {
+          const scalar_t t = sign_times(xj[c * L + l] - xi[c * L + l], weight[l]);
+          gi[c * L + l] += t;
+          gj[c * L + l] -= t;
+        }
+      }
+    }
+  }
+}
+
+// Depends on the shape only, so results stay identical for any thread count.
+bool uses_kernel_lanes(int64_t num_samples, int64_t num_kernels, int64_t dim) {
+  return num_samples <= kMaxSamplesForKernelLanes && num_kernels >= kMinKernelsForSymmetry &&
+         num_samples * dim <= kMaxGroupCoordinates;
+}
+
+// Threads for the lanes-over-kernels scheme: one work item per group of kLanes kernels.
+template <typename scalar_t>
+int kernel_lane_threads(int64_t n, int64_t kernels, int64_t dim, int num_threads) {
+  const int64_t groups = (kernels + kLanes<scalar_t> - 1) / kLanes<scalar_t>;
+  const int64_t work = n * n * kernels * std::max<int64_t>(dim, 1);
+  return work < kMinParallelWork ? 1 : static_cast<int>(std::min<int64_t>(num_threads, groups));
+}
+
+template <typename scalar_t>
+void forward_cpu_kernel_lanes(const MinibatchDiscriminationParams<scalar_t>& p) {
+  constexpr int L = kLanes<scalar_t>;
+  const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
+  const int64_t groups = (kernels + L - 1) / L;
+#pragma omp parallel num_threads(kernel_lane_threads<scalar_t>(n, kernels, dim, p.num_threads))
+  {
+    std::vector<scalar_t> X(std::max<int64_t>(n * dim * L, 1)), sums(n * L);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t b0 = group * L, valid = std::min<int64_t>(L, kernels - b0);
+      load_kernel_group(p.M, n, kernels, dim, b0, X.data());
+      dispatch_kernel_dim(dim, [&](auto fixed_dim) {
+        forward_kernel_lanes<scalar_t, decltype(fixed_dim)::value>(X.data(), n, dim, sums.data());
+      });
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t l = 0; l < valid; ++l) p.out[i * kernels + b0 + l] = sums[i * L + l];
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_cpu_kernel_lanes(const MinibatchDiscriminationBackwardParams<scalar_t>& p) {
+  constexpr int L = kLanes<scalar_t>;
+  const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
+  const int64_t groups = (kernels + L - 1) / L;
+#pragma omp parallel num_threads(kernel_lane_threads<scalar_t>(n, kernels, dim, p.num_threads))
+  {
+    std::vector<scalar_t> X(n * dim * L), G(n * L), grads(n * dim * L);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t group = 0; group < groups; ++group) {
+      const int64_t b0 = group * L, valid = std::min<int64_t>(L, kernels - b0);
+      load_kernel_group(p.M, n, kernels, dim, b0, X.data());
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t l = 0; l < L; ++l) {
+          G[j * L + l] = l < valid ? p.grad_out[j * kernels + b0 + l] : scalar_t(0);
+        }
+      }
+      dispatch_kernel_dim(dim, [&](auto fixed_dim) {
+        backward_kernel_lanes<scalar_t, decltype(fixed_dim)::value>(X.data(), G.data(), n, dim,
+                                                                    grads.data());
+      });
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t l = 0; l < valid; ++l) {
+          scalar_t* out = p.grad_M + (i * kernels + b0 + l) * dim;
+          for (int64_t c = 0; c < dim; ++c) out[c] = grads[(i * dim + c) * L + l];
+        }
+      }
+    }
+  }
+}
+
 struct WorkSplit {
   bool symmetric;
   int64_t chunks_per_kernel;
@@ -360,6 +515,7 @@ template <typename scalar_t>
 void minibatch_discrimination_forward_cpu(const MinibatchDiscriminationParams<scalar_t>& p) {
   const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
   if (n == 0 || kernels == 0) return;
+  if (uses_kernel_lanes(n, kernels, dim)) return forward_cpu_kernel_lanes(p);
   const WorkSplit split = split_work(n, kernels, dim, p.num_threads);
 #pragma omp parallel num_threads(split.threads)
   {
@@ -386,6 +542,7 @@ void minibatch_discrimination_backward_cpu(
     const MinibatchDiscriminationBackwardParams<scalar_t>& p) {
   const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
   if (n == 0 || kernels == 0 || dim == 0) return;
+  if (uses_kernel_lanes(n, kernels, dim)) return backward_cpu_kernel_lanes(p);
   const WorkSplit split = split_work(n, kernels, dim, p.num_threads);
 #pragma omp parallel num_threads(split.threads)
   {
