@@ -16,14 +16,18 @@ from conftest import assert_close_per_element, backend_device, require_backend
 def magnitudes(M, grad_out):
     """What each output and each gradient element sums, in absolute value and weighted by its
     conditioning (float64), for per-element tolerances. e_ij = exp(-d_ij) turns the rounding of
-    the distance d_ij (a sum of C float32 terms, absolute error ~ eps d_ij) into a relative error
-    ~ eps d_ij, so term ij weighs e_ij (1 + d_ij). o_ib sums such positive terms; dL/dM_ibc sums
+    the distance d_ij into a relative error of the same size: d_ij is a sum of C float32 terms
+    (absolute error ~ eps d_ij) of float32 inputs, each rounded by up to eps |M| (absolute error
+    ~ eps a_ij with a_ij = sum_c |M_ic| + |M_jc|, larger than eps d_ij for far-out, close points:
+    at scale 20 it decided a gradient entry by 1.3x). So term ij weighs e_ij (1 + d_ij + a_ij).
+    o_ib sums such positive terms; dL/dM_ibc sums
     (g_ib + g_jb) e_ij sign(.) over j, whose terms cancel, so its weights are |g_ib + g_jb|. An
     output of 1e-7 is thus held to 1e-7's ulps, not to those of the largest output."""
     M, grad_out = M.detach().double().cpu(), grad_out.detach().double().cpu()
     distance = (M[:, None] - M[None, :]).abs().sum(-1)                         # (N, N, B)
     e = torch.exp(-distance).masked_fill(torch.eye(M.shape[0], dtype=torch.bool)[:, :, None], 0.0)
-    weight = e * (1 + distance)
+    spread = (M[:, None].abs() + M[None, :].abs()).sum(-1)                     # a_ij, (N, N, B)
+    weight = e * (1 + distance + spread)
     value_scale = weight.sum(1)
     grad_scale = ((grad_out[:, None] + grad_out[None, :]).abs() * weight).sum(1)   # (N, B)
     return value_scale, grad_scale[:, :, None].expand(M.shape)
