@@ -127,7 +127,8 @@ void row_totals(const double* values, int64_t rows, int64_t num_categories, doub
 }
 
 // Rows grouped by class for the class-groups schedule: the rows of class k are
-// order[begin[k]], ..., order[begin[k + 1] - 1], in increasing order (a stable counting sort, O(N + K)).
+// order[begin[k]], ..., order[begin[k + 1] - 1], in increasing order (a stable counting sort,
+// O(N + K)).
 // Thread t owns the classes [thread_begin[t], thread_begin[t + 1]): whole classes, split where
 // the running row count passes t N / T.
 struct ClassGroups {
@@ -178,23 +179,23 @@ bool use_class_groups(const int64_t* labels, int64_t num_samples, int64_t num_ca
   return true;
 }
 
-// Calls visit(k, thread) for every class k, each thread's classes in order on that thread.
-template <typename Visit>
-void for_each_class(const ClassGroups& groups, Visit&& visit) {
+// Calls visit(k, thread) for every class k with rows, each thread's classes in order on that
+// thread, and zeroes the table rows of the empty classes (with compact rows all at the end,
+// owned by the last thread: they are shared out evenly instead). One parallel region: the two
+// sets of rows are disjoint, so no barrier between them.
+template <typename scalar_t, typename Visit>
+void for_each_class(const ClassGroups& groups, int64_t num_classes, int64_t num_categories,
+                    scalar_t* table, Visit&& visit) {
 #pragma omp parallel for num_threads(groups.threads) schedule(static, 1)
-  for (int t = 0; t < groups.threads; ++t)
-    for (int64_t k = groups.thread_begin[t]; k < groups.thread_begin[t + 1]; ++k) visit(k, t);
-}
-
-// Zeros the table rows of the empty classes (with compact rows, all at the end: chunks of
-// classes dealt round-robin, so no one thread zeroes them all).
-template <typename scalar_t>
-void zero_empty_classes(const ClassGroups& groups, int64_t num_classes, int64_t num_categories,
-                        scalar_t* table) {
-#pragma omp parallel for num_threads(groups.threads) schedule(static, 16)
-  for (int64_t k = 0; k < num_classes; ++k)
-    if (groups.begin[k] == groups.begin[k + 1])
-      std::fill(table + k * num_categories, table + (k + 1) * num_categories, scalar_t(0));
+  for (int t = 0; t < groups.threads; ++t) {
+    for (int64_t k = groups.thread_begin[t]; k < groups.thread_begin[t + 1]; ++k)
+      if (groups.begin[k] < groups.begin[k + 1]) visit(k, t);
+    if (table == nullptr) continue;
+    const int64_t last = num_classes * (t + 1) / groups.threads;
+    for (int64_t k = num_classes * t / groups.threads; k < last; ++k)
+      if (groups.begin[k] == groups.begin[k + 1])
+        std::fill(table + k * num_categories, table + (k + 1) * num_categories, scalar_t(0));
+  }
 }
 
 // mean[k, c] = (1 / n_k) sum_{i: labels_i = k} value_ic and count[k] = n_k, where
@@ -269,13 +270,11 @@ template <typename scalar_t>
 void forward_by_class(const ClassPairwiseKlParams<scalar_t>& p, const ClassGroups& groups) {
   const int64_t num_categories = p.num_categories;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
-  zero_empty_classes(groups, p.num_classes, num_categories, p.class_mean_log);
   std::vector<double> self_term(p.num_samples);  // sum_c p_ic l_ic
   std::vector<double> sums(groups.threads * num_categories);
   std::vector<scalar_t> log_rows(groups.threads * num_categories);
-  for_each_class(groups, [&](int64_t k, int thread) {
+  auto finish_class = [&](int64_t k, int thread) {
     const int64_t first = groups.begin[k], last = groups.begin[k + 1];
-    if (first == last) return;
     scalar_t* class_mean = p.class_mean_log + k * num_categories;
     if (last - first == 1) {
       const int64_t i = groups.order[first];
@@ -315,7 +314,8 @@ void forward_by_class(const ClassPairwiseKlParams<scalar_t>& p, const ClassGroup
       for (int64_t c = 0; c < num_categories; ++c) cross += static_cast<double>(row[c]) * sum[c];
       p.kl[i] = static_cast<scalar_t>(self_term[i] - cross);
     }
-  });
+  };
+  for_each_class(groups, p.num_classes, num_categories, p.class_mean_log, finish_class);
 }
 
 // The backward on the class-groups schedule: per class, W_k from one pass over its rows (a
@@ -328,7 +328,7 @@ void backward_by_class(const ClassPairwiseKlBackwardParams<scalar_t>& p,
   const bool short_rows = num_categories < kShortRow;
   std::vector<double> weighted_rows(groups.threads * num_categories);
   std::vector<scalar_t> log_rows(short_rows ? groups.threads * num_categories : 0);
-  for_each_class(groups, [&](int64_t k, int thread) {
+  auto finish_class = [&](int64_t k, int thread) {
     const int64_t first = groups.begin[k], last = groups.begin[k + 1];
     double* weighted = weighted_rows.data() + thread * num_categories;  // W_k
     std::fill(weighted, weighted + num_categories, 0.0);
@@ -337,9 +337,10 @@ void backward_by_class(const ClassPairwiseKlBackwardParams<scalar_t>& p,
       const scalar_t* row = p.probs + i * num_categories;
       const double grad = static_cast<double>(p.grad_kl[i]);
 #pragma omp simd
-      for (int64_t c = 0; c < num_categories; ++c) weighted[c] += grad * static_cast<double>(row[c]);
+      for (int64_t c = 0; c < num_categories; ++c)
+        weighted[c] += grad * static_cast<double>(row[c]);
     }
-    const double inverse_count = 1.0 / static_cast<double>(std::max<int64_t>(1, last - first));
+    const double inverse_count = 1.0 / static_cast<double>(last - first);
 #pragma omp simd
     for (int64_t c = 0; c < num_categories; ++c) weighted[c] *= inverse_count;
     scalar_t* logs = short_rows ? log_rows.data() + thread * num_categories : nullptr;
@@ -353,7 +354,9 @@ void backward_by_class(const ClassPairwiseKlBackwardParams<scalar_t>& p,
                    static_cast<double>(p.grad_kl[i]), eps, num_categories,
                    p.grad_probs + i * num_categories);
     }
-  });
+  };
+  for_each_class(groups, p.num_classes, num_categories, static_cast<scalar_t*>(nullptr),
+                 finish_class);
 }
 
 }  // namespace
