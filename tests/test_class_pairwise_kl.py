@@ -283,27 +283,28 @@ def test_opcheck_forward_and_backward_ops(dtype):
                                class_mean_log, EPS))
 
 
-@pytest.mark.parametrize("num_classes", [5, 7, 10**7])   # K < N, K < N with empty classes, K >> N
-def test_class_table_outputs_are_the_present_classes_means_in_class_order(num_classes):
-    """The second output has min(N, K) rows: row r the mean of log p over the r-th smallest
-    class present, then zero rows; the third output is each sample's row."""
+@pytest.mark.parametrize("num_classes", [5, 10, 11, 10**7])   # K <= N (5, 10) and K > N (11, 10^7)
+def test_class_table_outputs_are_the_class_means_and_each_samples_row(num_classes):
+    """The second output has min(N, K) rows: row k the mean of log p over class k when K <= N,
+    else row r the mean over the r-th smallest class present; zero rows for the rest. The third
+    output is each sample's row."""
     namespaces = compiled_namespaces()
     if not namespaces:
         pytest.skip("no compiled or Triton ops here")
     probs = make_probs(10, 3, 9, zeros=True)
     labels = torch.tensor([0, 0, 2, 2, 2, 0, 4, 4, 0, 2]) * (num_classes // 5)
-    present = labels.unique()
+    classes = torch.arange(num_classes) if num_classes <= 10 else labels.unique()
     log_probs = torch.log(probs.clamp(min=EPS))
     for namespace, device in namespaces:
         kl, class_mean_log, rows = getattr(torch.ops, namespace).class_pairwise_kl(
             probs.to(device), labels.to(device), EPS, num_classes)
         class_mean_log, rows = class_mean_log.cpu(), rows.cpu()
         assert class_mean_log.shape == (min(10, num_classes), 3) and rows.dtype == torch.int64
-        assert torch.equal(rows, torch.searchsorted(present, labels)), namespace
-        for row, k in enumerate(present):
-            expected = log_probs[labels == k].mean(0)
+        assert torch.equal(rows, torch.searchsorted(classes, labels)), namespace
+        for row, k in enumerate(classes):
+            expected = log_probs[labels == k].mean(0) if (labels == k).any() else torch.zeros(3, dtype=torch.float64)
             assert torch.allclose(class_mean_log[row], expected, rtol=1e-12, atol=1e-12), (namespace, row)
-        assert not class_mean_log[len(present):].any(), namespace
+        assert not class_mean_log[len(classes):].any(), namespace
 
 
 @pytest.mark.parametrize("threads", [1, 2])

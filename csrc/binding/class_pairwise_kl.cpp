@@ -112,8 +112,9 @@ ClassPairwiseKlBackwardParams<scalar_t> backward_params(const at::Tensor& grad_k
   return p;
 }
 
-// The rows of the compact class table (csrc/kernels/class_pairwise_kl.h): one per class present,
-// at most N, and at least one so that the backward's table is never empty.
+// The rows of the compact class table (csrc/kernels/class_pairwise_kl.h): every class when
+// K <= N, else one per class present (at most N); at least one, so that the backward's table is
+// never empty.
 int64_t table_rows_bound(int64_t num_samples, int64_t num_classes) {
   return std::min(std::max<int64_t>(num_samples, 1), num_classes);
 }
@@ -164,11 +165,13 @@ at::Tensor cuda_workspace(const at::Tensor& probs, int64_t num_classes) {
   return at::empty({static_cast<int64_t>(bytes)}, probs.options().dtype(at::kByte));
 }
 
-// The compact table row of each sample's class, on the device: the rank of its label among the
-// distinct labels (a sort, deterministic). Labels outside [0, num_classes) (the binding leaves
-// range checks to the Python wrapper) are ranked past every class and get the row `table_rows`,
-// out of the table's range, so the kernels give them NaN as before.
+// The compact table row of each sample's class, on the device: its label when the table holds
+// every class, else the rank of its label among the distinct labels (a sort, deterministic).
+// Labels outside [0, num_classes) (the binding leaves range checks to the Python wrapper) stay
+// out of the table's range (ranked past every class, row `table_rows`), so the kernels give them
+// NaN as before.
 at::Tensor table_rows_cuda(const at::Tensor& labels, int64_t num_classes, int64_t table_rows) {
+  if (table_rows == num_classes) return labels.clone();
   const at::Tensor valid = labels.ge(0).logical_and(labels.lt(num_classes));
   const at::Tensor keys = at::where(valid, labels, num_classes);
   const at::Tensor rank = std::get<1>(at::_unique(keys, /*sorted=*/true, /*return_inverse=*/true));

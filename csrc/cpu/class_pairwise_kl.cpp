@@ -361,9 +361,14 @@ void backward_by_class(const ClassPairwiseKlBackwardParams<scalar_t>& p,
 
 }  // namespace
 
-int64_t class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samples,
-                                         int64_t num_classes, int64_t* rows) {
-  // Dense when a K-long array is cheap next to the rows; otherwise the distinct labels sorted.
+void class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samples,
+                                      int64_t num_classes, int64_t* rows) {
+  if (num_classes <= std::max<int64_t>(num_samples, 1)) {
+    std::copy(labels, labels + num_samples, rows);
+    return;
+  }
+  // Ranks: dense when a K-long array is cheap next to the rows; otherwise the distinct labels
+  // sorted.
   if (num_classes <= 8 * num_samples + 65536) {
     std::vector<int64_t> row_of_class(num_classes, 0);
     for (int64_t i = 0; i < num_samples; ++i) row_of_class[labels[i]] = 1;
@@ -374,14 +379,13 @@ int64_t class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samp
       present += seen;
     }
     for (int64_t i = 0; i < num_samples; ++i) rows[i] = row_of_class[labels[i]];
-    return present;
+    return;
   }
   std::vector<int64_t> classes(labels, labels + num_samples);
   std::sort(classes.begin(), classes.end());
   classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
   for (int64_t i = 0; i < num_samples; ++i)
     rows[i] = std::lower_bound(classes.begin(), classes.end(), labels[i]) - classes.begin();
-  return static_cast<int64_t>(classes.size());
 }
 
 template <typename scalar_t>

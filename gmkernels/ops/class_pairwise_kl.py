@@ -5,9 +5,10 @@ memory.
 KL(p_i || p_j) = sum_c p_ic (l_ic - l_jc) is linear in l_j = log max(p_j, eps), so its mean over
 the n_k samples j of class k is sum_c p_ic (l_ic - Lbar_kc) with Lbar_k the class mean of l:
 one per-class mean and one dot product per row, exact for any N. The kernels return Lbar as a
-second output, a compact table with a row per class present (min(max(N, 1), K) rows, the unused
-ones zero), and each sample's row in it as a third; both are saved for the backward, which takes
-the rows as its labels (csrc/kernels/class_pairwise_kl.h).
+second output, a table of min(max(N, 1), K) rows (row k for class k when K <= N; with more
+classes than samples, one row per class present in class order, then zero rows), and each
+sample's row in it as a third; both are saved for the backward, which takes the rows as its
+labels (csrc/kernels/class_pairwise_kl.h).
 """
 from __future__ import annotations
 
@@ -120,8 +121,8 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
 
 
 def table_rows(num_samples, num_classes):
-    """Rows of the compact class table: the classes present are at most N and at most K; at
-    least one row, so that the backward's table is never empty."""
+    """Rows of the class table: every class when K <= N, else the classes present (at most N);
+    at least one row, so that the backward's table is never empty."""
     return torch.sym_min(torch.sym_max(num_samples, 1), num_classes)
 
 

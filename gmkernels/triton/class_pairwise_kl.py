@@ -157,9 +157,12 @@ def _eps_tensor(eps: float, probs: torch.Tensor) -> torch.Tensor:
     return torch.tensor([eps], dtype=probs.dtype, device=probs.device)
 
 
-def _table_rows(labels: torch.Tensor) -> torch.Tensor:
-    """The compact table row of each sample's class: the rank of its label among the distinct
-    labels (in [0, num_classes), as the Python wrapper checks)."""
+def _table_rows(labels: torch.Tensor, num_classes: int, table_rows: int) -> torch.Tensor:
+    """The compact table row of each sample's class: its label when the table holds every class,
+    else the rank of its label among the distinct labels (in [0, num_classes), as the Python
+    wrapper checks)."""
+    if table_rows == num_classes:
+        return labels.clone()
     return torch.unique(labels, sorted=True, return_inverse=True)[1]
 
 
@@ -172,7 +175,7 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor, eps: float,
     kl = probs.new_empty(num_samples)
     if num_samples == 0:
         return kl, probs.new_zeros(table_rows, num_categories), labels.new_empty(0)
-    rows = _table_rows(labels)
+    rows = _table_rows(labels, num_classes, table_rows)
     eps_t = _eps_tensor(eps, probs)
     mean_log = _class_means(probs, None, _ClassChunks(rows, table_rows), eps_t, table_rows)
     block_cols = _column_block(num_categories)
