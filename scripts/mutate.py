@@ -90,6 +90,17 @@ MUTANTS = [
            "    for (int slot = 1; slot + 1 < slots.count; ++slot) total += partial[slot * table_size + idx];",
            ("tests/test_class_pairwise_kl.py",),
            "the reduction of the per-thread class tables drops the last thread's table"),
+    Mutant("kl-class-groups-first-row", "csrc/cpu/class_pairwise_kl.cpp",
+           "    for (int64_t position = first; position < last; ++position) {\n"
+           "      const int64_t i = groups.order[position];\n"
+           "      const scalar_t* row = p.probs + i * num_categories;\n"
+           "      const double grad",
+           "    for (int64_t position = first + 1; position < last; ++position) {\n"
+           "      const int64_t i = groups.order[position];\n"
+           "      const scalar_t* row = p.probs + i * num_categories;\n"
+           "      const double grad",
+           ("tests/test_class_pairwise_kl.py",),
+           "the class-groups backward leaves each class's first row out of W"),
     Mutant("sample-scatter-sign", "csrc/cpu/mixture_sample.cpp",
            "        grad_sigma[k] += sums[dim + k];", "        grad_sigma[k] -= sums[dim + k];",
            ("tests/test_mixture_sample.py",),

@@ -275,25 +275,85 @@ def test_opcheck_forward_and_backward_ops(dtype):
         labels = torch.tensor([0, 1, 1, 4, 0, 1, 1, 4, 4, 0, 1, 1, 0], device=device)   # classes 2, 3 empty
         ops = getattr(torch.ops, namespace)
         torch.library.opcheck(ops.class_pairwise_kl.default, (probs, labels, EPS, 6))
-        _, class_mean_log = ops.class_pairwise_kl(probs.detach(), labels, EPS, 6)
+        # More classes than samples: the table has N rows, not K.
+        torch.library.opcheck(ops.class_pairwise_kl.default, (probs, labels * 7, EPS, 50))
+        _, class_mean_log, rows = ops.class_pairwise_kl(probs.detach(), labels, EPS, 6)
         torch.library.opcheck(ops.class_pairwise_kl_backward.default,
-                              (torch.randn(13, dtype=dtype, device=device), probs.detach(), labels,
+                              (torch.randn(13, dtype=dtype, device=device), probs.detach(), rows,
                                class_mean_log, EPS))
 
 
-def test_class_mean_log_output_is_the_class_mean_and_zero_for_empty_classes():
+@pytest.mark.parametrize("num_classes", [5, 10, 11, 10**7])   # K <= N (5, 10) and K > N (11, 10^7)
+def test_class_table_outputs_are_the_class_means_and_each_samples_row(num_classes):
+    """The second output has min(N, K) rows: row k the mean of log p over class k when K <= N,
+    else row r the mean over the r-th smallest class present; zero rows for the rest. The third
+    output is each sample's row."""
     namespaces = compiled_namespaces()
     if not namespaces:
         pytest.skip("no compiled or Triton ops here")
     probs = make_probs(10, 3, 9, zeros=True)
-    labels = torch.tensor([0, 0, 2, 2, 2, 0, 4, 4, 0, 2])
+    labels = torch.tensor([0, 0, 2, 2, 2, 0, 4, 4, 0, 2]) * (num_classes // 5)
+    classes = torch.arange(num_classes) if num_classes <= 10 else labels.unique()
     log_probs = torch.log(probs.clamp(min=EPS))
     for namespace, device in namespaces:
-        _, class_mean_log = getattr(torch.ops, namespace).class_pairwise_kl(probs.to(device), labels.to(device), EPS, 5)
-        class_mean_log = class_mean_log.cpu()
-        for k in range(5):
+        kl, class_mean_log, rows = getattr(torch.ops, namespace).class_pairwise_kl(
+            probs.to(device), labels.to(device), EPS, num_classes)
+        class_mean_log, rows = class_mean_log.cpu(), rows.cpu()
+        assert class_mean_log.shape == (min(10, num_classes), 3) and rows.dtype == torch.int64
+        assert torch.equal(rows, torch.searchsorted(classes, labels)), namespace
+        for row, k in enumerate(classes):
             expected = log_probs[labels == k].mean(0) if (labels == k).any() else torch.zeros(3, dtype=torch.float64)
-            assert torch.allclose(class_mean_log[k], expected, rtol=1e-12, atol=1e-12), (namespace, k)
+            assert torch.allclose(class_mean_log[row], expected, rtol=1e-12, atol=1e-12), (namespace, row)
+        assert not class_mean_log[len(classes):].any(), namespace
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_samples, num_categories, num_classes, present", [
+    (3000, 64, 5000, 3000),     # about every class of one to a few samples, most of K absent
+    (400, 300, 10**6, 37),      # a few classes out of a million (the sorted-ranks path)
+    (14000, 10, 2000, 2000),    # a few samples per class, every class present, short rows
+])
+def test_many_classes_match_the_float64_identity_in_value_and_gradient(
+        num_samples, num_categories, num_classes, present, dtype, threads):
+    """Many classes (cpp: each thread takes whole classes, no K x C table), with absent
+    classes among them: values and gradients against the float64 class-means identity, the
+    same bits on a second run."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(num_classes)
+    probs = make_probs(num_samples, num_categories, 6, zeros=True)
+    classes = torch.randperm(num_classes, generator=gen)[:present]
+    labels = classes[torch.randint(present, (num_samples,), generator=gen)]
+    grad_kl = torch.randn(num_samples, dtype=torch.float64, generator=gen)
+    leaf = probs.to(dtype).double().requires_grad_()
+    # The truth on the labels renumbered 0, 1, ... (the same classes): a K x C table would be
+    # gigabytes.
+    compact = labels.unique(return_inverse=True)[1]
+    truth = class_pairwise_kl_by_class_means(leaf, compact, EPS, present)
+    truth_grad = torch.autograd.grad(truth, leaf, grad_kl)[0]
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with gmkernels.use_backend("cpp"):
+            first = values_and_grad(probs.to(dtype), labels, num_classes, grad_kl.to(dtype))
+            second = values_and_grad(probs.to(dtype), labels, num_classes, grad_kl.to(dtype))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    kl, grad = first
+    if dtype == torch.float64:
+        assert (kl - truth.detach()).abs().max() <= 1e-11 * (1 + truth.abs().max())
+        assert ((grad - truth_grad).abs() / (truth_grad.abs() + 1)).max() <= 1e-11
+        return
+    # float32: within rounding of the truth at each element's own scale (the gradient cancels
+    # two large terms where p is small), against the plain float32 formula's error there.
+    with gmkernels.use_backend("reference"):
+        plain = values_and_grad(probs.float(), compact, present, grad_kl.float())
+    scales = magnitudes(probs.float().double(), compact, grad_kl)
+    for got, want, plain32, scale, what in zip(first, (truth, truth_grad), plain, scales,
+                                               ("value", "gradient")):
+        assert_close_per_element(got, want, plain32, scale=scale, what=what)
 
 
 def test_non_contiguous_inputs_give_the_contiguous_result(backend):

@@ -2,7 +2,7 @@
 the real target, against the best plain O(N C) formulation (``index_add_`` class means of
 log p, then gather and dot) eager and under torch.compile, forward and forward + backward.
 
-The fused forward reads P twice (class means, then the row dot products) and allocates O(K C + N);
+The fused forward reads P twice (class means, then the row dot products) and allocates O(min(N, K) C + N);
 the plain formulation allocates several N x C temporaries (log p, the gathered class means, the
 product), its compiled form one (log p, kept for the second pass). ``bytes_moved`` is the bytes
 of P read once, so the reported fraction is of one pass over P at copy bandwidth.
@@ -22,7 +22,7 @@ CLASS_MEANS_EAGER = "class-means eager"
 CLASS_MEANS_COMPILE = "class-means compile"
 
 # (N, C, forward targets?) per mode; N = 10^6, C = 10: many samples, few classes, where the fused
-# op needs O(K C + N) extra memory and the plain formulation several N x C temporaries.
+# op needs O(min(N, K) C + N) extra memory and the plain formulation several N x C temporaries.
 SIZES = [(20000, 100, False), (200000, 1000, True), (1000000, 10, False)]
 QUICK_SIZES = [(20000, 100, False)]
 SMOKE_SIZES = [(64, 5, False)]

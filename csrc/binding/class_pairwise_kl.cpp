@@ -1,7 +1,10 @@
 // Tensors -> ClassPairwiseKlParams, argument checks, and the schemas and CPU/CUDA registrations
-// of gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward.
+// of gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward. The forward returns
+// (kl, class_mean_log, rows): the compact class table and each sample's row in it; the backward
+// takes those rows as its labels (any labels indexing class_mean_log's rows will do).
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -40,9 +43,17 @@ void check_class_pairwise_kl_args(const at::Tensor& probs, const at::Tensor& lab
 }
 
 // The CPU kernels index tables by label: an out-of-range label would write outside them.
+// `labels` contiguous; one plain loop (two ATen reductions and their item() calls cost more than
+// the kernel at N = 10^4, C = 2).
 void check_labels_in_range_cpu(const at::Tensor& labels, int64_t num_classes) {
-  if (labels.numel() == 0) return;
-  const int64_t low = labels.min().item<int64_t>(), high = labels.max().item<int64_t>();
+  const int64_t count = labels.numel();
+  if (count == 0) return;
+  const int64_t* data = labels.data_ptr<int64_t>();
+  int64_t low = data[0], high = data[0];
+  for (int64_t i = 1; i < count; ++i) {
+    low = std::min(low, data[i]);
+    high = std::max(high, data[i]);
+  }
   TORCH_CHECK(low >= 0 && high < num_classes, "labels must lie in [0, ", num_classes,
               "), got values in [", low, ", ", high, "]");
 }
@@ -101,29 +112,43 @@ ClassPairwiseKlBackwardParams<scalar_t> backward_params(const at::Tensor& grad_k
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> cpu_class_pairwise_kl(const at::Tensor& probs,
-                                                         const at::Tensor& labels, double eps,
-                                                         int64_t num_classes) {
+// The rows of the compact class table (csrc/kernels/class_pairwise_kl.h): every class when
+// K <= N, else one per class present (at most N); at least one, so that the backward's table is
+// never empty.
+int64_t table_rows_bound(int64_t num_samples, int64_t num_classes) {
+  return std::min(std::max<int64_t>(num_samples, 1), num_classes);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cpu_class_pairwise_kl(const at::Tensor& probs,
+                                                                     const at::Tensor& labels,
+                                                                     double eps,
+                                                                     int64_t num_classes) {
   check_class_pairwise_kl_args(probs, labels, eps, num_classes);
-  check_labels_in_range_cpu(labels, num_classes);
   const at::Tensor probs_c = probs.contiguous(), labels_c = labels.contiguous();
-  at::Tensor kl = at::empty({probs.size(0)}, probs.options());
-  at::Tensor class_mean_log = at::zeros({num_classes, probs.size(1)}, probs.options());
-  if (probs.size(0) == 0) return {kl, class_mean_log};
+  check_labels_in_range_cpu(labels_c, num_classes);
+  const int64_t num_samples = probs.size(0);
+  at::Tensor kl = at::empty({num_samples}, probs.options());
+  at::Tensor rows = at::empty({num_samples}, labels.options());
+  // Written in full by the kernels (empty rows as zeros): no zero fill up front.
+  at::Tensor class_mean_log =
+      at::empty({table_rows_bound(num_samples, num_classes), probs.size(1)}, probs.options());
+  if (num_samples == 0) return {kl, class_mean_log.zero_(), rows};
+  class_pairwise_kl_table_rows_cpu(labels_c.data_ptr<int64_t>(), num_samples, num_classes,
+                                   rows.data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_cpu", [&] {
     class_pairwise_kl_forward_cpu(
-        forward_params<scalar_t>(probs_c, labels_c, kl, class_mean_log, eps, nullptr));
+        forward_params<scalar_t>(probs_c, rows, kl, class_mean_log, eps, nullptr));
   });
-  return {kl, class_mean_log};
+  return {kl, class_mean_log, rows};
 }
 
 at::Tensor cpu_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::Tensor& probs,
                                           const at::Tensor& labels,
                                           const at::Tensor& class_mean_log, double eps) {
   check_backward_args(grad_kl, probs, labels, class_mean_log, eps);
-  check_labels_in_range_cpu(labels, class_mean_log.size(0));
   const at::Tensor grad_c = grad_kl.contiguous(), probs_c = probs.contiguous();
   const at::Tensor labels_c = labels.contiguous(), mean_c = class_mean_log.contiguous();
+  check_labels_in_range_cpu(labels_c, class_mean_log.size(0));
   at::Tensor grad_probs = at::empty_like(probs_c);
   if (probs.size(0) == 0) return grad_probs;
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_backward_cpu", [&] {
@@ -140,25 +165,41 @@ at::Tensor cuda_workspace(const at::Tensor& probs, int64_t num_classes) {
   return at::empty({static_cast<int64_t>(bytes)}, probs.options().dtype(at::kByte));
 }
 
-std::tuple<at::Tensor, at::Tensor> cuda_class_pairwise_kl(const at::Tensor& probs,
-                                                          const at::Tensor& labels, double eps,
-                                                          int64_t num_classes) {
+// The compact table row of each sample's class, on the device: its label when the table holds
+// every class, else the rank of its label among the distinct labels (a sort, deterministic).
+// Labels outside [0, num_classes) (the binding leaves range checks to the Python wrapper) stay
+// out of the table's range (ranked past every class, row `table_rows`), so the kernels give them
+// NaN as before.
+at::Tensor table_rows_cuda(const at::Tensor& labels, int64_t num_classes, int64_t table_rows) {
+  if (table_rows == num_classes) return labels.clone();
+  const at::Tensor valid = labels.ge(0).logical_and(labels.lt(num_classes));
+  const at::Tensor keys = at::where(valid, labels, num_classes);
+  const at::Tensor rank = std::get<1>(at::_unique(keys, /*sorted=*/true, /*return_inverse=*/true));
+  return at::where(valid, rank, table_rows);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cuda_class_pairwise_kl(const at::Tensor& probs,
+                                                                      const at::Tensor& labels,
+                                                                      double eps,
+                                                                      int64_t num_classes) {
   check_class_pairwise_kl_args(probs, labels, eps, num_classes);
   const c10::cuda::CUDAGuard guard(probs.device());
   const at::Tensor probs_c = probs.contiguous(), labels_c = labels.contiguous();
-  at::Tensor kl = at::empty({probs.size(0)}, probs.options());
-  at::Tensor class_mean_log = at::zeros({num_classes, probs.size(1)}, probs.options());
-  if (probs.size(0) == 0) return {kl, class_mean_log};
-  at::Tensor workspace = cuda_workspace(probs_c, num_classes);
+  const int64_t num_samples = probs.size(0), table_rows = table_rows_bound(num_samples, num_classes);
+  at::Tensor kl = at::empty({num_samples}, probs.options());
+  at::Tensor class_mean_log = at::zeros({table_rows, probs.size(1)}, probs.options());
+  if (num_samples == 0) return {kl, class_mean_log, at::empty({0}, labels.options())};
+  const at::Tensor rows = table_rows_cuda(labels_c, num_classes, table_rows);
+  at::Tensor workspace = cuda_workspace(probs_c, table_rows);
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_cuda", [&] {
     check_cuda_status(
-        class_pairwise_kl_forward_cuda(forward_params<scalar_t>(probs_c, labels_c, kl,
+        class_pairwise_kl_forward_cuda(forward_params<scalar_t>(probs_c, rows, kl,
                                                                 class_mean_log, eps,
                                                                 workspace.data_ptr()),
                                        c10::cuda::getCurrentCUDAStream().stream()),
         "class_pairwise_kl");
   });
-  return {kl, class_mean_log};
+  return {kl, class_mean_log, rows};
 }
 
 at::Tensor cuda_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::Tensor& probs,
@@ -188,7 +229,7 @@ at::Tensor cuda_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::
 TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def(
       "class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
-      " -> (Tensor, Tensor)");
+      " -> (Tensor, Tensor, Tensor)");
   m.def(
       "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
       " Tensor class_mean_log, float eps) -> Tensor");

@@ -4,14 +4,21 @@
 // sum_c p Lbar, without logs. Backward: pass 1 sums g_i p_i per class, pass 2 writes the gradient
 // (one log per element). Nothing of size N x C is allocated: rows are processed in blocks of
 // about kBlockElements elements with per-thread scratch of that size.
-// Each thread sums a contiguous range of rows into its own K x C table, and the tables are added
-// in a fixed order: the result is identical on every run with the same thread count.
+// Two schedules, chosen by the shapes and the class sizes (so fixed for a given input and thread
+// count, and every run gives the same bits):
+// - row slots: each thread sums a contiguous range of rows into its own K x C table, and the
+//   tables are added in a fixed order. Best when the table is small next to P (few classes).
+// - class groups: rows are grouped by class (a counting sort), each thread takes whole classes
+//   and sums each class's rows in row order into one C-long double row, then writes the mean and
+//   finishes the class's rows while they are in cache. No K x C scratch table at all, and every
+//   thread works however large the table: best with many classes (K comparable with N).
 #include "../kernels/class_pairwise_kl.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 namespace gmk {
@@ -119,6 +126,78 @@ void row_totals(const double* values, int64_t rows, int64_t num_categories, doub
   }
 }
 
+// Rows grouped by class for the class-groups schedule: the rows of class k are
+// order[begin[k]], ..., order[begin[k + 1] - 1], in increasing order (a stable counting sort,
+// O(N + K)).
+// Thread t owns the classes [thread_begin[t], thread_begin[t + 1]): whole classes, split where
+// the running row count passes t N / T.
+struct ClassGroups {
+  std::vector<int64_t> begin;
+  std::vector<int64_t> order;
+  std::vector<int64_t> thread_begin;
+  int threads;
+};
+
+ClassGroups group_by_class(const int64_t* labels, int64_t num_samples, int64_t num_classes,
+                           int threads) {
+  ClassGroups groups;
+  groups.begin.assign(num_classes + 1, 0);
+  for (int64_t i = 0; i < num_samples; ++i) ++groups.begin[labels[i] + 1];
+  std::partial_sum(groups.begin.begin(), groups.begin.end(), groups.begin.begin());
+  groups.order.resize(num_samples);
+  std::vector<int64_t> next(groups.begin.begin(), groups.begin.end() - 1);
+  for (int64_t i = 0; i < num_samples; ++i) groups.order[next[labels[i]]++] = i;
+  groups.threads = threads;
+  groups.thread_begin.resize(threads + 1);
+  for (int t = 0; t <= threads; ++t) {
+    const int64_t target = num_samples * t / threads;
+    groups.thread_begin[t] =
+        t == threads ? num_classes
+                     : std::lower_bound(groups.begin.begin(), groups.begin.end() - 1, target) -
+                           groups.begin.begin();
+  }
+  return groups;
+}
+
+// The class-groups schedule pays off when the row slots' tables (a K x C double table per
+// thread, zeroed and added) would cost more than a pass over P: K > N / (8 T), e.g. every class
+// of a few samples. It needs enough classes to share out: no thread may own more than 1.5 N / T
+// rows (one huge class would leave the other threads idle); one thread always qualifies.
+bool use_class_groups(const int64_t* labels, int64_t num_samples, int64_t num_categories,
+                      int64_t num_classes, int requested_threads, ClassGroups* groups) {
+  // As many threads as the row slots would wake for this much of P.
+  const int threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(requested_threads, num_samples * num_categories / kMinElementsPerSlot)));
+  if (num_classes * 8 * threads <= num_samples) return false;
+  *groups = group_by_class(labels, num_samples, num_classes, threads);
+  const int64_t fair_share = (num_samples + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    const int64_t rows = groups->begin[groups->thread_begin[t + 1]] -
+                         groups->begin[groups->thread_begin[t]];
+    if (2 * rows > 3 * fair_share) return false;
+  }
+  return true;
+}
+
+// Calls visit(k, thread) for every class k with rows, each thread's classes in order on that
+// thread, and zeroes the table rows of the empty classes (with compact rows all at the end,
+// owned by the last thread: they are shared out evenly instead). One parallel region: the two
+// sets of rows are disjoint, so no barrier between them.
+template <typename scalar_t, typename Visit>
+void for_each_class(const ClassGroups& groups, int64_t num_classes, int64_t num_categories,
+                    scalar_t* table, Visit&& visit) {
+#pragma omp parallel for num_threads(groups.threads) schedule(static, 1)
+  for (int t = 0; t < groups.threads; ++t) {
+    for (int64_t k = groups.thread_begin[t]; k < groups.thread_begin[t + 1]; ++k)
+      if (groups.begin[k] < groups.begin[k + 1]) visit(k, t);
+    if (table == nullptr) continue;
+    const int64_t last = num_classes * (t + 1) / groups.threads;
+    for (int64_t k = num_classes * t / groups.threads; k < last; ++k)
+      if (groups.begin[k] == groups.begin[k + 1])
+        std::fill(table + k * num_categories, table + (k + 1) * num_categories, scalar_t(0));
+  }
+}
+
 // mean[k, c] = (1 / n_k) sum_{i: labels_i = k} value_ic and count[k] = n_k, where
 // add_rows(slot, begin, end, sums) adds the values of the block of rows [begin, end) into the
 // slot's K x C table `sums` (row labels_i); it may do more, e.g. keep row totals. The sums are
@@ -181,8 +260,142 @@ inline void gradient_row(const scalar_t* row, const scalar_t* row_logs, const sc
 
 }  // namespace
 
+namespace {
+
+// The forward on the class-groups schedule. Per class: one pass over its rows takes the logs
+// (into a C-long buffer), adds them to the class sum and keeps each row's sum_c p l; the class
+// mean is written, then a second pass over the same rows (in cache unless the class is large)
+// takes sum_c p Lbar. A sample alone in its class gets 0 and its logs as its table row.
+template <typename scalar_t>
+void forward_by_class(const ClassPairwiseKlParams<scalar_t>& p, const ClassGroups& groups) {
+  const int64_t num_categories = p.num_categories;
+  const scalar_t eps = static_cast<scalar_t>(p.eps);
+  std::vector<double> self_term(p.num_samples);  // sum_c p_ic l_ic
+  std::vector<double> sums(groups.threads * num_categories);
+  std::vector<scalar_t> log_rows(groups.threads * num_categories);
+  auto finish_class = [&](int64_t k, int thread) {
+    const int64_t first = groups.begin[k], last = groups.begin[k + 1];
+    scalar_t* class_mean = p.class_mean_log + k * num_categories;
+    if (last - first == 1) {
+      const int64_t i = groups.order[first];
+      const scalar_t* row = p.probs + i * num_categories;
+#pragma omp simd
+      for (int64_t c = 0; c < num_categories; ++c) class_mean[c] = clamped_log(row[c], eps);
+      p.kl[i] = scalar_t(0);
+      return;
+    }
+    double* sum = sums.data() + thread * num_categories;
+    scalar_t* logs = log_rows.data() + thread * num_categories;
+    std::fill(sum, sum + num_categories, 0.0);
+    for (int64_t position = first; position < last; ++position) {
+      const int64_t i = groups.order[position];
+      const scalar_t* row = p.probs + i * num_categories;
+#pragma omp simd
+      for (int64_t c = 0; c < num_categories; ++c) logs[c] = clamped_log(row[c], eps);
+      double self = 0;
+#pragma omp simd reduction(+ : self)
+      for (int64_t c = 0; c < num_categories; ++c) {
+        sum[c] += logs[c];
+        self += static_cast<double>(row[c]) * static_cast<double>(logs[c]);
+      }
+      self_term[i] = self;
+    }
+    const double inverse_count = 1.0 / static_cast<double>(last - first);
+#pragma omp simd
+    for (int64_t c = 0; c < num_categories; ++c) {
+      sum[c] *= inverse_count;
+      class_mean[c] = static_cast<scalar_t>(sum[c]);
+    }
+    for (int64_t position = first; position < last; ++position) {
+      const int64_t i = groups.order[position];
+      const scalar_t* row = p.probs + i * num_categories;
+      double cross = 0;  // sum_c p_ic Lbar_kc
+#pragma omp simd reduction(+ : cross)
+      for (int64_t c = 0; c < num_categories; ++c) cross += static_cast<double>(row[c]) * sum[c];
+      p.kl[i] = static_cast<scalar_t>(self_term[i] - cross);
+    }
+  };
+  for_each_class(groups, p.num_classes, num_categories, p.class_mean_log, finish_class);
+}
+
+// The backward on the class-groups schedule: per class, W_k from one pass over its rows (a
+// C-long double row), then the gradient rows.
+template <typename scalar_t>
+void backward_by_class(const ClassPairwiseKlBackwardParams<scalar_t>& p,
+                       const ClassGroups& groups) {
+  const int64_t num_categories = p.num_categories;
+  const scalar_t eps = static_cast<scalar_t>(p.eps);
+  const bool short_rows = num_categories < kShortRow;
+  std::vector<double> weighted_rows(groups.threads * num_categories);
+  std::vector<scalar_t> log_rows(short_rows ? groups.threads * num_categories : 0);
+  auto finish_class = [&](int64_t k, int thread) {
+    const int64_t first = groups.begin[k], last = groups.begin[k + 1];
+    double* weighted = weighted_rows.data() + thread * num_categories;  // W_k
+    std::fill(weighted, weighted + num_categories, 0.0);
+    for (int64_t position = first; position < last; ++position) {
+      const int64_t i = groups.order[position];
+      const scalar_t* row = p.probs + i * num_categories;
+      const double grad = static_cast<double>(p.grad_kl[i]);
+#pragma omp simd
+      for (int64_t c = 0; c < num_categories; ++c)
+        weighted[c] += grad * static_cast<double>(row[c]);
+    }
+    const double inverse_count = 1.0 / static_cast<double>(last - first);
+#pragma omp simd
+    for (int64_t c = 0; c < num_categories; ++c) weighted[c] *= inverse_count;
+    scalar_t* logs = short_rows ? log_rows.data() + thread * num_categories : nullptr;
+    for (int64_t position = first; position < last; ++position) {
+      const int64_t i = groups.order[position];
+      const scalar_t* row = p.probs + i * num_categories;
+      if (short_rows) {
+        for (int64_t c = 0; c < num_categories; ++c) logs[c] = clamped_log(row[c], eps);
+      }
+      gradient_row(row, logs, p.class_mean_log + k * num_categories, weighted,
+                   static_cast<double>(p.grad_kl[i]), eps, num_categories,
+                   p.grad_probs + i * num_categories);
+    }
+  };
+  for_each_class(groups, p.num_classes, num_categories, static_cast<scalar_t*>(nullptr),
+                 finish_class);
+}
+
+}  // namespace
+
+void class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samples,
+                                      int64_t num_classes, int64_t* rows) {
+  if (num_classes <= std::max<int64_t>(num_samples, 1)) {
+    std::copy(labels, labels + num_samples, rows);
+    return;
+  }
+  // Ranks: dense when a K-long array is cheap next to the rows; otherwise the distinct labels
+  // sorted.
+  if (num_classes <= 8 * num_samples + 65536) {
+    std::vector<int64_t> row_of_class(num_classes, 0);
+    for (int64_t i = 0; i < num_samples; ++i) row_of_class[labels[i]] = 1;
+    int64_t present = 0;
+    for (int64_t k = 0; k < num_classes; ++k) {
+      const int64_t seen = row_of_class[k];
+      row_of_class[k] = present;
+      present += seen;
+    }
+    for (int64_t i = 0; i < num_samples; ++i) rows[i] = row_of_class[labels[i]];
+    return;
+  }
+  std::vector<int64_t> classes(labels, labels + num_samples);
+  std::sort(classes.begin(), classes.end());
+  classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+  for (int64_t i = 0; i < num_samples; ++i)
+    rows[i] = std::lower_bound(classes.begin(), classes.end(), labels[i]) - classes.begin();
+}
+
 template <typename scalar_t>
 void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
+  {
+    ClassGroups groups;
+    if (use_class_groups(p.labels, p.num_samples, p.num_categories, p.num_classes, p.num_threads,
+                         &groups))
+      return forward_by_class(p, groups);
+  }
   const int64_t num_categories = p.num_categories;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
   const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
@@ -267,6 +480,12 @@ void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
 
 template <typename scalar_t>
 void class_pairwise_kl_backward_cpu(const ClassPairwiseKlBackwardParams<scalar_t>& p) {
+  {
+    ClassGroups groups;
+    if (use_class_groups(p.labels, p.num_samples, p.num_categories, p.num_classes, p.num_threads,
+                         &groups))
+      return backward_by_class(p, groups);
+  }
   const int64_t num_categories = p.num_categories;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
   const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);

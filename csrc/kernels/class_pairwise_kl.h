@@ -1,8 +1,14 @@
 // class_pairwise_kl in O(N C): for sample i of class k = labels_i (n_k samples in class k),
 //   out_i = mean_{j: labels_j = k} KL(p_i || p_j) = sum_c p_ic l_ic - sum_c p_ic Lbar_kc,
 //   l = log max(p, eps),   Lbar_kc = (1 / n_k) sum_{j: labels_j = k} l_jc,
-// exact because KL(p_i || p_j) is linear in l_j. Lbar (num_classes x num_categories) is the
-// op's second output ("class_mean_log"), saved for the backward.
+// exact because KL(p_i || p_j) is linear in l_j. Lbar is the op's second output
+// ("class_mean_log"), saved for the backward, in a compact table of S = min(max(N, 1), K) rows
+// (a bound fixed by the shapes, for fake tensors): when K <= max(N, 1), row k is class k; when
+// K > N, one row per class present in the order of the class ids, then zero rows. The op's third
+// output ("rows", (N,) int64) is the table row of each sample's class. With K = C = 10^4 and
+// N = 10^3 a (K, C) table would be 400 MB for a 40 MB input. The kernels below see the rows as
+// their labels and num_classes = S; a class's id does not enter the math, only which samples
+// share it.
 // Backward, g the incoming gradient and m = [p >= eps] the clamp's gradient mask:
 //   grad_jc = g_j (l_jc + m_jc - Lbar_{k_j c}) - m_jc W_{k_j c} / p_jc,
 //   W_kc = (1 / n_k) sum_{i: labels_i = k} g_i p_ic            (the path through Lbar).
@@ -20,12 +26,12 @@ namespace gmk {
 template <typename scalar_t>
 struct ClassPairwiseKlParams {
   const scalar_t* probs;        // (num_samples, num_categories), rows on the simplex
-  const int64_t* labels;        // (num_samples,), values in [0, num_classes)
+  const int64_t* labels;        // (num_samples,), values in [0, num_classes): the table rows
   scalar_t* kl;                 // (num_samples,), written
-  scalar_t* class_mean_log;     // (num_classes, num_categories), written: Lbar
+  scalar_t* class_mean_log;     // (num_classes, num_categories), written: Lbar, 0 for empty rows
   int64_t num_samples;          // N
   int64_t num_categories;       // C, the columns of probs
-  int64_t num_classes;          // K, the label range
+  int64_t num_classes;          // the table's rows (S)
   double eps;                   // clamp inside the log, >= the dtype's smallest normal
   int num_threads;              // CPU only
   void* workspace;              // CUDA only: class_pairwise_kl_cuda_workspace_bytes() bytes
@@ -45,6 +51,12 @@ struct ClassPairwiseKlBackwardParams {
   int num_threads;
   void* workspace;
 };
+
+// rows[i], the compact table row of sample i's class (labels in [0, num_classes), checked by the
+// caller): labels[i] when the table holds every class (K <= max(N, 1)), else the number of
+// distinct classes in labels below labels[i]. O(N + K) time, or O(N log N) when K is far above N.
+void class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samples,
+                                      int64_t num_classes, int64_t* rows);
 
 template <typename scalar_t>
 void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& params);

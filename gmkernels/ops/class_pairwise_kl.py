@@ -1,10 +1,14 @@
 """class_pairwise_kl: for each sample, the mean KL divergence to the samples of its class — the
-inner quantity of DeLiGAN's modified inception score — in O(N C) time and O(K C) extra memory.
+inner quantity of DeLiGAN's modified inception score — in O(N C) time and O(min(N, K) C) extra
+memory.
 
 KL(p_i || p_j) = sum_c p_ic (l_ic - l_jc) is linear in l_j = log max(p_j, eps), so its mean over
 the n_k samples j of class k is sum_c p_ic (l_ic - Lbar_kc) with Lbar_k the class mean of l:
-one per-class mean (a K x C table) and one dot product per row, exact for any N. The kernels
-return Lbar as a second output and save it for the backward (csrc/kernels/class_pairwise_kl.h).
+one per-class mean and one dot product per row, exact for any N. The kernels return Lbar as a
+second output, a table of min(max(N, 1), K) rows (row k for class k when K <= N; with more
+classes than samples, one row per class present in class order, then zero rows), and each
+sample's row in it as a third; both are saved for the backward, which takes the rows as its
+labels (csrc/kernels/class_pairwise_kl.h).
 """
 from __future__ import annotations
 
@@ -91,7 +95,7 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
                       eps: float = 1e-12, *, num_classes: int | None = None,
                       normalize: bool = False) -> torch.Tensor:
     """out_i = mean over j with labels_j == labels_i (j = i included) of KL(p_i || p_j), with
-    log p clamped as log max(p, eps). O(N C) time, O(K C) extra memory, exact (not an estimate).
+    log p clamped as log max(p, eps). O(N C) time, O(min(N, K) C) extra memory, exact (not an estimate).
 
     Args:
         probs: (N, C) class probabilities, float32 or float64; every row must sum to 1 (within
@@ -116,8 +120,17 @@ def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor | None = None,
     return _OP(probs.device, probs, labels, eps, num_classes)
 
 
+def table_rows(num_samples, num_classes):
+    """Rows of the class table: every class when K <= N, else the classes present (at most N);
+    at least one row, so that the backward's table is never empty."""
+    return torch.sym_min(torch.sym_max(num_samples, 1), num_classes)
+
+
 def _fake(probs, labels, eps, num_classes):
-    return probs.new_empty(probs.shape[0]), probs.new_empty(num_classes, probs.shape[1])
+    num_samples = probs.shape[0]
+    return (probs.new_empty(num_samples),
+            probs.new_empty(table_rows(num_samples, num_classes), probs.shape[1]),
+            labels.new_empty(num_samples))
 
 
 def _fake_backward(grad_kl, probs, labels, class_mean_log, eps):
@@ -125,16 +138,18 @@ def _fake_backward(grad_kl, probs, labels, class_mean_log, eps):
 
 
 def _setup_context(ctx, inputs, output):
-    """The kernels return the class means Lbar as a second output, saved for the backward."""
-    probs, labels, eps, _ = inputs
-    ctx.save_for_backward(probs, labels, output[1])
+    """The kernels return the compact table of class means Lbar and each sample's row in it,
+    saved for the backward (the rows stand for the labels there)."""
+    probs, _, eps, _ = inputs
+    _, class_mean_log, rows = output
+    ctx.save_for_backward(probs, rows, class_mean_log)
     ctx.eps = eps
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(class_mean_log, rows)
 
 
-def _backward(ops, ctx, grad_kl, _grad_class_mean_log):
-    probs, labels, class_mean_log = ctx.saved_tensors
-    return ops.class_pairwise_kl_backward(grad_kl, probs, labels, class_mean_log, ctx.eps), None, \
+def _backward(ops, ctx, grad_kl, _grad_class_mean_log, _grad_rows):
+    probs, rows, class_mean_log = ctx.saved_tensors
+    return ops.class_pairwise_kl_backward(grad_kl, probs, rows, class_mean_log, ctx.eps), None, \
         None, None
 
 
@@ -182,13 +197,13 @@ def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, eps: float
 _OP = _registry.register(_registry.OpDeclaration(
     name="class_pairwise_kl",
     schema="class_pairwise_kl(Tensor probs, Tensor labels, float eps, int num_classes)"
-           " -> (Tensor, Tensor)",
+           " -> (Tensor, Tensor, Tensor)",
     backward_schema="class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
                     " Tensor class_mean_log, float eps) -> Tensor",
     reference=lambda probs, labels, eps, num_classes: reference.class_pairwise_kl(probs, labels, eps),
     fake=_fake, fake_backward=_fake_backward,
     setup_context=_setup_context, backward=_backward,
     setup_backward_context=_setup_backward_context, double_backward=_double_backward,
-    result=lambda outputs: outputs[0],   # kl; the class means are for the backward
+    result=lambda outputs: outputs[0],   # kl; the class table and rows are for the backward
 ))
 IMPLEMENTED = _OP.implemented

@@ -157,21 +157,33 @@ def _eps_tensor(eps: float, probs: torch.Tensor) -> torch.Tensor:
     return torch.tensor([eps], dtype=probs.dtype, device=probs.device)
 
 
+def _table_rows(labels: torch.Tensor, num_classes: int, table_rows: int) -> torch.Tensor:
+    """The compact table row of each sample's class: its label when the table holds every class,
+    else the rank of its label among the distinct labels (in [0, num_classes), as the Python
+    wrapper checks)."""
+    if table_rows == num_classes:
+        return labels.clone()
+    return torch.unique(labels, sorted=True, return_inverse=True)[1]
+
+
 def class_pairwise_kl(probs: torch.Tensor, labels: torch.Tensor, eps: float,
-                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                      num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kl, the compact table of class means of log p, each sample's row in it)."""
     probs, labels = probs.contiguous(), labels.contiguous()
     num_samples, num_categories = probs.shape
+    table_rows = min(max(num_samples, 1), num_classes)
     kl = probs.new_empty(num_samples)
     if num_samples == 0:
-        return kl, probs.new_zeros(num_classes, num_categories)
+        return kl, probs.new_zeros(table_rows, num_categories), labels.new_empty(0)
+    rows = _table_rows(labels, num_classes, table_rows)
     eps_t = _eps_tensor(eps, probs)
-    mean_log = _class_means(probs, None, _ClassChunks(labels, num_classes), eps_t, num_classes)
+    mean_log = _class_means(probs, None, _ClassChunks(rows, table_rows), eps_t, table_rows)
     block_cols = _column_block(num_categories)
     block_rows = max(1, 2048 // block_cols)
     _forward_rows_kernel[(triton.cdiv(num_samples, block_rows),)](
-        probs, labels, mean_log, eps_t, kl, num_samples, num_categories,
+        probs, rows, mean_log, eps_t, kl, num_samples, num_categories,
         BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)
-    return kl, mean_log.to(probs.dtype)
+    return kl, mean_log.to(probs.dtype), rows
 
 
 def class_pairwise_kl_backward(grad_kl: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
