@@ -239,7 +239,11 @@ def test_cpp_is_identical_across_runs_and_thread_counts(kernels):
     gen = torch.Generator().manual_seed(8)
     # N^2 B C >= 2^21: large enough for the kernel to use more than one thread.
     M = torch.randn(400, kernels, 5, generator=gen)
-    grad_out = torch.randn(400, kernels, generator=gen)
+    assert_cpp_identical_across_thread_counts(M, torch.randn(400, kernels, generator=gen))
+
+
+def assert_cpp_identical_across_thread_counts(M, grad_out):
+    """Value and gradient of the cpp backend bit-identical on 1, 2 and again 1 thread."""
     results = []
     threads = torch.get_num_threads()
     try:
@@ -282,18 +286,7 @@ def test_cpp_lanes_over_kernels_identical_across_thread_counts():
     gen = torch.Generator().manual_seed(9)
     # N^2 B C = 2^21 with N = 64: the lanes-over-kernels scheme, on more than one thread.
     M = torch.randn(64, 64, 8, generator=gen)
-    grad_out = torch.randn(64, 64, generator=gen)
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, 2, 1):
-            torch.set_num_threads(count)
-            with gmkernels.use_backend("cpp"):
-                results.append(value_and_grad(M, grad_out))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    assert_cpp_identical_across_thread_counts(M, torch.randn(64, 64, generator=gen))
 
 
 def test_works_under_torch_compile_fullgraph(backend):
