@@ -258,10 +258,6 @@ inline void gradient_row(const scalar_t* row, const scalar_t* row_logs, const sc
   }
 }
 
-}  // namespace
-
-namespace {
-
 // The forward on the class-groups schedule. Per class: one pass over its rows takes the logs
 // (into a C-long buffer), adds them to the class sum and keeps each row's sum_c p l; the class
 // mean is written, then a second pass over the same rows (in cache unless the class is large)

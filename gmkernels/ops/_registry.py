@@ -100,15 +100,19 @@ def _define_triton_ops(declaration: OpDeclaration) -> None:
             schema=schema[len(name):])
 
 
+def _traced() -> bool:
+    """Under torch.compile or inside a torch.func transform (which keeps autograd levels of its
+    own): the op must go through its registered autograd kernel."""
+    return torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
+
+
 def _records_no_graph() -> bool:
-    """Whether an op called now can skip its autograd kernel: grad mode off, in eager mode and
-    outside torch.func transforms (which keep autograd levels of their own).
+    """Whether an op called now can skip its autograd kernel: grad mode off and not traced.
 
     The autograd kernel of an op registered through torch.library is Python (it decides between
     recording and redispatching below autograd): calling the op below autograd directly saves that
     round trip, a few microseconds, when it would only redispatch."""
-    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and torch._C._functorch.maybe_current_level() is None)
+    return not torch.is_grad_enabled() and not _traced()
 
 
 def _below_autograd(overload: Callable, *args):
@@ -123,7 +127,6 @@ class _Namespace:
 
     def __init__(self, namespace: str):
         self._ops = getattr(torch.ops, namespace)
-        self._overloads = {}
 
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_"):
@@ -139,8 +142,14 @@ class _Namespace:
         return call
 
 
+@functools.lru_cache(maxsize=None)
+def _namespace(name: str) -> _Namespace:
+    """One _Namespace per namespace, shared by every op's autograd formulas and eager calls."""
+    return _Namespace(name)
+
+
 def _register_fake_and_autograd(declaration: OpDeclaration, namespace: str) -> None:
-    ops = _Namespace(namespace)
+    ops = _namespace(namespace)
     forward = f"{namespace}::{declaration.name}"
     backward = f"{namespace}::{declaration.backward_name}"
     torch.library.register_fake(forward, declaration.fake)
@@ -186,7 +195,7 @@ class RegisteredOp:
         for name, ops in self.kernels.items():
             packet = getattr(ops, declaration.name)
             namespace = TRITON_NAMESPACE if name == "triton" else COMPILED_NAMESPACE
-            recorded = _recorded_call(declaration, packet.default, _Namespace(namespace)) \
+            recorded = _recorded_call(declaration, packet.default, _namespace(namespace)) \
                 if declaration.differentiable else None
             self._calls[name] = (packet, recorded)
 
@@ -196,7 +205,7 @@ class RegisteredOp:
         if name == "reference":
             return self.declaration.reference(*args)
         packet, recorded = self._calls[name]
-        if torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None:
+        if _traced():
             return self.declaration.result(packet(*args))
         if not (torch.is_grad_enabled() and _any_requires_grad(args)):
             # Nothing to record: below the Python autograd kernel directly (see _records_no_graph).
