@@ -441,6 +441,7 @@ BAD_INPUTS = [
     (dict(probs=torch.zeros(3, 0)), ValueError, "at least one class"),
     (dict(probs=torch.tensor([[1, 0], [0, 1]])), TypeError, "probs must have dtype"),
     (dict(probs=torch.tensor([[0.5, 0.6], [0.5, 0.5]])), ValueError, "sum to 1"),
+    (dict(probs=torch.tensor([[0.5, 0.5], [0.4, 0.4]])), ValueError, "sum to 1"),
     (dict(probs=torch.tensor([[1.5, -0.5], [0.5, 0.5]])), ValueError, "probs must be >= 0"),
     (dict(probs=torch.tensor([[math.nan, 1.0], [0.5, 0.5]])), ValueError, "probs must be finite"),
     (dict(probs=torch.tensor([[math.inf, 1.0], [0.5, 0.5]])), ValueError, "probs must be finite"),
