@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../kernels/mixture_log_likelihood.h"
 #include "checks.h"
@@ -102,6 +103,13 @@ bool is_diagonal(const at::Tensor& var) { return var.dim() == 2; }
 //              offset = lw - d log(2 pi v) / 2 - ||mc||^2 / (2 v)
 //   diagonal:  left = [xc^2 | xc], right = [-P / 2 | mc P] with P = 1 / v, no row_norm,
 //              scale = 1, offset = lw - sum_k log(2 pi v_k) / 2 - sum_k mc_k^2 P_k / 2
+// Rows per task of the CPU loops below (at::parallel_for): small problems stay on one thread.
+constexpr int64_t kParallelElements = int64_t(1) << 15;
+
+int64_t grain_rows(int64_t width) {
+  return std::max<int64_t>(1, kParallelElements / std::max<int64_t>(1, width));
+}
+
 struct TiledProblem {
   at::Tensor xc, mc, precision;
   at::Tensor left, right, row_norm, scale, offset;
@@ -110,6 +118,12 @@ struct TiledProblem {
   TiledProblem(const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
                const at::Tensor& log_weights)
       : diagonal(is_diagonal(var)) {
+    if (x.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_tiled", [&] {
+        build_cpu<scalar_t>(x, means, var, log_weights);
+      });
+      return;
+    }
     const at::Tensor centre = means.mean(0, /*keepdim=*/true);
     xc = x - centre;
     mc = means - centre;
@@ -129,6 +143,90 @@ struct TiledProblem {
       offset = log_weights - 0.5 * dim * (at::log(var) + kLog2Pi) -
                0.5 * precision * (mc * mc).sum(1);
     }
+  }
+
+ private:
+  // The same operands in one pass over the components and one over the rows: the tensor-op form
+  // above is a dozen small ops, a fixed cost of tens of microseconds per call that decided the
+  // CPU comparisons at B = C = 316. Component sums in double.
+  template <typename scalar_t>
+  void build_cpu(const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+                 const at::Tensor& log_weights) {
+    const int64_t rows = x.size(0), components = means.size(0), dim = x.size(1);
+    const scalar_t* means_p = means.data_ptr<scalar_t>();
+    const scalar_t* var_p = var.data_ptr<scalar_t>();
+    const scalar_t* log_weights_p = log_weights.data_ptr<scalar_t>();
+    std::vector<double> centre_sum(dim, 0.0);
+    for (int64_t c = 0; c < components; ++c)
+      for (int64_t k = 0; k < dim; ++k) centre_sum[k] += means_p[c * dim + k];
+    std::vector<scalar_t> centre(dim);
+    for (int64_t k = 0; k < dim; ++k) centre[k] = static_cast<scalar_t>(centre_sum[k] / components);
+
+    xc = at::empty({rows, dim}, x.options());
+    mc = at::empty({components, dim}, x.options());
+    precision = at::empty_like(var);
+    offset = at::empty({components}, x.options());
+    if (diagonal) {
+      left = at::empty({rows, 2 * dim}, x.options());
+      right = at::empty({components, 2 * dim}, x.options());
+      scale = at::ones({components}, x.options());
+    } else {
+      left = xc;
+      right = mc;
+      row_norm = at::empty({rows}, x.options());
+      scale = precision;
+    }
+    scalar_t* mc_p = mc.data_ptr<scalar_t>();
+    scalar_t* precision_p = precision.data_ptr<scalar_t>();
+    scalar_t* offset_p = offset.data_ptr<scalar_t>();
+    scalar_t* right_p = diagonal ? right.data_ptr<scalar_t>() : nullptr;
+    for (int64_t c = 0; c < components; ++c) {
+      double log_norm = 0, mean_term = 0;  // sum_k log(2 pi v_k); sum_k mc_k^2 (P_k)
+      for (int64_t k = 0; k < dim; ++k) {
+        const scalar_t m = means_p[c * dim + k] - centre[k];
+        mc_p[c * dim + k] = m;
+        if (diagonal) {
+          const scalar_t p = scalar_t(1) / var_p[c * dim + k];
+          precision_p[c * dim + k] = p;
+          right_p[c * 2 * dim + k] = p * scalar_t(-0.5);
+          right_p[c * 2 * dim + dim + k] = m * p;
+          log_norm += std::log(double(var_p[c * dim + k])) + kLog2Pi;
+          mean_term += double(m) * m * p;
+        } else {
+          mean_term += double(m) * m;
+        }
+      }
+      if (diagonal) {
+        offset_p[c] = static_cast<scalar_t>(log_weights_p[c] - 0.5 * log_norm - 0.5 * mean_term);
+      } else {
+        const scalar_t p = scalar_t(1) / var_p[c];
+        precision_p[c] = p;
+        offset_p[c] = static_cast<scalar_t>(
+            log_weights_p[c] - 0.5 * dim * (std::log(double(var_p[c])) + kLog2Pi) -
+            0.5 * double(p) * mean_term);
+      }
+    }
+    const scalar_t* x_p = x.data_ptr<scalar_t>();
+    scalar_t* xc_p = xc.data_ptr<scalar_t>();
+    scalar_t* left_p = diagonal ? left.data_ptr<scalar_t>() : nullptr;
+    scalar_t* row_norm_p = diagonal ? nullptr : row_norm.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain_rows(dim), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        scalar_t* xc_row = xc_p + b * dim;
+        for (int64_t k = 0; k < dim; ++k) xc_row[k] = x_p[b * dim + k] - centre[k];
+        if (diagonal) {
+          scalar_t* left_row = left_p + b * 2 * dim;
+          for (int64_t k = 0; k < dim; ++k) {
+            left_row[k] = xc_row[k] * xc_row[k];
+            left_row[dim + k] = xc_row[k];
+          }
+        } else {
+          double norm = 0;
+          for (int64_t k = 0; k < dim; ++k) norm += double(xc_row[k]) * xc_row[k];
+          row_norm_p[b] = static_cast<scalar_t>(norm);
+        }
+      }
+    });
   }
 };
 
@@ -230,6 +328,110 @@ at::Tensor tiled_forward(const at::Tensor& x, const at::Tensor& means, const at:
   return running_max + running_sum.log();
 }
 
+// The backward's factor tables and its final gradients on the CPU, in loops over the rows and
+// the components: the same formulas as the tensor-op forms in tiled_backward (two dozen small
+// ops there, the fixed cost that decided B = C = 316).
+//   row factors (C, d + 1) [mc P | P], or (C, 2d) [mc P | P] for a diagonal var;
+//   col factors (B, d + 2) [xc | 1 | ||xc||^2], or (B, 2d + 1) [xc | xc^2 | 1].
+template <typename scalar_t>
+at::Tensor row_factors_cpu(const TiledProblem& problem) {
+  const int64_t components = problem.mc.size(0), dim = problem.mc.size(1);
+  const int64_t width = problem.diagonal ? 2 * dim : dim + 1;
+  at::Tensor factors = at::empty({components, width}, problem.mc.options());
+  const scalar_t* mc = problem.mc.data_ptr<scalar_t>();
+  const scalar_t* precision = problem.precision.data_ptr<scalar_t>();
+  scalar_t* out = factors.data_ptr<scalar_t>();
+  for (int64_t c = 0; c < components; ++c) {
+    scalar_t* row = out + c * width;
+    for (int64_t k = 0; k < dim; ++k) {
+      const scalar_t p = problem.diagonal ? precision[c * dim + k] : precision[c];
+      row[k] = mc[c * dim + k] * p;
+      if (problem.diagonal) row[dim + k] = p;
+    }
+    if (!problem.diagonal) row[dim] = precision[c];
+  }
+  return factors;
+}
+
+template <typename scalar_t>
+at::Tensor col_factors_cpu(const TiledProblem& problem) {
+  const int64_t rows = problem.xc.size(0), dim = problem.xc.size(1);
+  const int64_t width = problem.diagonal ? 2 * dim + 1 : dim + 2;
+  at::Tensor factors = at::empty({rows, width}, problem.xc.options());
+  const scalar_t* xc = problem.xc.data_ptr<scalar_t>();
+  const scalar_t* row_norm = problem.diagonal ? nullptr : problem.row_norm.data_ptr<scalar_t>();
+  scalar_t* out = factors.data_ptr<scalar_t>();
+  at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const scalar_t* x_row = xc + b * dim;
+      scalar_t* row = out + b * width;
+      std::copy(x_row, x_row + dim, row);
+      if (problem.diagonal) {
+        for (int64_t k = 0; k < dim; ++k) row[dim + k] = x_row[k] * x_row[k];
+        row[2 * dim] = 1;
+      } else {
+        row[dim] = 1;
+        row[dim + 1] = row_norm[b];
+      }
+    }
+  });
+  return factors;
+}
+
+// grad_x_b = (W [mc P])_b - xc_b (W [P])_b; from S = W^T [xc | xc^2 | 1] (or [xc | 1 | ||xc||^2]):
+// grad_mu = P (S_x - mc S_1), grad_v = P (P (S_xx - 2 mc S_x + mc^2 S_1) - S_1) / 2 per dimension
+// (isotropic: summed over dimensions, d S_1), grad_log_w = S_1; component sums in double.
+template <typename scalar_t>
+void assemble_gradients_cpu(const TiledProblem& problem, const at::Tensor& row_sums,
+                            const at::Tensor& col_sums, MixtureGradients& out, bool x_grad,
+                            bool component_grads) {
+  const int64_t rows = problem.xc.size(0), components = problem.mc.size(0);
+  const int64_t dim = problem.xc.size(1);
+  const bool diagonal = problem.diagonal;
+  const scalar_t* xc = problem.xc.data_ptr<scalar_t>();
+  const scalar_t* mc = problem.mc.data_ptr<scalar_t>();
+  const scalar_t* precision = problem.precision.data_ptr<scalar_t>();
+  if (x_grad) {
+    const int64_t width = row_sums.size(1);
+    const scalar_t* sums = row_sums.data_ptr<scalar_t>();
+    scalar_t* grad_x = out.x.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* s = sums + b * width;
+        for (int64_t k = 0; k < dim; ++k)
+          grad_x[b * dim + k] = s[k] - xc[b * dim + k] * s[diagonal ? dim + k : dim];
+      }
+    });
+  }
+  if (!component_grads) return;
+  const int64_t width = col_sums.size(1);
+  const scalar_t* sums = col_sums.data_ptr<scalar_t>();
+  scalar_t* grad_means = out.means.data_ptr<scalar_t>();
+  scalar_t* grad_var = out.var.data_ptr<scalar_t>();
+  scalar_t* grad_log_weights = out.log_weights.data_ptr<scalar_t>();
+  for (int64_t c = 0; c < components; ++c) {
+    const scalar_t* s = sums + c * width;
+    const double weight_sum = diagonal ? s[2 * dim] : s[dim];
+    double weighted_squared = diagonal ? 0.0 : double(s[dim + 1]);  // isotropic: sum over k
+    for (int64_t k = 0; k < dim; ++k) {
+      const double m = mc[c * dim + k], weighted_x = s[k];
+      const double p = diagonal ? precision[c * dim + k] : precision[c];
+      grad_means[c * dim + k] = static_cast<scalar_t>(p * (weighted_x - m * weight_sum));
+      if (diagonal) {
+        const double squared = s[dim + k] - 2 * m * weighted_x + m * m * weight_sum;
+        grad_var[c * dim + k] = static_cast<scalar_t>(0.5 * p * (p * squared - weight_sum));
+      } else {
+        weighted_squared += -2 * m * weighted_x + m * m * weight_sum;
+      }
+    }
+    if (!diagonal) {
+      const double p = precision[c];
+      grad_var[c] = static_cast<scalar_t>(0.5 * p * (p * weighted_squared - dim * weight_sum));
+    }
+    grad_log_weights[c] = static_cast<scalar_t>(weight_sum);
+  }
+}
+
 // Per tile, the epilogue turns the inner products into W_bc; then W R accumulates
 // sum_c W_bc [mc_c / v_c | 1 / v_c] (what grad_x needs) and W^T X accumulates
 // sum_b W_bc [xc_b | xc_b^2 | 1 ...] (what the component gradients need): two dense products,
@@ -248,16 +450,21 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   const int64_t dim = x.size(1);
   at::Tensor row_factors, row_sums, col_factors, col_sums;
   if (x_grad) {
-    row_factors = problem.diagonal
-        ? at::cat({mc * precision, precision}, 1)                                      // (C, 2d)
-        : at::cat({mc * precision.unsqueeze(1), precision.unsqueeze(1)}, 1);           // (C, d + 1)
+    row_factors = x.is_cpu() ? row_factors_cpu<scalar_t>(problem)
+                  : problem.diagonal
+                      ? at::cat({mc * precision, precision}, 1)                        // (C, 2d)
+                      : at::cat({mc * precision.unsqueeze(1), precision.unsqueeze(1)}, 1);  // (C, d + 1)
     row_sums = at::zeros({x.size(0), row_factors.size(1)}, x.options());
   }
   if (component_grads) {
-    const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
-    col_factors = problem.diagonal
-        ? at::cat({xc, xc * xc, ones_rows}, 1)                                         // (B, 2d + 1)
-        : at::cat({xc, ones_rows, problem.row_norm.unsqueeze(1)}, 1);                  // (B, d + 2)
+    if (x.is_cpu()) {
+      col_factors = col_factors_cpu<scalar_t>(problem);
+    } else {
+      const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
+      col_factors = problem.diagonal
+          ? at::cat({xc, xc * xc, ones_rows}, 1)                                       // (B, 2d + 1)
+          : at::cat({xc, ones_rows, problem.row_norm.unsqueeze(1)}, 1);                // (B, d + 2)
+    }
     col_sums = at::zeros({means.size(0), col_factors.size(1)}, x.options());
   }
   // Responsibilities below eps / C are dropped: together they weigh less than one rounding.
@@ -295,6 +502,10 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     if (component_grads)
       col_sums.narrow(0, col_begin, cols).addmm_(scores.t(), col_factors.narrow(0, row_begin, rows));
   });
+  if (x.is_cpu()) {
+    assemble_gradients_cpu<scalar_t>(problem, row_sums, col_sums, out, x_grad, component_grads);
+    return;
+  }
   if (x_grad) {
     // grad_x_b = sum_c W_bc P_c (mu_c - x_b) = (W [mc P])_b - x_b (W [P])_b
     const at::Tensor toward_means = row_sums.narrow(1, 0, dim);
