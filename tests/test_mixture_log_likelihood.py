@@ -511,13 +511,39 @@ def test_cpp_small_problems_take_the_direct_path_whatever_c(var_kind, monkeypatc
             assert torch.allclose(g, w, rtol=1e-8, atol=1e-9)
 
 
-def test_cpp_problems_above_the_limit_keep_the_tiled_path(monkeypatch):
+def _pass_uses_matrix_products(x, means, var, log_weights, wanted=None):
+    """Whether the forward (wanted None) or the backward with (x_grad, component_grads) = wanted
+    ran the tiled path on the cpp backend."""
+    ops = torch.ops.gmkernels
+    with torch.profiler.profile() as profile:
+        log_likelihood = ops.mixture_log_likelihood(x, means, var, log_weights)
+    forward = any(event.name in ("aten::mm", "aten::addmm") for event in profile.events())
+    if wanted is None:
+        return forward
+    with torch.profiler.profile() as profile:
+        ops.mixture_log_likelihood_backward(torch.ones(x.shape[0]), x, means, var, log_weights,
+                                            log_likelihood, *wanted)
+    return any(event.name in ("aten::mm", "aten::addmm") for event in profile.events())
+
+
+@pytest.mark.parametrize("batch, dim, wanted, tiled", [
+    (300, 15, None, False),            # forward, d <= 32: direct whatever B C d (4.5e6 here)
+    (300, 40, None, False),            # forward, d > 32, B C d = 1.2e7 <= 2**25
+    (900, 40, None, True),             # forward, d > 32, B C d = 3.6e7 > 2**25
+    (60, 60, (True, False), False),    # backward x, B C d = 3.6e6 <= 2**22
+    (80, 60, (True, False), True),     # backward x, B C d = 4.8e6 > 2**22
+    (60, 16, (True, True), False),     # backward with component gradients, d <= 16
+    (60, 17, (False, True), True),     # ... d > 16, however small B C d (1.0e6)
+    (300, 15, (True, True), True),     # ... d <= 16 but B C d = 4.5e6 > 2**22
+])
+def test_cpp_path_rules_by_pass(batch, dim, wanted, tiled, monkeypatch):
+    """C = 1000 > 65 on the CPU: which passes the direct kernel keeps (use_tiled in
+    csrc/binding/mixture_log_likelihood.cpp); the values on either path are the other tests'."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     monkeypatch.delenv(DIRECT_MAX_WORK)
-    x, means, var, log_weights = make_inputs(300, 1000, 15, "(C,)", torch.float32, seed=32)
-    assert 300 * 1000 * 15 > 2**22
-    assert _uses_matrix_products(x, means, var, log_weights)
+    x, means, var, log_weights = make_inputs(batch, 1000, dim, "(C,)", torch.float32, seed=32)
+    assert _pass_uses_matrix_products(x, means, var, log_weights, wanted) == tiled
 
 
 @pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, False)),

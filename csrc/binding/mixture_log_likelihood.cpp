@@ -3,8 +3,8 @@
 // gmkernels::mixture_log_likelihood_backward.
 //
 // Two paths (csrc/kernels/mixture_log_likelihood.h):
-// - C <= kDirectMaxComponents, or a small problem on the CPU (use_tiled below): the direct
-//   kernels do everything.
+// - C <= kDirectMaxComponents, or on the CPU a problem that use_tiled below keeps direct: the
+//   direct kernels do everything.
 // - otherwise: the tiled path (mixture_log_likelihood_tiled.cpp): BLAS products of tiles and the
 //   epilogue kernels, memory O((B + C) d + tile).
 #include <ATen/ATen.h>
@@ -123,19 +123,30 @@ struct CudaKernels {
 };
 #endif
 
-// CPU problems of at most this many pair-dimensions (B C d) take the direct kernel whatever C:
-// there the tiled path's fixed costs (a dozen small tensor ops to set up the operands, a BLAS
-// call whose threads must all wake up and meet, per tile) outweigh its faster arithmetic, and on
-// a busy machine each such meeting can cost a scheduler time slice. Read on every call from the
-// environment variable GMKERNELS_MLL_DIRECT_MAX_WORK when set (0: the tiled path for every
-// C > kDirectMaxComponents, as on CUDA). Default measured on a 2-core AVX2 machine at 2 threads:
-// B = 128, C = 512, d = 32 forward + backward in 15 ms direct vs 66 ms tiled under load, while
-// from ~10^7 the tiled path's products win even on one thread.
-constexpr int64_t kDirectMaxWork = int64_t(1) << 22;
+// Which path a CPU call with C > kDirectMaxComponents takes. The tiled path's products run at
+// the BLAS rate, but it has fixed costs (its operands, a BLAS call whose threads must all wake
+// up and meet, per tile; on a busy machine each meeting can cost a scheduler time slice) and its
+// epilogue and reductions cost about as much per pair as the direct kernel's whole work at small
+// d. Measured on a 2-core AVX-512 machine at 2 threads (tiled time / direct time):
+// - forward: 1.2-1.9 at d <= 16 from B = C = 316 to 3162, 1.03-1.1 at d = 32, 1.5-1.7 at d = 64
+//   and 128 for B C = 10^5, 0.98 at B = C = 1000, d = 64;
+// - backward, x alone: the direct kernel up to B C d ~ 2^22 (1.5 at B = C = 316, d = 16), then
+//   the tiled path's two products (0.6 at B = C = 1000, d = 64);
+// - backward with the component gradients: the direct kernel only for d <= 16 (1.07 at
+//   B = C = 316, d = 16; 0.35-0.7 at d = 64, B C = 10^5 to 10^6).
+constexpr int64_t kForwardDirectMaxDim = 32;
+constexpr int64_t kForwardDirectMaxWork = int64_t(1) << 25;
+constexpr int64_t kBackwardDirectMaxWork = int64_t(1) << 22;
+constexpr int64_t kComponentsDirectMaxDim = 16;
 
-int64_t direct_max_work() {
+enum class Pass { kForward, kBackwardX, kBackwardComponents };
+
+// GMKERNELS_MLL_DIRECT_MAX_WORK, read on every call: when set, one limit on B C d for every pass
+// instead of the rules above (0: the tiled path for every C > kDirectMaxComponents, as on CUDA).
+// Returns -1 when unset.
+int64_t direct_max_work_setting() {
   const char* setting = std::getenv("GMKERNELS_MLL_DIRECT_MAX_WORK");
-  if (setting == nullptr || *setting == '\0') return kDirectMaxWork;
+  if (setting == nullptr || *setting == '\0') return -1;
   char* end = nullptr;
   const long long value = std::strtoll(setting, &end, 10);
   TORCH_CHECK(*end == '\0' && value >= 0,
@@ -143,11 +154,23 @@ int64_t direct_max_work() {
   return value;
 }
 
-// The tiled path for many components, unless a small CPU problem (above) keeps the direct one.
-bool use_tiled(const at::Tensor& x, const at::Tensor& means) {
+// The tiled path for many components, unless the CPU rules above keep the direct one.
+bool use_tiled(const at::Tensor& x, const at::Tensor& means, Pass pass) {
   if (means.size(0) <= kDirectMaxComponents) return false;
   if (!x.is_cpu()) return true;
-  return x.size(0) * means.size(0) * x.size(1) > direct_max_work();
+  const int64_t dim = x.size(1);
+  const int64_t work = x.size(0) * means.size(0) * dim;
+  const int64_t setting = direct_max_work_setting();
+  if (setting >= 0) return work > setting;
+  switch (pass) {
+    case Pass::kForward:
+      return dim > kForwardDirectMaxDim && work > kForwardDirectMaxWork;
+    case Pass::kBackwardX:
+      return work > kBackwardDirectMaxWork;
+    case Pass::kBackwardComponents:
+      return dim > kComponentsDirectMaxDim || work > kBackwardDirectMaxWork;
+  }
+  return true;
 }
 
 struct Contiguous {
@@ -165,7 +188,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& means, const at::Tenso
                    const at::Tensor& log_weights) {
   const Contiguous in(x, means, var, log_weights);
   if (x.size(0) == 0) return at::empty({0}, x.options());
-  if (use_tiled(x, means))
+  if (use_tiled(x, means, Pass::kForward))
     return mixture_log_likelihood_tiled(in.x, in.means, in.var, in.log_weights);
   at::Tensor out = at::empty({x.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood", [&] {
@@ -189,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
   MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads);
   if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
-  if (use_tiled(x, means)) {
+  if (use_tiled(x, means, component_grads ? Pass::kBackwardComponents : Pass::kBackwardX)) {
     mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
                                           log_likelihood_c, out, x_grad, component_grads);
     return out.tuple();
