@@ -232,22 +232,30 @@ def _summary(state: dict, times: list) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times), **state}
 
 
-def _time_in_turn(fns: list, states: list, repeats: int, max_seconds: float, min_repeats: int) -> list:
+def _time_in_turn(fns: list, states: list, repeats: int, max_seconds: float, min_repeats: int,
+                  min_seconds: float = 0.0, max_rounds: int = 0) -> list:
     """Seconds of each timed call, one list per function: up to `repeats` rounds of one call of
-    each in turn, fewer (but at least `min_repeats`) once `max_seconds` per function is spent."""
+    each in turn, fewer (but at least `min_repeats`) once `max_seconds` per function is spent;
+    then more rounds, up to `max_rounds` in all, while less than `min_seconds` per function is
+    spent: a median of five sub-millisecond calls is decided by the machine's noise (ratios of
+    the same build moved 2x between sweeps on a shared 2-core VM), one of fifty much less so."""
     timers = [_timed_cuda if state["device"] == "cuda" else _timed_wall for state in states]
     times = [[] for _ in fns]
     started = time.perf_counter()
-    for _ in range(repeats):
+    while True:
         for fn, timer, own in zip(fns, timers, times):
             own.append(timer(fn))
-        if time.perf_counter() - started > max_seconds * len(fns) and len(times[0]) >= min_repeats:
+        rounds, spent = len(times[0]), time.perf_counter() - started
+        if rounds >= min_repeats and spent > max_seconds * len(fns):
+            break
+        if rounds >= repeats and (rounds >= max_rounds or spent >= min_seconds * len(fns)):
             break
     return times
 
 
 def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds: float = 20.0,
-            min_repeats: int = 3, device: Optional[str] = None, track_memory: bool = False) -> dict:
+            min_repeats: int = 3, device: Optional[str] = None, track_memory: bool = False,
+            min_seconds: float = 0.0, max_rounds: int = 0) -> dict:
     """Median time of `fn` over `repeats` runs after `warmup` runs (fewer repeats, but at least
     `min_repeats`, once `max_seconds` is spent, so a quick run stays quick).
 
@@ -256,16 +264,17 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds
     its own (it holds compile time). With `track_memory` the last warm-up runs under the memory
     probe (`peak_memory`)."""
     state = warm_up(fn, warmup, device, track_memory)
-    return _summary(state, _time_in_turn([fn], [state], repeats, max_seconds, min_repeats)[0])
+    return _summary(state, _time_in_turn([fn], [state], repeats, max_seconds, min_repeats,
+                                         min_seconds, max_rounds)[0])
 
 
 def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: float = 20.0,
-                        min_repeats: int = 3) -> list:
+                        min_repeats: int = 3, min_seconds: float = 0.0, max_rounds: int = 0) -> list:
     """`measure` for several functions, each already warmed up (`warm_up` gave `states`), timed
     in turn (A B C A B C ...): for contenders whose times differ by less than the machine drifts
     over a run (whole training steps on a shared CPU drift by 30 % within seconds), timing each
     after the other would measure the drift. `max_seconds` is per function, as in `measure`."""
-    times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats)
+    times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats, min_seconds, max_rounds)
     return [{**_summary(state, own), "timer": state["timer"] + ", interleaved"}
             for state, own in zip(states, times)]
 

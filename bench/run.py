@@ -45,18 +45,26 @@ OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join
                     if name.endswith(".py") and not name.startswith("_")))
 
 # repeats, warm-up calls (the last one under the memory probe), seconds after which a contender
-# stops repeating, the fewest repeats before it may stop, and the size of the limit measurements.
+# stops repeating, the fewest repeats before it may stop, the seconds a contender is timed for at
+# least (more rounds of cheap calls, up to max_rounds) and the size of the limit measurements.
 MODES = {
-    "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, limit_scale=1.0),
-    "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, limit_scale=1.0),
-    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
+    "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, min_seconds=0.0, max_rounds=0,
+                 limit_scale=1.0),
+    "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
+                  limit_scale=1.0),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
+                  limit_scale=1 / 64),
 }
 # The sweep times many sizes: fewer repeats, each contender stops after `max_seconds` (at least
-# `min_repeats` runs). Chosen so the full grid fits 20 minutes on an idle 2-core CPU.
+# `min_repeats` runs), and sub-millisecond contenders get up to 50 rounds within 0.2 s each (five
+# were not enough on a shared VM: the same build's ratios moved 2x between two sweeps).
 SWEEP_MODES = {
-    "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, limit_scale=1.0),
-    "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, limit_scale=0.25),
-    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
+    "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, min_seconds=0.2, max_rounds=50,
+                 limit_scale=1.0),
+    "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, min_seconds=0.1, max_rounds=20,
+                  limit_scale=0.25),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
+                  limit_scale=1 / 64),
 }
 # torch.compile peers meet many sizes and variants in a sweep: recompiles past dynamo's default
 # limit (8 per function) would silently fall back to eager; the sweep raises the limit and makes
@@ -139,14 +147,18 @@ def _timed_rows(case, contenders: list, settings: dict, errors: list) -> list:
     """(contender, timing) for each contender that ran; a failure is recorded in `errors` and costs
     only its own contender."""
     warm = dict(warmup=settings["warmup"], device=case.device, track_memory=True)
-    repeat = dict(max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"])
+    repeat = dict(max_seconds=settings["max_seconds"], min_repeats=settings["min_repeats"],
+                  min_seconds=settings.get("min_seconds", 0.0), max_rounds=settings.get("max_rounds", 0))
+    # A sweep's ratios are its result, so its contenders are always timed in turn: timed one after
+    # the other, the same build's ratios moved up to 2x between runs with the machine's drift.
+    interleave = case.interleave or settings.get("sweep", False)
     ready = []
     for contender in contenders:
         show_status(f"running {case.op} {case.size} {case.mode}: {contender.name}")
         try:
             if contender.setup:
                 contender.setup()
-            if case.interleave:
+            if interleave:
                 ready.append((contender, warm_up(contender.run, **warm)))
             else:
                 ready.append((contender, measure(contender.run, settings["repeats"], **warm, **repeat)))
@@ -154,7 +166,7 @@ def _timed_rows(case, contenders: list, settings: dict, errors: list) -> list:
             errors.append({"op": case.op, "size": case.size, "mode": case.mode, "variant": contender.name,
                            "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
             print(f"  FAILED {case.op} {case.size} {case.mode} {contender.name}: {error}", flush=True)
-    if case.interleave and ready:
+    if interleave and ready:
         show_status(f"running {case.op} {case.size} {case.mode}: {', '.join(c.name for c, _ in ready)} in turn")
         timings = measure_interleaved([contender.run for contender, _ in ready], [state for _, state in ready],
                                       settings["repeats"], **repeat)
@@ -339,6 +351,7 @@ def _main(args, run_started: float) -> int:
         "date": datetime.date.today().isoformat(),
         "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
         "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
+        "min_seconds": mode["min_seconds"], "max_rounds": mode["max_rounds"],
         "filters": {"op": args.op or [], "backend": args.backend or [], "sizes": args.sizes or []},
     }
     unknown = set(args.backend or ()) - set(gmkernels.backends()) - {"pykeops"}

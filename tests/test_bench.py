@@ -4,6 +4,7 @@ numbers on a shared machine are noise, only their presence and consistency are c
 import importlib
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -123,6 +124,30 @@ def test_measure_reports_the_runs_it_made_and_the_memory_of_a_call():
     assert timing["device"] == "cpu" and timing["timer"] == "wall clock"
     assert timing["min_s"] <= timing["median_s"]
     assert timing["peak_bytes"] >= MiB
+
+
+def test_cheap_calls_get_more_rounds_up_to_max_rounds_and_slow_ones_stop_at_max_seconds():
+    """min_seconds / max_rounds: a call far cheaper than min_seconds is timed max_rounds times, one
+    that fills min_seconds with its repeats is timed `repeats` times, one slower than max_seconds
+    min_repeats times."""
+    def counting(seconds):
+        calls = []
+
+        def call():
+            calls.append(1)
+            if seconds:
+                time.sleep(seconds)
+        return call, calls
+
+    cheap, cheap_calls = counting(0)
+    timing = measure(cheap, repeats=3, warmup=1, min_seconds=5.0, max_rounds=40)
+    assert timing["repeats"] == 40 and len(cheap_calls) == 1 + 40
+    middling, _ = counting(0.02)
+    assert measure(middling, repeats=3, warmup=1, min_seconds=0.01, max_rounds=40)["repeats"] == 3
+    slow, _ = counting(0.03)
+    assert measure(slow, repeats=10, warmup=1, max_seconds=0.01, min_repeats=2,
+                   min_seconds=5.0, max_rounds=40)["repeats"] == 2
+    assert measure(cheap, repeats=3, warmup=1)["repeats"] == 3      # the defaults: as before
 
 
 def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_one():
