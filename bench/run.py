@@ -45,26 +45,22 @@ OPS = tuple(sorted(os.path.splitext(name)[0] for name in os.listdir(os.path.join
                     if name.endswith(".py") and not name.startswith("_")))
 
 # repeats, warm-up calls (the last one under the memory probe), seconds after which a contender
-# stops repeating, the fewest repeats before it may stop, the seconds a contender is timed for at
-# least (more rounds of cheap calls, up to max_rounds) and the size of the limit measurements.
+# stops repeating, the fewest repeats before it may stop, and the size of the limit measurements.
 MODES = {
-    "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, min_seconds=0.0, max_rounds=0,
-                 limit_scale=1.0),
-    "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
-                  limit_scale=1.0),
-    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
-                  limit_scale=1 / 64),
+    "full": dict(repeats=10, warmup=3, max_seconds=20.0, min_repeats=3, limit_scale=1.0),
+    "quick": dict(repeats=3, warmup=2, max_seconds=3.0, min_repeats=1, limit_scale=1.0),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
 }
 # The sweep times many sizes: fewer repeats, each contender stops after `max_seconds` (at least
-# `min_repeats` runs), and sub-millisecond contenders get up to 50 rounds within 0.2 s each (five
-# were not enough on a shared VM: the same build's ratios moved 2x between two sweeps).
+# `min_repeats` runs), and cheap contenders are timed for at least `min_seconds`, up to
+# `max_rounds` runs (five runs were not enough on a shared VM: the same build's sub-millisecond
+# ratios moved 2x between two sweeps).
 SWEEP_MODES = {
-    "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, min_seconds=0.2, max_rounds=50,
-                 limit_scale=1.0),
-    "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, min_seconds=0.1, max_rounds=20,
-                  limit_scale=0.25),
-    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, min_seconds=0.0, max_rounds=0,
-                  limit_scale=1 / 64),
+    "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, limit_scale=1.0,
+                 min_seconds=0.2, max_rounds=50),
+    "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, limit_scale=0.25,
+                  min_seconds=0.1, max_rounds=20),
+    "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
 }
 # torch.compile peers meet many sizes and variants in a sweep: recompiles past dynamo's default
 # limit (8 per function) would silently fall back to eager; the sweep raises the limit and makes
@@ -351,7 +347,7 @@ def _main(args, run_started: float) -> int:
         "date": datetime.date.today().isoformat(),
         "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
         "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
-        "min_seconds": mode["min_seconds"], "max_rounds": mode["max_rounds"],
+        "min_seconds": mode.get("min_seconds", 0.0), "max_rounds": mode.get("max_rounds", 0),
         "filters": {"op": args.op or [], "backend": args.backend or [], "sizes": args.sizes or []},
     }
     unknown = set(args.backend or ()) - set(gmkernels.backends()) - {"pykeops"}
