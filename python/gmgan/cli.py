@@ -298,14 +298,18 @@ def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.handler(args)
+        code = args.handler(args)
     except ConfigError as error:
         print(f"gmgan: error: {error}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("gmgan: interrupted; the last completed step was checkpointed: continue with "
               "gmgan train --resume RUN_DIR", file=sys.stderr)
-        return 130
+        code = 130
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .distributed import leave_rank
+        leave_rank(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ every rank seeds the same; rank 0 broadcasts them anyway so that a stray differe
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,23 @@ def close_world(world: World, wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def leave_rank(code: int) -> None:
+    """End a torchrun rank: tear its process group down (after a barrier when ``code`` is 0, so
+    no rank leaves while a peer still communicates), flush, and exit at once with ``code``.
+
+    Exiting through ``os._exit`` skips the interpreter's teardown. A rank that had finished its
+    work, barrier and destroy_process_group included, was seen to abort there ("terminate called
+    without an active exception", SIGABRT) and torchrun then reports the whole job as failed. By
+    this point every file is written and closed, and nothing else is left to run."""
+    if dist.is_initialized():
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def broadcast_parameters(module: nn.Module, world: World) -> None:
