@@ -233,22 +233,39 @@ def _summary(state: dict, times: list) -> dict:
 
 
 def _time_in_turn(fns: list, states: list, repeats: int, max_seconds: float, min_repeats: int,
-                  min_seconds: float = 0.0, max_rounds: int = 0) -> list:
+                  min_seconds: float = 0.0, max_rounds: int = 0, peers: Optional[list] = None,
+                  retire_factor: float = 0.0) -> list:
     """Seconds of each timed call, one list per function: up to `repeats` rounds of one call of
     each in turn, fewer (but at least `min_repeats`) once `max_seconds` per function is spent;
     then more rounds, up to `max_rounds` in all, while less than `min_seconds` per function is
     spent: a median of five sub-millisecond calls is decided by the machine's noise (ratios of
-    the same build moved 2x between sweeps on a shared 2-core VM), one of fifty much less so."""
+    the same build moved 2x between sweeps on a shared 2-core VM), one of fifty much less so.
+
+    With `retire_factor`, gmkernels' functions (``peers[i]`` None) run every round; the others
+    (True: a peer, False: context such as the reference) leave the rounds once their fastest call
+    took more than `retire_factor` times the fastest peer call so far: a contender that much
+    slower cannot be the best peer (the machine's noise is below 2x), and its further calls,
+    seconds each at large sizes, would only cost the sweep its time budget."""
     timers = [_timed_cuda if state["device"] == "cuda" else _timed_wall for state in states]
     times = [[] for _ in fns]
+    retired = [False] * len(fns)
     started = time.perf_counter()
     while True:
-        for fn, timer, own in zip(fns, timers, times):
-            own.append(timer(fn))
-        rounds, spent = len(times[0]), time.perf_counter() - started
-        if rounds >= min_repeats and spent > max_seconds * len(fns):
+        for index, (fn, timer, own) in enumerate(zip(fns, timers, times)):
+            if not retired[index]:
+                own.append(timer(fn))
+        if retire_factor and peers is not None:
+            fastest_peer = min((min(own) for own, peer in zip(times, peers) if peer), default=None)
+            for index, (own, peer) in enumerate(zip(times, peers)):
+                if peer is not None and fastest_peer is not None and min(own) > retire_factor * fastest_peer:
+                    retired[index] = True
+        active = [own for own, gone in zip(times, retired) if not gone]
+        if not active:
             break
-        if rounds >= repeats and (rounds >= max_rounds or spent >= min_seconds * len(fns)):
+        rounds, spent = max(len(own) for own in active), time.perf_counter() - started
+        if rounds >= min_repeats and spent > max_seconds * len(active):
+            break
+        if rounds >= repeats and (rounds >= max_rounds or spent >= min_seconds * len(active)):
             break
     return times
 
@@ -269,12 +286,14 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 2, max_seconds
 
 
 def measure_interleaved(fns: list, states: list, repeats: int, max_seconds: float = 20.0,
-                        min_repeats: int = 3, min_seconds: float = 0.0, max_rounds: int = 0) -> list:
+                        min_repeats: int = 3, min_seconds: float = 0.0, max_rounds: int = 0,
+                        peers: Optional[list] = None, retire_factor: float = 0.0) -> list:
     """`measure` for several functions, each already warmed up (`warm_up` gave `states`), timed
     in turn (A B C A B C ...): for contenders whose times differ by less than the machine drifts
     over a run (whole training steps on a shared CPU drift by 30 % within seconds), timing each
     after the other would measure the drift. `max_seconds` is per function, as in `measure`."""
-    times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats, min_seconds, max_rounds)
+    times = _time_in_turn(fns, states, repeats, max_seconds, min_repeats, min_seconds, max_rounds, peers,
+                          retire_factor)
     return [{**_summary(state, own), "timer": state["timer"] + ", interleaved"}
             for state, own in zip(states, times)]
 

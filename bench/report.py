@@ -435,7 +435,10 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
     lines += [
         "", "## How to read", "",
         f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}), each "
-        f"contender stopping after {settings['max_seconds']} s of runs (at least {settings['min_repeats']}).",
+        f"contender stopping after {settings['max_seconds']} s of runs (at least {settings['min_repeats']})"
+        + (f"; a contender other than gmkernels' whose fastest run took over {settings['retire_factor']:g}x the "
+           "fastest peer run stops there (it cannot be the best peer), so its time may be of one run."
+           if settings.get("retire_factor") else "."),
         "- `ratio`: best peer's time over gmkernels' best backend's time at that point (bold: below 1, a loss). "
         "Every grid point is listed; a point without a ratio lacks gmkernels or every peer there (see above).",
         "- torch.compile peers: one compiled function per formula and variant, reused over the grid as a "

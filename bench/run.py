@@ -55,11 +55,14 @@ MODES = {
 # `min_repeats` runs), and cheap contenders are timed for at least `min_seconds`, up to
 # `max_rounds` runs (five runs were not enough on a shared VM: the same build's sub-millisecond
 # ratios moved 2x between two sweeps).
+# A contender other than gmkernels' leaves the rounds once a call of its took `retire_factor` times
+# the fastest peer's (bench.common._time_in_turn): it cannot be the best peer, and at the largest
+# sizes its repeats were a third of the sweep's time.
 SWEEP_MODES = {
     "full": dict(repeats=5, warmup=2, max_seconds=1.5, min_repeats=2, limit_scale=1.0,
-                 min_seconds=0.2, max_rounds=50),
+                 min_seconds=0.2, max_rounds=50, retire_factor=3.0),
     "quick": dict(repeats=3, warmup=2, max_seconds=0.5, min_repeats=1, limit_scale=0.25,
-                  min_seconds=0.1, max_rounds=20),
+                  min_seconds=0.1, max_rounds=20, retire_factor=3.0),
     "smoke": dict(repeats=1, warmup=2, max_seconds=1.0, min_repeats=1, limit_scale=1 / 64),
 }
 # torch.compile peers meet many sizes and variants in a sweep: recompiles past dynamo's default
@@ -164,8 +167,12 @@ def _timed_rows(case, contenders: list, settings: dict, errors: list) -> list:
             print(f"  FAILED {case.op} {case.size} {case.mode} {contender.name}: {error}", flush=True)
     if interleave and ready:
         show_status(f"running {case.op} {case.size} {case.mode}: {', '.join(c.name for c, _ in ready)} in turn")
+        # gmkernels' contenders: None (never retired); a peer: True; context (the reference): False.
+        peers = [None if contender.backend not in (None, "pykeops") else contender.name in case.peers
+                 for contender, _ in ready]
         timings = measure_interleaved([contender.run for contender, _ in ready], [state for _, state in ready],
-                                      settings["repeats"], **repeat)
+                                      settings["repeats"], **repeat, peers=peers,
+                                      retire_factor=settings.get("retire_factor", 0.0))
         ready = [(contender, timing) for (contender, _), timing in zip(ready, timings)]
     return ready
 
@@ -348,6 +355,7 @@ def _main(args, run_started: float) -> int:
         "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
         "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
         "min_seconds": mode.get("min_seconds", 0.0), "max_rounds": mode.get("max_rounds", 0),
+        "retire_factor": mode.get("retire_factor", 0.0),
         "filters": {"op": args.op or [], "backend": args.backend or [], "sizes": args.sizes or []},
     }
     unknown = set(args.backend or ()) - set(gmkernels.backends()) - {"pykeops"}

@@ -11,7 +11,7 @@ import torch
 
 from bench import report, run
 import gmkernels
-from bench.common import PROFILER_NOISE, Case, Contender, measure, peak_memory
+from bench.common import PROFILER_NOISE, Case, Contender, measure, measure_interleaved, peak_memory, warm_up
 from bench.machine import Limits, judge
 
 MiB = 1 << 20
@@ -148,6 +148,24 @@ def test_cheap_calls_get_more_rounds_up_to_max_rounds_and_slow_ones_stop_at_max_
     assert measure(slow, repeats=10, warmup=1, max_seconds=0.01, min_repeats=2,
                    min_seconds=5.0, max_rounds=40)["repeats"] == 2
     assert measure(cheap, repeats=3, warmup=1)["repeats"] == 3      # the defaults: as before
+
+
+def test_contenders_far_slower_than_the_fastest_peer_leave_the_rounds_but_gmkernels_never_does():
+    """retire_factor: the reference and a peer 10x slower than the fastest peer are timed once;
+    the fastest peer, a peer within the factor, and gmkernels (even 10x slower) run every round."""
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    fns = [sleeper(0.02), sleeper(0.002), sleeper(0.004), sleeper(0.02), sleeper(0.02)]
+    states = [warm_up(fn, 1, "cpu", False) for fn in fns]
+    peers = [None, True, True, True, False]     # gmkernels, fast peer, near peer, slow peer, reference
+    timings = measure_interleaved(fns, states, repeats=4, max_seconds=10.0, min_repeats=2,
+                                  peers=peers, retire_factor=3.0)
+    assert [t["repeats"] for t in timings] == [4, 4, 4, 1, 1]
+    untouched = measure_interleaved(fns, states, repeats=4, max_seconds=10.0, min_repeats=2)
+    assert [t["repeats"] for t in untouched] == [4] * 5
+    settings = run.SWEEP_MODES["full"]
+    assert settings["retire_factor"] >= 2.5      # above the machine's noise between calls (< 2x)
 
 
 def test_interleaved_case_times_its_variants_in_turn_and_drops_only_the_broken_one():
