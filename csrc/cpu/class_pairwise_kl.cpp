@@ -19,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace gmk {
@@ -117,7 +118,9 @@ void for_each_block(const RowSlots& slots, Visit&& visit) {
 
 // out[r] = sum_c values[r C + c] for a block of short rows: each row is a short scalar chain, and
 // consecutive rows' chains overlap out of order.
-void row_totals(const double* values, int64_t rows, int64_t num_categories, double* out) {
+template <int kCategories>
+void row_totals(const double* values, int64_t rows, int64_t runtime_categories, double* out) {
+  const int64_t num_categories = kCategories ? kCategories : runtime_categories;
   for (int64_t r = 0; r < rows; ++r) {
     const double* row = values + r * num_categories;
     double total = 0;
@@ -384,6 +387,26 @@ void class_pairwise_kl_table_rows_cpu(const int64_t* labels, int64_t num_samples
     rows[i] = std::lower_bound(classes.begin(), classes.end(), labels[i]) - classes.begin();
 }
 
+// Runs run(std::integral_constant<int, C>) with C = the category count where it is 2, 3 or 4,
+// else C = 0 (the count is read at run time). With C a constant the per-row loops unroll: at
+// C = 2 the generic loops, each a vector loop with its prologue and remainder, cost about 50
+// cycles a row, more than the logs.
+template <typename Run>
+void with_category_count(int64_t num_categories, Run&& run) {
+  switch (num_categories) {
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 3: return run(std::integral_constant<int, 3>{});
+    case 4: return run(std::integral_constant<int, 4>{});
+    default: return run(std::integral_constant<int, 0>{});
+  }
+}
+
+template <typename scalar_t, int kCategories>
+void forward_by_rows(const ClassPairwiseKlParams<scalar_t>& p);
+
+template <typename scalar_t, int kCategories>
+void backward_by_rows(const ClassPairwiseKlBackwardParams<scalar_t>& p);
+
 template <typename scalar_t>
 void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
   {
@@ -392,7 +415,15 @@ void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
                          &groups))
       return forward_by_class(p, groups);
   }
-  const int64_t num_categories = p.num_categories;
+  with_category_count(p.num_categories, [&](auto categories) {
+    forward_by_rows<scalar_t, decltype(categories)::value>(p);
+  });
+}
+
+// The forward on the row-slots schedule; kCategories: C where known at compile time, else 0.
+template <typename scalar_t, int kCategories>
+void forward_by_rows(const ClassPairwiseKlParams<scalar_t>& p) {
+  const int64_t num_categories = kCategories ? kCategories : p.num_categories;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
   const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
   const int64_t block_size = slots.block_size();
@@ -423,7 +454,7 @@ void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
 #pragma omp simd
           for (int64_t idx = 0; idx < size; ++idx)
             products[idx] = static_cast<double>(block[idx]) * static_cast<double>(logs[idx]);
-          row_totals(products, end - begin, num_categories, self_term.get() + begin);
+          row_totals<kCategories>(products, end - begin, num_categories, self_term.get() + begin);
           return;
         }
         for (int64_t i = begin; i < end; ++i) {
@@ -458,7 +489,7 @@ void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& p) {
           row_products[c] = static_cast<double>(row[c]) * class_mean[c];
       }
       double cross[kBlockElements];  // block_rows() <= kBlockElements
-      row_totals(products, end - begin, num_categories, cross);
+      row_totals<kCategories>(products, end - begin, num_categories, cross);
       for (int64_t i = begin; i < end; ++i) write_kl(i, cross[i - begin]);
       return;
     }
@@ -482,7 +513,15 @@ void class_pairwise_kl_backward_cpu(const ClassPairwiseKlBackwardParams<scalar_t
                          &groups))
       return backward_by_class(p, groups);
   }
-  const int64_t num_categories = p.num_categories;
+  with_category_count(p.num_categories, [&](auto categories) {
+    backward_by_rows<scalar_t, decltype(categories)::value>(p);
+  });
+}
+
+// The backward on the row-slots schedule; kCategories as in forward_by_rows.
+template <typename scalar_t, int kCategories>
+void backward_by_rows(const ClassPairwiseKlBackwardParams<scalar_t>& p) {
+  const int64_t num_categories = kCategories ? kCategories : p.num_categories;
   const scalar_t eps = static_cast<scalar_t>(p.eps);
   const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
   // W and the gradient in double: the two paths cancel (exactly, for a sample alone in its
