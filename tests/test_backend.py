@@ -56,6 +56,15 @@ def test_environment_variable_sets_default_at_import():
     assert bad.returncode != 0 and "backend must be one of" in bad.stderr
 
 
+def test_import_loads_neither_scipy_nor_its_blas_threads():
+    """scipy serves one function of gmkernels.nn (MD-GAN's lambda) and is imported there: loaded
+    by `import gmkernels` it cost 0.3-0.5 s and started two OpenBLAS thread pools."""
+    code = "import sys, gmkernels; print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_build_info_reports_version_openmp_and_compiler():
     info = gmkernels.build_info()
     assert info["compiled"] and info["version"] == gmkernels.__version__

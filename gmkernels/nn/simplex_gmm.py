@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
-from scipy.special import logsumexp
 from torch import nn
 
 from ..ops.mixture_log_likelihood import SIMPLEX_LAYOUTS, mixture_log_likelihood, simplex_vertices
@@ -26,6 +24,10 @@ def log1mexp(a: torch.Tensor) -> torch.Tensor:
 
 def _log_lk(points: np.ndarray, vertices: np.ndarray, var: float) -> np.ndarray:
     """log lk(e) = log (1/C) sum_i N(e; v_i, var I) for each row of points, float64."""
+    # scipy is imported where it is used: at the top, `import gmkernels` loaded it (0.3 s) and
+    # its two OpenBLAS builds with their thread pools, for the one function that needs it.
+    from scipy.special import logsumexp
+
     squared = ((points[:, None, :] - vertices[None, :, :]) ** 2).sum(-1)
     dim = vertices.shape[1]
     log_norm = -0.5 * dim * math.log(2 * math.pi * var) - math.log(vertices.shape[0])
@@ -59,6 +61,8 @@ def max_log_likelihood(vertices: torch.Tensor, var: float) -> tuple:
     the full space, as are the centroid and every vertex (which covers maximisers off those lines
     and vertices that do not form a regular simplex). tests/test_simplex_gmm.py checks the result
     against dense random search and many mean-shift runs."""
+    from scipy.optimize import minimize_scalar
+
     points = vertices.detach().double().cpu().numpy()
     num_vertices, dim = points.shape
     centroid = points.mean(0)
