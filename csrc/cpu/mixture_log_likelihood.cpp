@@ -295,6 +295,33 @@ double tile_ns(int64_t rows, int64_t cols) {
   return static_cast<double>(rows) * static_cast<double>(cols);
 }
 
+// Dimensions of grad_x that add_x_gradient takes in one pass.
+constexpr int kGradDims = 4;
+
+// grad_x of a block of kRowBlock rows in dimensions [k0, k0 + D): grad_rk = sum_c W_rc (mu_ck -
+// x_rk) / v_ck, with W (C x kRowBlock, component-major), x and grad (d x kRowBlock, transposed).
+// The D x kRowBlock sums stay in registers over all the components, with the x columns they
+// need: one pass per component over sums held in memory loaded and stored each of them.
+template <typename scalar_t, int D>
+void add_x_gradient(const scalar_t* weights, const scalar_t* means, const scalar_t* precision,
+                    int64_t num_components, int64_t dim, int64_t k0, const scalar_t* x_block,
+                    scalar_t* grad_block) {
+  scalar_t sums[D][kRowBlock] = {};
+  scalar_t x[D][kRowBlock];
+  for (int j = 0; j < D; ++j)
+    for (int64_t r = 0; r < kRowBlock; ++r) x[j][r] = x_block[(k0 + j) * kRowBlock + r];
+  for (int64_t c = 0; c < num_components; ++c) {
+    const scalar_t* w = weights + c * kRowBlock;
+    for (int j = 0; j < D; ++j) {
+      const scalar_t weight = precision[c * dim + k0 + j], mean = means[c * dim + k0 + j];
+#pragma omp simd
+      for (int64_t r = 0; r < kRowBlock; ++r) sums[j][r] += w[r] * weight * (mean - x[j][r]);
+    }
+  }
+  for (int j = 0; j < D; ++j)
+    std::copy(sums[j], sums[j] + kRowBlock, grad_block + (k0 + j) * kRowBlock);
+}
+
 // Rows whose component sums add_component_sums takes in one pass.
 constexpr int kSumRows = 4;
 
@@ -433,18 +460,14 @@ void mixture_log_likelihood_direct_backward_cpu(
           block_exp_weights(exponent.data() + c * kRowBlock, grad, shift);
         if (p.x_grad) {
           // grad_x_r = sum_c W_rc (mu_c - x_r) / v_c
-          std::fill(grad_block.begin(), grad_block.end(), scalar_t(0));
-          for (int64_t c = 0; c < num_components; ++c) {
-            const scalar_t* w = exponent.data() + c * kRowBlock;
-            const scalar_t* mean = p.means + c * dim;
-            for (int64_t k = 0; k < dim; ++k) {
-              const scalar_t weight = table.precision[c * dim + k];
-              const scalar_t* xk = x_block.data() + k * kRowBlock;
-              scalar_t* gk = grad_block.data() + k * kRowBlock;
-#pragma omp simd
-              for (int64_t r = 0; r < kRowBlock; ++r) gk[r] += w[r] * weight * (mean[k] - xk[r]);
-            }
-          }
+          int64_t k = 0;
+          for (; k + kGradDims <= dim; k += kGradDims)
+            add_x_gradient<scalar_t, kGradDims>(exponent.data(), p.means, table.precision.data(),
+                                                num_components, dim, k, x_block.data(),
+                                                grad_block.data());
+          for (; k < dim; ++k)
+            add_x_gradient<scalar_t, 1>(exponent.data(), p.means, table.precision.data(),
+                                        num_components, dim, k, x_block.data(), grad_block.data());
           for (int64_t r = 0; r < rows; ++r) {
             scalar_t* out = p.grad_x + (row_begin + r) * dim;
             for (int64_t k = 0; k < dim; ++k) out[k] = grad_block[k * kRowBlock + r];
