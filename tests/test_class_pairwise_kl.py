@@ -212,6 +212,110 @@ def test_many_rows_per_class_and_several_threads_match_the_float64_identity():
         torch.set_num_threads(threads)
 
 
+def penalty_truth(probs, labels, grad_kl, upstream, eps=EPS):
+    """The double backward's truth: <d kl / d probs (grad_kl), upstream> differentiated in grad_kl
+    and probs by autograd through the pairwise reference."""
+    probs = probs.detach().double().requires_grad_()
+    grad_kl = grad_kl.detach().double().requires_grad_()
+    (grad,) = torch.autograd.grad(pairwise(probs, labels, eps), probs, grad_kl, create_graph=True)
+    return torch.autograd.grad((grad * upstream.double()).sum(), (grad_kl, probs),
+                               allow_unused=True, materialize_grads=True)
+
+
+def fused_double_backward(probs, labels, num_classes, grad_kl, upstream, needs, eps=EPS):
+    """The CPU kernel of the double backward, called on the forward kernel's class table."""
+    _, class_mean_log, rows = torch.ops.gmkernels.class_pairwise_kl(probs, labels, eps, num_classes)
+    return torch.ops.gmkernels.class_pairwise_kl_double_backward(
+        upstream, grad_kl, probs, rows, class_mean_log, eps, *needs), (rows, class_mean_log)
+
+
+NEEDS = st.sampled_from([(True, True), (True, False), (False, True)])
+
+
+def double_backward_scales(probs, labels, grad_kl, upstream, eps=EPS):
+    """What each entry of the double backward sums, in absolute value, for per-element tolerances
+    (its terms cancel: exactly, for a sample alone in its class): the formulas of
+    gmkernels/ops/class_pairwise_kl.py's gradient_vector_jacobian with every term and every class
+    mean taken of absolute values."""
+    def class_means(values):
+        sums = torch.zeros(int(labels.max()) + 1, values.shape[1], dtype=values.dtype)
+        counts = torch.bincount(labels, minlength=sums.shape[0]).clamp(min=1)[:, None]
+        return (sums.index_add(0, labels, values) / counts)[labels]
+    grad, upstream = grad_kl.abs()[:, None], upstream.abs()
+    inverse = torch.where(probs >= eps, 1 / probs.clamp(min=eps), torch.zeros_like(probs))
+    log_probs = probs.clamp(min=eps).log().abs()
+    upstream_scaled = class_means(upstream * inverse)
+    grad_kl_scale = (upstream * (log_probs + 1 + class_means(log_probs))
+                     + probs * upstream_scaled).sum(1)
+    probs_scale = (inverse * (grad * upstream + class_means(grad * upstream)
+                              + upstream * class_means(grad * probs) * inverse)
+                   + grad * upstream_scaled)
+    return grad_kl_scale, probs_scale
+
+
+@given(n=st.integers(1, 24), categories=CATEGORIES, zeros=st.booleans(), duplicates=st.booleans(),
+       kind=st.sampled_from(LABEL_KINDS), needs=NEEDS, seed=st.integers(0, 2**31 - 1))
+def test_fused_double_backward_and_its_torch_form_equal_autograd_through_pairwise(
+        n, categories, zeros, duplicates, kind, needs, seed):
+    """A gradient penalty's backward on the cpp backend takes the fused kernel; with create_graph
+    and on the other backends the closed form in torch ops runs. Both against autograd twice
+    through the pairwise reference, with clamped zeros, classes of one, empty classes and more
+    classes than samples (a compact table)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = make_probs(n, categories, seed, zeros)
+    probs = with_duplicates(probs, seed) if duplicates else probs
+    labels, num_classes = make_labels(kind, probs, seed)
+    labels = probs.argmax(1) if labels is None else labels
+    num_classes = num_classes or categories
+    gen = torch.Generator().manual_seed(seed)
+    grad_kl = torch.randn(n, dtype=torch.float64, generator=gen)
+    upstream = torch.randn(n, categories, dtype=torch.float64, generator=gen)
+    truth = penalty_truth(probs, labels, grad_kl, upstream)
+    fused, (rows, class_mean_log) = fused_double_backward(probs, labels, num_classes, grad_kl,
+                                                          upstream, needs)
+    torch_form = op.gradient_vector_jacobian(upstream, grad_kl, probs, rows, class_mean_log, EPS,
+                                             needs)
+    scales = double_backward_scales(probs, labels, grad_kl, upstream)
+    for index, need in enumerate(needs):
+        if not need:
+            assert fused[index].numel() == 0 and torch_form[index] is None
+            continue
+        for got in (fused[index], torch_form[index]):
+            error = (got - truth[index]).abs()
+            assert (error <= 1e-12 * (scales[index] + 1)).all(), error.max().item()
+
+
+def test_fused_double_backward_over_several_slots_and_in_float32():
+    """Sizes whose class tables are summed in several slots on 2 threads (N 3C >= 2^17): float64
+    against the torch form, and float32 against it on the same (float32) inputs: the kernel sums
+    and combines in double, so only the final rounding remains (the terms of d/dp cancel, so a
+    comparison with the unrounded inputs would measure the inputs' rounding, not the kernel)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    probs = make_probs(3000, 30, 4, zeros=True)
+    labels = torch.randint(7, (3000,), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    grad_kl = torch.rand(3000, dtype=torch.float64, generator=gen)
+    upstream = torch.randn(3000, 30, dtype=torch.float64, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for dtype, tolerance in ((torch.float64, 1e-11), (torch.float32, 1e-6)):
+            inputs = [t.to(dtype) for t in (probs, grad_kl, upstream)]
+            exact = [t.double() for t in inputs]
+            _, class_mean_log, rows = torch.ops.gmkernels.class_pairwise_kl(exact[0], labels, EPS, 7)
+            want = op.gradient_vector_jacobian(exact[2], exact[1], exact[0], rows, class_mean_log,
+                                               EPS, (True, True))
+            got, _ = fused_double_backward(inputs[0], labels, 7, inputs[1], inputs[2], (True, True))
+            for g, w in zip(got, want):
+                assert g.dtype == dtype
+                relative = (g.double() - w).abs() / (w.abs() + 1)
+                assert relative.max() <= tolerance, (dtype, relative.max().item())
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_cpp_is_identical_across_runs_and_within_rounding_for_any_thread_count():
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")

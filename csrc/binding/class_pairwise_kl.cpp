@@ -1,5 +1,6 @@
 // Tensors -> ClassPairwiseKlParams, argument checks, and the schemas and CPU/CUDA registrations
-// of gmkernels::class_pairwise_kl and gmkernels::class_pairwise_kl_backward. The forward returns
+// of gmkernels::class_pairwise_kl, gmkernels::class_pairwise_kl_backward and (CPU only)
+// gmkernels::class_pairwise_kl_double_backward. The forward returns
 // (kl, class_mean_log, rows): the compact class table and each sample's row in it; the backward
 // takes those rows as its labels (any labels indexing class_mean_log's rows will do).
 #include <torch/library.h>
@@ -158,6 +159,44 @@ at::Tensor cpu_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::T
   return grad_probs;
 }
 
+// The double backward's kernel, CPU only: the Python double backward calls it when it records no
+// graph (a gradient penalty's backward), and otherwise, and on other devices, differentiates its
+// closed form in torch ops. Each output is computed only when its need_* flag is set, else it
+// is returned with 0 elements.
+std::tuple<at::Tensor, at::Tensor> cpu_class_pairwise_kl_double_backward(
+    const at::Tensor& grad_grad_probs, const at::Tensor& grad_kl, const at::Tensor& probs,
+    const at::Tensor& labels, const at::Tensor& class_mean_log, double eps, bool need_grad_kl,
+    bool need_probs) {
+  check_backward_args(grad_kl, probs, labels, class_mean_log, eps);
+  check_same_dtype_device(probs, grad_grad_probs, "probs", "grad_grad_probs");
+  TORCH_CHECK(grad_grad_probs.sizes() == probs.sizes(), "grad_grad_probs must have probs' shape ",
+              probs.sizes(), ", got ", grad_grad_probs.sizes());
+  const at::Tensor upstream_c = grad_grad_probs.contiguous(), grad_c = grad_kl.contiguous();
+  const at::Tensor probs_c = probs.contiguous(), labels_c = labels.contiguous();
+  const at::Tensor mean_c = class_mean_log.contiguous();
+  check_labels_in_range_cpu(labels_c, class_mean_log.size(0));
+  at::Tensor grad_grad_kl = at::empty({need_grad_kl ? probs.size(0) : 0}, probs.options());
+  at::Tensor grad_probs = need_probs ? at::empty_like(probs_c) : at::empty({0}, probs.options());
+  if (probs.size(0) == 0 || !(need_grad_kl || need_probs)) return {grad_grad_kl, grad_probs};
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_double_backward_cpu", [&] {
+    ClassPairwiseKlDoubleBackwardParams<scalar_t> p;
+    p.grad_grad_probs = upstream_c.data_ptr<scalar_t>();
+    p.grad_kl = grad_c.data_ptr<scalar_t>();
+    p.probs = probs_c.data_ptr<scalar_t>();
+    p.labels = labels_c.data_ptr<int64_t>();
+    p.class_mean_log = mean_c.data_ptr<scalar_t>();
+    p.grad_grad_kl = need_grad_kl ? grad_grad_kl.data_ptr<scalar_t>() : nullptr;
+    p.grad_probs = need_probs ? grad_probs.data_ptr<scalar_t>() : nullptr;
+    p.num_samples = probs.size(0);
+    p.num_categories = probs.size(1);
+    p.num_classes = class_mean_log.size(0);
+    p.eps = eps;
+    p.num_threads = cpu_threads();
+    class_pairwise_kl_double_backward_cpu(p);
+  });
+  return {grad_grad_kl, grad_probs};
+}
+
 #ifdef GMKERNELS_WITH_CUDA
 at::Tensor cuda_workspace(const at::Tensor& probs, int64_t num_classes) {
   const size_t bytes = class_pairwise_kl_cuda_workspace_bytes(
@@ -233,11 +272,16 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def(
       "class_pairwise_kl_backward(Tensor grad_kl, Tensor probs, Tensor labels,"
       " Tensor class_mean_log, float eps) -> Tensor");
+  m.def(
+      "class_pairwise_kl_double_backward(Tensor grad_grad_probs, Tensor grad_kl, Tensor probs,"
+      " Tensor labels, Tensor class_mean_log, float eps, bool need_grad_kl, bool need_probs)"
+      " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("class_pairwise_kl", &cpu_class_pairwise_kl);
   m.impl("class_pairwise_kl_backward", &cpu_class_pairwise_kl_backward);
+  m.impl("class_pairwise_kl_double_backward", &cpu_class_pairwise_kl_double_backward);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

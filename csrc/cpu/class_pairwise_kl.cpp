@@ -2,7 +2,8 @@
 // Forward: pass 1 reads P once, computing l = log max(p, eps) once per element: it adds l to the
 // row's class sums and keeps the row's sum_c p l (N doubles); pass 2 reads P again for
 // sum_c p Lbar, without logs. Backward: pass 1 sums g_i p_i per class, pass 2 writes the gradient
-// (one log per element). Nothing of size N x C is allocated: rows are processed in blocks of
+// (one log per element). Double backward: pass 1 sums three class tables, pass 2 writes the
+// outputs (a log per element only for the gradient in g). Nothing of size N x C is allocated: rows are processed in blocks of
 // about kBlockElements elements with per-thread scratch of that size.
 // Two schedules, chosen by the shapes and the class sizes (so fixed for a given input and thread
 // count, and every run gives the same bits):
@@ -564,9 +565,86 @@ void backward_by_rows(const ClassPairwiseKlBackwardParams<scalar_t>& p) {
   });
 }
 
+// The double backward on the row-slots schedule (whatever the class sizes: it runs only for a
+// gradient penalty, where one pass more than the first order is the cost to beat). Pass 1 sums
+// the three class tables [W | U | V] of csrc/kernels/class_pairwise_kl.h side by side in one
+// K x 3C table per slot; pass 2 writes each row's outputs. All in double, as the backward:
+// for a sample alone in its class the terms cancel.
+template <typename scalar_t>
+void class_pairwise_kl_double_backward_cpu(const ClassPairwiseKlDoubleBackwardParams<scalar_t>& p) {
+  const int64_t num_categories = p.num_categories, width = 3 * num_categories;
+  const scalar_t eps = static_cast<scalar_t>(p.eps);
+  const RowSlots table_slots = make_slots(p.num_samples, p.num_classes, width, p.num_threads);
+  std::vector<double> means(p.num_classes * width);  // row k: W_k, U_k, V_k
+  std::vector<int64_t> count(p.num_classes);
+  class_means(
+      table_slots, p.labels, p.num_classes, p.num_threads,
+      [&](int, int64_t begin, int64_t end, double* sums) {
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t* row = p.probs + i * num_categories;
+          const scalar_t* upstream = p.grad_grad_probs + i * num_categories;
+          const double grad = static_cast<double>(p.grad_kl[i]);
+          double* weighted = sums + p.labels[i] * width;
+          double* upstream_weighted = weighted + num_categories;
+          double* upstream_scaled = upstream_weighted + num_categories;
+#pragma omp simd
+          for (int64_t c = 0; c < num_categories; ++c) {
+            const scalar_t prob = row[c], clamped = prob > eps ? prob : eps;
+            const double v = static_cast<double>(upstream[c]);
+            weighted[c] += grad * static_cast<double>(prob);
+            upstream_weighted[c] += grad * v;
+            upstream_scaled[c] += prob >= eps ? v / static_cast<double>(clamped) : 0.0;
+          }
+        }
+      },
+      means.data(), count.data());
+  const RowSlots slots = make_slots(p.num_samples, p.num_classes, num_categories, p.num_threads);
+  for_each_block(slots, [&](int, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t k = p.labels[i];
+      const scalar_t* row = p.probs + i * num_categories;
+      const scalar_t* upstream = p.grad_grad_probs + i * num_categories;
+      const double* weighted = means.data() + k * width;                // W_k
+      const double* upstream_weighted = weighted + num_categories;      // U_k
+      const double* upstream_scaled = upstream_weighted + num_categories;  // V_k
+      const double grad = static_cast<double>(p.grad_kl[i]);
+      if (p.grad_probs != nullptr) {
+        scalar_t* out = p.grad_probs + i * num_categories;
+#pragma omp simd
+        for (int64_t c = 0; c < num_categories; ++c) {
+          const scalar_t prob = row[c], clamped = prob > eps ? prob : eps;
+          const double v = static_cast<double>(upstream[c]);
+          const double inverse = prob >= eps ? 1.0 / static_cast<double>(clamped) : 0.0;
+          out[c] = static_cast<scalar_t>(
+              inverse * (grad * v - upstream_weighted[c] + v * weighted[c] * inverse) -
+              grad * upstream_scaled[c]);
+        }
+      }
+      if (p.grad_grad_kl != nullptr) {
+        const scalar_t* class_mean = p.class_mean_log + k * num_categories;
+        double total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t c = 0; c < num_categories; ++c) {
+          const scalar_t prob = row[c];
+          const double mask = prob >= eps ? 1.0 : 0.0;
+          total += static_cast<double>(upstream[c]) *
+                       (static_cast<double>(clamped_log(prob, eps)) + mask -
+                        static_cast<double>(class_mean[c])) -
+                   static_cast<double>(prob) * upstream_scaled[c];
+        }
+        p.grad_grad_kl[i] = static_cast<scalar_t>(total);
+      }
+    }
+  });
+}
+
 template void class_pairwise_kl_forward_cpu<float>(const ClassPairwiseKlParams<float>&);
 template void class_pairwise_kl_forward_cpu<double>(const ClassPairwiseKlParams<double>&);
 template void class_pairwise_kl_backward_cpu<float>(const ClassPairwiseKlBackwardParams<float>&);
 template void class_pairwise_kl_backward_cpu<double>(const ClassPairwiseKlBackwardParams<double>&);
+template void class_pairwise_kl_double_backward_cpu<float>(
+    const ClassPairwiseKlDoubleBackwardParams<float>&);
+template void class_pairwise_kl_double_backward_cpu<double>(
+    const ClassPairwiseKlDoubleBackwardParams<double>&);
 
 }  // namespace gmk

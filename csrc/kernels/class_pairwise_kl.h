@@ -12,6 +12,10 @@
 // Backward, g the incoming gradient and m = [p >= eps] the clamp's gradient mask:
 //   grad_jc = g_j (l_jc + m_jc - Lbar_{k_j c}) - m_jc W_{k_j c} / p_jc,
 //   W_kc = (1 / n_k) sum_{i: labels_i = k} g_i p_ic            (the path through Lbar).
+// Double backward (CPU), v the incoming gradient of grad (N x C), q = max(p, eps), and class means
+//   W_kc = mean_{i in k} g_i p_ic,  U_kc = mean_{i in k} g_i v_ic,  V_kc = mean_{i in k} m_ic v_ic / q_ic:
+//   d<grad, v>/dg_j  = sum_c v_jc (l_jc + m_jc - Lbar_{k_j c}) - p_jc V_{k_j c},
+//   d<grad, v>/dp_jc = m_jc / q_jc (g_j v_jc - U_{k_j c} + v_jc W_{k_j c} / q_jc) - g_j V_{k_j c}.
 // Empty classes get Lbar = 0 (no row reads them). Every reduction runs in a fixed order: no
 // float atomics, results identical run to run (CPU: for a fixed thread count).
 // All tensors are contiguous row-major; no torch types appear here.
@@ -52,6 +56,22 @@ struct ClassPairwiseKlBackwardParams {
   void* workspace;
 };
 
+template <typename scalar_t>
+struct ClassPairwiseKlDoubleBackwardParams {
+  const scalar_t* grad_grad_probs; // (num_samples, num_categories): v
+  const scalar_t* grad_kl;         // (num_samples,)
+  const scalar_t* probs;           // (num_samples, num_categories)
+  const int64_t* labels;           // (num_samples,)
+  const scalar_t* class_mean_log;  // (num_classes, num_categories): Lbar from the forward
+  scalar_t* grad_grad_kl;          // (num_samples,), written; null when not wanted
+  scalar_t* grad_probs;            // (num_samples, num_categories), written; null when not wanted
+  int64_t num_samples;
+  int64_t num_categories;
+  int64_t num_classes;
+  double eps;
+  int num_threads;
+};
+
 // rows[i], the compact table row of sample i's class (labels in [0, num_classes), checked by the
 // caller): labels[i] when the table holds every class (K <= max(N, 1)), else the number of
 // distinct classes in labels below labels[i]. O(N + K) time, or O(N log N) when K is far above N.
@@ -62,6 +82,9 @@ template <typename scalar_t>
 void class_pairwise_kl_forward_cpu(const ClassPairwiseKlParams<scalar_t>& params);
 template <typename scalar_t>
 void class_pairwise_kl_backward_cpu(const ClassPairwiseKlBackwardParams<scalar_t>& params);
+template <typename scalar_t>
+void class_pairwise_kl_double_backward_cpu(
+    const ClassPairwiseKlDoubleBackwardParams<scalar_t>& params);
 
 // CUDA (csrc/cuda/class_pairwise_kl.cu). Rows are grouped by class with a stable radix sort, so
 // the per-class sums run over fixed chunks in a fixed order; the caller provides the scratch

@@ -106,7 +106,7 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
 
 
-def _records_no_graph() -> bool:
+def records_no_graph() -> bool:
     """Whether an op called now can skip its autograd kernel: grad mode off and not traced.
 
     The autograd kernel of an op registered through torch.library is Python (it decides between
@@ -126,6 +126,7 @@ class _Namespace:
     (create_graph, torch.compile, torch.func) takes the op's autograd kernel as usual."""
 
     def __init__(self, namespace: str):
+        self.namespace = namespace
         self._ops = getattr(torch.ops, namespace)
 
     def __getattr__(self, name: str) -> Callable:
@@ -135,7 +136,7 @@ class _Namespace:
         overload = packet.default
 
         def call(*args):
-            if _records_no_graph():
+            if records_no_graph():
                 return _below_autograd(overload, *args)
             return packet(*args)
         setattr(self, name, call)   # looked up once per op
@@ -208,7 +209,7 @@ class RegisteredOp:
         if _traced():
             return self.declaration.result(packet(*args))
         if not (torch.is_grad_enabled() and _any_requires_grad(args)):
-            # Nothing to record: below the Python autograd kernel directly (see _records_no_graph).
+            # Nothing to record: below the Python autograd kernel directly (see records_no_graph).
             return self.declaration.result(_below_autograd(packet.default, *args))
         if recorded is None:
             return self.declaration.result(packet(*args))

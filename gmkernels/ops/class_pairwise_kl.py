@@ -159,43 +159,64 @@ def _backward(ops, ctx, grad_kl, _grad_class_mean_log, _grad_rows):
 
 def _setup_backward_context(ctx, inputs, output):
     grad_kl, probs, labels, class_mean_log, eps = inputs
-    ctx.save_for_backward(grad_kl, probs, labels)
-    ctx.eps, ctx.num_classes = eps, class_mean_log.shape[0]
+    ctx.save_for_backward(grad_kl, probs, labels, class_mean_log)
+    ctx.eps = eps
 
 
 def _double_backward(ops, ctx, grad_grad_probs):
-    grad_kl, probs, labels = ctx.saved_tensors
-    grads = gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, ctx.eps,
-                                     ctx.num_classes, ctx.needs_input_grad[:2])
+    grad_kl, probs, labels, class_mean_log = ctx.saved_tensors
+    fused = ops.namespace == _registry.COMPILED_NAMESPACE and probs.device.type == "cpu"
+    grads = gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean_log,
+                                     ctx.eps, ctx.needs_input_grad[:2], fused_cpu_kernel=fused)
     return *grads, None, None, None
 
 
-def gradient(grad_kl, probs, labels, eps: float, num_classes: int) -> torch.Tensor:
-    """The first-order gradient in differentiable torch ops, O(N C), what the backward kernels
-    compute: grad_ic = g_i (l_ic + m_ic - Lbar_{k_i c}) - m_ic W_{k_i c} / max(p_ic, eps) with
-    m = [p >= eps], Lbar_k the class mean of l and W_k the class mean of g_j p_j. The class means
-    are functions of probs here (the saved class_mean_log is not), so its derivative is total."""
-    clamped = probs.clamp(min=eps)
-    log_probs = clamped.log()
-    passes = (probs >= eps).to(probs.dtype)
-    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(probs.dtype)[:, None]
-    class_table = probs.new_zeros(num_classes, probs.shape[1])
-    class_mean_log = class_table.index_add(0, labels, log_probs) / counts
-    weighted = class_table.index_add(0, labels, grad_kl[:, None] * probs) / counts
-    return (grad_kl[:, None] * (log_probs + passes - class_mean_log[labels])
-            - passes * weighted[labels] / clamped)
+def _class_means(values, labels, num_classes: int) -> torch.Tensor:
+    """(num_classes, C) means of the rows of ``values`` per label, 0 for empty classes."""
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(values.dtype)[:, None]
+    return values.new_zeros(num_classes, values.shape[1]).index_add(0, labels, values) / counts
 
 
-def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, eps: float,
-                             num_classes: int, needs) -> list:
-    """The double backward: <gradient(grad_kl, probs), grad_grad_probs> differentiated in grad_kl
-    and probs (those of ``needs``), through the O(N C) recompute above."""
+def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean_log, eps: float,
+                             needs, fused_cpu_kernel: bool = False) -> list:
+    """The double backward: <grad, v>, grad the first-order gradient (csrc/kernels/
+    class_pairwise_kl.h) and v = grad_grad_probs, differentiated in grad_kl and probs (those of
+    ``needs``), by its closed form. With q = max(p, eps), m = [p >= eps] and the class means W_k
+    of g p, U_k of g v and V_k of m v / q:
+      d/dg_j  = sum_c v_jc (l_jc + m_jc - Lbar_{k_j c}) - p_jc V_{k_j c}
+      d/dp_jc = m_jc / q_jc (g_j v_jc - U_{k_j c} + v_jc W_{k_j c} / q_jc) - g_j V_{k_j c}
+    (the clamp's derivative m is constant, as torch.clamp's). With ``fused_cpu_kernel`` (the cpp
+    backend, CPU tensors), a backward that records no graph (a gradient penalty's) takes the fused
+    kernel: two passes over the rows, no N x C temporary. Otherwise (create_graph, torch.compile,
+    torch.func, other backends and devices) these O(N C) torch ops, whose own derivatives give
+    the third and higher orders; there the class means are functions of probs (the saved Lbar is
+    not), so derivatives through them are total."""
     grad_grad_probs = _autograd.cotangent(grad_grad_probs)
     if grad_grad_probs is None or not any(needs):
         return [None, None]
-    grads = _autograd.vector_jacobian(
-        lambda g, p: gradient(g, p, labels, eps, num_classes), (grad_kl, probs), grad_grad_probs)
-    return [grad if need else None for grad, need in zip(grads, needs)]
+    if fused_cpu_kernel and _registry.records_no_graph():
+        grad_grad_kl, grad_probs = torch.ops.gmkernels.class_pairwise_kl_double_backward(
+            grad_grad_probs, grad_kl, probs, labels, class_mean_log, eps, needs[0], needs[1])
+        return [grad_grad_kl if needs[0] else None, grad_probs if needs[1] else None]
+    num_classes = class_mean_log.shape[0]
+    upstream = grad_grad_probs
+    clamped = probs.clamp(min=eps)
+    passes = (probs >= eps).to(probs.dtype)
+    scaled = passes * upstream / clamped                         # m v / q
+    upstream_scaled = _class_means(scaled, labels, num_classes)[labels]           # V
+    results = [None, None]
+    if needs[0]:
+        log_probs = clamped.log()
+        class_mean = _class_means(log_probs, labels, num_classes)[labels]          # Lbar
+        results[0] = (upstream * (log_probs + passes - class_mean)
+                      - probs * upstream_scaled).sum(1)
+    if needs[1]:
+        grad = grad_kl[:, None]
+        weighted = _class_means(grad * probs, labels, num_classes)[labels]         # W
+        upstream_weighted = _class_means(grad * upstream, labels, num_classes)[labels]  # U
+        results[1] = (passes / clamped * (grad * upstream - upstream_weighted)
+                      + scaled * weighted / clamped - grad * upstream_scaled)
+    return results
 
 
 _OP = _registry.register(_registry.OpDeclaration(
