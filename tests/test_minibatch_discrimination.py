@@ -181,6 +181,81 @@ def test_opcheck_triton(shape):
                           (torch.randn(shape[:2], device=device), M.detach()))
 
 
+def penalty_truth(M, grad_out, upstream):
+    """The double backward's truth: <d out / d M (grad_out), upstream> differentiated in grad_out
+    and M by autograd through the reference (float64)."""
+    M = M.detach().double().requires_grad_()
+    grad_out = grad_out.detach().double().requires_grad_()
+    (grad,) = torch.autograd.grad(reference(M), M, grad_out, create_graph=True)
+    return torch.autograd.grad((grad * upstream).sum(), (grad_out, M), allow_unused=True,
+                               materialize_grads=True)
+
+
+def double_backward_scales(M, grad_out, upstream):
+    """What each entry of the double backward sums in absolute value: over j, e_ij |h_ij| for
+    grad_out, |g_i + g_j| e_ij |h_ij| for M, |h_ij| <= sum_c |V_ic - V_jc|
+    (csrc/kernels/minibatch_discrimination.h)."""
+    e = torch.exp(-(M[:, None] - M[None, :]).abs().sum(-1))                    # (N, N, B)
+    h = (upstream[:, None] - upstream[None, :]).abs().sum(-1)
+    pair_sums = (grad_out[:, None] + grad_out[None, :]).abs()
+    return (e * h).sum(1), (pair_sums * e * h).sum(1)[:, :, None].expand(M.shape)
+
+
+@given(n=st.integers(0, 24).map(lambda k: k if k <= 20 else 60 + 5 * (k - 20)),
+       kernels=st.integers(1, 10), kernel_dim=st.integers(1, 11), ties=st.booleans(),
+       needs=st.sampled_from([(True, True), (True, False), (False, True)]),
+       seed=st.integers(0, 2**31))
+def test_fused_double_backward_equals_autograd_twice_through_the_reference(
+        n, kernels, kernel_dim, ties, needs, seed):
+    """A gradient penalty's backward on the cpp backend takes the fused kernel (fixed dimensions
+    up to 8 and a run-time one, several row chunks past N = 64, tied coordinates with their 0
+    subgradient); against autograd twice through the reference."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(seed)
+    M = torch.randn(n, kernels, kernel_dim, generator=gen, dtype=torch.float64)
+    if ties:
+        M = torch.round(2 * M) / 2
+    grad_out = torch.randn(n, kernels, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(n, kernels, kernel_dim, generator=gen, dtype=torch.float64)
+    truth = penalty_truth(M, grad_out, upstream)
+    fused = torch.ops.gmkernels.minibatch_discrimination_double_backward(upstream, grad_out, M,
+                                                                         *needs)
+    scales = double_backward_scales(M, grad_out, upstream)
+    for got, want, scale, need in zip(fused, truth, scales, needs):
+        if not need:
+            assert got.numel() == 0
+            continue
+        assert got.shape == want.shape
+        error = (got - want).abs()
+        assert (error <= 1e-12 * (scale + 1)).all(), error.max().item()
+
+
+def test_fused_double_backward_in_float32_and_on_two_threads():
+    """float32 within float rounding of the float64 kernel on the same inputs, and the same bits
+    for 1 and 2 threads (each output element is summed by one work item)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(300, 5, 4, generator=gen), torch.randn(300, 5, generator=gen),
+              torch.randn(300, 5, 4, generator=gen)]          # M, grad_out, V: N^2 B C > 2^21
+    double_backward = torch.ops.gmkernels.minibatch_discrimination_double_backward
+    want = double_backward(*[t.double() for t in (inputs[2], inputs[1], inputs[0])], True, True)
+    scales = double_backward_scales(*[t.double() for t in inputs])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(double_backward(inputs[2], inputs[1], inputs[0], True, True))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+    for got, w, scale in zip(results[0], want, scales):
+        assert ((got.double() - w).abs() <= 1e-5 * (scale + 1)).all()
+
+
 def test_ties_get_the_zero_subgradient_like_the_reference(backend):
     require_backend(op)
     gen = torch.Generator().manual_seed(3)

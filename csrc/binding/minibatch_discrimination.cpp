@@ -1,6 +1,7 @@
 // Tensors -> MinibatchDiscrimination*Params, argument checks, and the schemas and CPU/CUDA
-// registrations of gmkernels::minibatch_discrimination and
-// gmkernels::minibatch_discrimination_backward. CPU takes float32/float64; CUDA also
+// registrations of gmkernels::minibatch_discrimination,
+// gmkernels::minibatch_discrimination_backward and (CPU only)
+// gmkernels::minibatch_discrimination_double_backward. CPU takes float32/float64; CUDA also
 // float16/bfloat16 (float accumulation).
 #include <torch/library.h>
 
@@ -96,6 +97,44 @@ at::Tensor cpu_minibatch_discrimination_backward(const at::Tensor& grad_out, con
   return grad_M;
 }
 
+// The double backward's kernel, CPU only: the Python double backward calls it when it records no
+// graph (a gradient penalty's backward), and otherwise, and on other devices, differentiates a
+// recomputed gradient in torch ops. Each output is computed only when its need_* flag is set,
+// else it is returned with 0 elements.
+std::tuple<at::Tensor, at::Tensor> cpu_minibatch_discrimination_double_backward(
+    const at::Tensor& grad_grad_M, const at::Tensor& grad_out, const at::Tensor& M,
+    bool need_grad_out, bool need_M) {
+  check_float_tensor(M, "M");
+  check_M(M);
+  check_grad_out(grad_out, M);
+  check_same_dtype_device(grad_grad_M, M, "grad_grad_M", "M");
+  TORCH_CHECK(grad_grad_M.sizes() == M.sizes(), "grad_grad_M must have M's shape ", M.sizes(),
+              ", got ", grad_grad_M.sizes());
+  const at::Tensor upstream_c = grad_grad_M.contiguous(), grad_out_c = grad_out.contiguous();
+  const at::Tensor M_c = M.contiguous();
+  at::Tensor grad_grad_out = need_grad_out ? at::empty_like(grad_out_c)
+                                           : at::empty({0}, M.options());
+  at::Tensor grad_M = need_M ? at::empty_like(M_c) : at::empty({0}, M.options());
+  if (M.numel() == 0 || !(need_grad_out || need_M)) {
+    if (need_grad_out) grad_grad_out.zero_();   // C = 0: o = N - 1 whatever M
+    return {grad_grad_out, grad_M};
+  }
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "minibatch_discrimination_double_backward_cpu", [&] {
+    MinibatchDiscriminationDoubleBackwardParams<scalar_t> p;
+    p.grad_grad_M = upstream_c.data_ptr<scalar_t>();
+    p.grad_out = grad_out_c.data_ptr<scalar_t>();
+    p.M = M_c.data_ptr<scalar_t>();
+    p.grad_grad_out = need_grad_out ? grad_grad_out.data_ptr<scalar_t>() : nullptr;
+    p.grad_M = need_M ? grad_M.data_ptr<scalar_t>() : nullptr;
+    p.num_samples = M.size(0);
+    p.num_kernels = M.size(1);
+    p.kernel_dim = M.size(2);
+    p.num_threads = cpu_threads();
+    minibatch_discrimination_double_backward_cpu(p);
+  });
+  return {grad_grad_out, grad_M};
+}
+
 #ifdef GMKERNELS_WITH_CUDA
 void check_cuda_float_tensor(const at::Tensor& t, const char* name) {
   const auto dtype = t.scalar_type();
@@ -146,11 +185,16 @@ at::Tensor cuda_minibatch_discrimination_backward(const at::Tensor& grad_out,
 TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def("minibatch_discrimination(Tensor M) -> Tensor");
   m.def("minibatch_discrimination_backward(Tensor grad_out, Tensor M) -> Tensor");
+  m.def(
+      "minibatch_discrimination_double_backward(Tensor grad_grad_M, Tensor grad_out, Tensor M,"
+      " bool need_grad_out, bool need_M) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("minibatch_discrimination", &cpu_minibatch_discrimination);
   m.impl("minibatch_discrimination_backward", &cpu_minibatch_discrimination_backward);
+  m.impl("minibatch_discrimination_double_backward",
+         &cpu_minibatch_discrimination_double_backward);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

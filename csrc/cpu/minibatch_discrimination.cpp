@@ -491,6 +491,50 @@ void backward_cpu_kernel_lanes(const MinibatchDiscriminationBackwardParams<scala
   }
 }
 
+// The double backward, rows [row_begin, row_end) of one kernel against every j (the self pair
+// contributes nothing: its signs are all 0, so h = 0). X, V: the kernel's M and V transposed
+// (dim x stride), G: g_jb. Columns in blocks of kColumnBlock: the first loop over a block
+// keeps e h and w = (g_i + g_j) e h per column in L1, then one loop per coordinate c sums
+// w s_ijc. Accumulated in scalar_t, as the backward.
+constexpr int64_t kColumnBlock = 256;
+
+template <typename scalar_t, int kDim>
+void double_backward_rows(const scalar_t* X, const scalar_t* V, const scalar_t* G, int64_t n,
+                          int64_t stride, int64_t dim, int64_t row_begin, int64_t row_end,
+                          scalar_t* grad_g, scalar_t* grads) {
+  const int64_t dims = kDim > 0 ? kDim : dim;
+  scalar_t weights[kColumnBlock];
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const scalar_t gi = G[i];
+    scalar_t total_g = 0;
+    for (int64_t j0 = 0; j0 < n; j0 += kColumnBlock) {
+      const int64_t width = std::min(kColumnBlock, n - j0);
+#pragma omp simd reduction(+ : total_g)
+      for (int64_t l = 0; l < width; ++l) {
+        const int64_t j = j0 + l;
+        scalar_t dist = 0, h = 0;
+        for (int64_t c = 0; c < dims; ++c) {
+          const scalar_t difference = X[c * stride + j] - X[c * stride + i];
+          dist += std::abs(difference);
+          h += sign_times(difference, V[c * stride + i] - V[c * stride + j]);
+        }
+        const scalar_t eh = exp_nonpositive(-dist) * h;
+        total_g += eh;
+        weights[l] = (gi + G[j]) * eh;
+      }
+      for (int64_t c = 0; c < dims; ++c) {
+        const scalar_t* xc = X + c * stride + j0;
+        const scalar_t xi = X[c * stride + i];
+        scalar_t total = 0;
+#pragma omp simd reduction(+ : total)
+        for (int64_t l = 0; l < width; ++l) total += sign_times(xc[l] - xi, weights[l]);
+        grads[c * stride + i] += total;
+      }
+    }
+    grad_g[i] = total_g;
+  }
+}
+
 struct WorkSplit {
   bool symmetric;
   int64_t chunks_per_kernel;
@@ -571,6 +615,51 @@ void minibatch_discrimination_backward_cpu(
   }
 }
 
+// The double backward: work items are (kernel, chunk of kRowChunk rows), each row summing over
+// every j (no symmetry: a gradient penalty's backward, where one pass with the backward's
+// arithmetic is the cost to beat). Each output element is written by one item.
+template <typename scalar_t>
+void minibatch_discrimination_double_backward_cpu(
+    const MinibatchDiscriminationDoubleBackwardParams<scalar_t>& p) {
+  const int64_t n = p.num_samples, kernels = p.num_kernels, dim = p.kernel_dim;
+  if (n == 0 || kernels == 0) return;
+  const int64_t chunks = (n + kRowChunk - 1) / kRowChunk, items = kernels * chunks;
+  const int64_t work = n * n * kernels * std::max<int64_t>(dim, 1);
+  const int threads = work < kMinParallelWork ? 1 : p.num_threads;
+#pragma omp parallel num_threads(threads)
+  {
+    KernelSlice<scalar_t> slice = make_slice<scalar_t>(n, dim);
+    KernelSlice<scalar_t> upstream = make_slice<scalar_t>(n, dim);
+    std::vector<scalar_t> grad_column(slice.stride, scalar_t(0));  // g_jb
+    std::vector<scalar_t> grad_g(slice.stride), grads(dim * slice.stride);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t b = item / chunks, row_begin = (item % chunks) * kRowChunk;
+      const int64_t row_end = std::min(n, row_begin + kRowChunk);
+      if (slice.kernel != b) {
+        for (int64_t j = 0; j < n; ++j) grad_column[j] = p.grad_out[j * kernels + b];
+      }
+      slice.load(p.M, kernels, b);
+      upstream.load(p.grad_grad_M, kernels, b);
+      for (int64_t c = 0; c < dim; ++c) {
+        std::fill(grads.begin() + c * slice.stride + row_begin,
+                  grads.begin() + c * slice.stride + row_end, scalar_t(0));
+      }
+      dispatch_kernel_dim(dim, [&](auto fixed_dim) {
+        double_backward_rows<scalar_t, decltype(fixed_dim)::value>(
+            slice.coords.data(), upstream.coords.data(), grad_column.data(), n, slice.stride, dim,
+            row_begin, row_end, grad_g.data(), grads.data());
+      });
+      for (int64_t i = row_begin; i < row_end; ++i) {
+        if (p.grad_grad_out != nullptr) p.grad_grad_out[i * kernels + b] = grad_g[i];
+        if (p.grad_M == nullptr) continue;
+        scalar_t* out = p.grad_M + (i * kernels + b) * dim;
+        for (int64_t c = 0; c < dim; ++c) out[c] = grads[c * slice.stride + i];
+      }
+    }
+  }
+}
+
 template void minibatch_discrimination_forward_cpu<float>(
     const MinibatchDiscriminationParams<float>&);
 template void minibatch_discrimination_forward_cpu<double>(
@@ -579,5 +668,9 @@ template void minibatch_discrimination_backward_cpu<float>(
     const MinibatchDiscriminationBackwardParams<float>&);
 template void minibatch_discrimination_backward_cpu<double>(
     const MinibatchDiscriminationBackwardParams<double>&);
+template void minibatch_discrimination_double_backward_cpu<float>(
+    const MinibatchDiscriminationDoubleBackwardParams<float>&);
+template void minibatch_discrimination_double_backward_cpu<double>(
+    const MinibatchDiscriminationDoubleBackwardParams<double>&);
 
 }  // namespace gmk

@@ -2,6 +2,10 @@
 //   e_ijb = exp(-sum_c |M_ibc - M_jbc|),   out_ib = sum_{j != i} e_ijb
 // Backward, with g = grad_out: e_ijb appears in out_ib and out_jb, so
 //   grad_M_ibc = sum_{j != i} (g_ib + g_jb) e_ijb sign(M_jbc - M_ibc)     (sign(0) = 0)
+// Double backward (CPU), V the incoming gradient of grad_M, s_ijbc = sign(M_jbc - M_ibc) and
+// h_ijb = sum_c (V_ibc - V_jbc) s_ijbc (the sign's derivative is 0 a.e., e's is e s):
+//   d<grad_M, V>/dg_ib    = sum_{j != i} e_ijb h_ijb,
+//   d<grad_M, V>/dM_ibc   = sum_{j != i} (g_ib + g_jb) e_ijb h_ijb s_ijbc.
 // Nothing of size N x N is stored: the backward recomputes e from M.
 // All tensors are contiguous row-major; no torch types appear here.
 #pragma once
@@ -65,10 +69,26 @@ struct MinibatchDiscriminationBackwardParams {
 };
 
 template <typename scalar_t>
+struct MinibatchDiscriminationDoubleBackwardParams {
+  const scalar_t* grad_grad_M;  // (num_samples, num_kernels, kernel_dim): V
+  const scalar_t* grad_out;     // (num_samples, num_kernels)
+  const scalar_t* M;            // (num_samples, num_kernels, kernel_dim)
+  scalar_t* grad_grad_out;      // (num_samples, num_kernels), written; null when not wanted
+  scalar_t* grad_M;             // (num_samples, num_kernels, kernel_dim), written; null when not wanted
+  int64_t num_samples;
+  int64_t num_kernels;
+  int64_t kernel_dim;
+  int num_threads;
+};
+
+template <typename scalar_t>
 void minibatch_discrimination_forward_cpu(const MinibatchDiscriminationParams<scalar_t>& params);
 template <typename scalar_t>
 void minibatch_discrimination_backward_cpu(
     const MinibatchDiscriminationBackwardParams<scalar_t>& params);
+template <typename scalar_t>
+void minibatch_discrimination_double_backward_cpu(
+    const MinibatchDiscriminationDoubleBackwardParams<scalar_t>& params);
 
 // CUDA launchers (csrc/cuda/minibatch_discrimination.cu) for float, double, Float16Bits and
 // BFloat16Bits; 16-bit inputs accumulate in float. `stream` is a cudaStream_t, the result says

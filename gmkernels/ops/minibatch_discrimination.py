@@ -27,8 +27,9 @@ def minibatch_discrimination(M: torch.Tensor) -> torch.Tensor:
         (N, B) in M's dtype with o_ib = sum over j != i of exp(-||M_ib - M_jb||_1). The self term
         (exactly 1, zero gradient) is excluded; add 1 to include it. The L1 subgradient at ties
         is 0 (as torch.abs). Differentiable to every order in M on every backend (a gradient
-        penalty through this op works; its double backward recomputes the first-order gradient
-        in tiles of rows, never N x N x B x C).
+        penalty through this op works: on the cpp backend its backward runs a fused kernel, one
+        pass over the pairs; elsewhere, and with create_graph, the double backward recomputes
+        the first-order gradient in tiles of rows, never N x N x B x C).
     """
     _check(M)
     return _OP(M.device, M)
@@ -46,14 +47,22 @@ def gradient_rows(grad_out: torch.Tensor, M: torch.Tensor, rows: slice) -> torch
     return (weight[..., None] * torch.sign(difference)).sum(1)
 
 
-def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs) -> list:
+def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs, fused_cpu_kernel: bool = False) -> list:
     """The double backward: <grad_M(grad_out, M), grad_grad_M> differentiated in grad_out and M
-    (those of ``needs``), recomputing ``gradient_rows`` chunk by chunk so that one
-    rows x N x B x C tile lives at once, never N x N x B x C. Half inputs are recomputed in
-    float32, as the kernels accumulate them."""
+    (those of ``needs``). With ``fused_cpu_kernel`` (the cpp backend, CPU tensors), a backward that
+    records no graph (a gradient penalty's) takes the fused kernel of its closed form
+    (csrc/kernels/minibatch_discrimination.h: one pass over the pairs, O(N B C) memory).
+    Otherwise (create_graph, torch.compile, torch.func, other backends and devices)
+    ``gradient_rows`` is recomputed and differentiated chunk by chunk, so that one
+    rows x N x B x C tile lives at once, never N x N x B x C; half inputs in float32, as the
+    kernels accumulate them."""
     grad_grad_M = _autograd.cotangent(grad_grad_M)
     if grad_grad_M is None or not any(needs):
         return [None, None]
+    if fused_cpu_kernel and _registry.records_no_graph():
+        grad_grad_out, grad_M = torch.ops.gmkernels.minibatch_discrimination_double_backward(
+            grad_grad_M, grad_out, M, needs[0], needs[1])
+        return [grad_grad_out if needs[0] else None, grad_M if needs[1] else None]
     work_dtype = torch.float32 if M.dtype in _checks.HALF_DTYPES else M.dtype
     grad_out_work, M_work = grad_out.to(work_dtype), M.to(work_dtype)
     results = [None, None]
@@ -93,7 +102,10 @@ def _setup_backward_context(ctx, inputs, output):
 
 
 def _double_backward(ops, ctx, grad_grad_M):
-    return tuple(gradient_vector_jacobian(grad_grad_M, *ctx.saved_tensors, ctx.needs_input_grad))
+    grad_out, M = ctx.saved_tensors
+    fused = ops.namespace == _registry.COMPILED_NAMESPACE and M.device.type == "cpu"
+    return tuple(gradient_vector_jacobian(grad_grad_M, grad_out, M, ctx.needs_input_grad,
+                                          fused_cpu_kernel=fused))
 
 
 _OP = _registry.register(_registry.OpDeclaration(
