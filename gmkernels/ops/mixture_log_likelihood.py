@@ -294,22 +294,35 @@ def penalty_in_x(cotangent_x, grad, x, means, var, log_weights, needs) -> list:
     row_parts = ([], [])
     centre = means.detach().mean(0)
     means_centred = means - centre
+    isotropic = var.dim() == 1
     precision = var.reciprocal()
-    precision = (precision[:, None] if var.dim() == 1 else precision).expand_as(means)
+    # An isotropic P_ck = P_c: the products with P below are a row sum times P (O(B C), not
+    # O(B C d): three of the chunk's eight B x C x d products).
+    component_precision = precision if isotropic else None
+    precision = (precision[:, None] if isotropic else precision).expand_as(means)
     means_precision = means_centred * precision
+
+    def times_precision(table):
+        """table @ P for a (B_chunk, C) table: (B_chunk, d), or (B_chunk, 1) when isotropic."""
+        return (table @ component_precision)[:, None] if isotropic else table @ precision
+
     chunk = _autograd.rows_per_chunk(means.shape[0])           # B_chunk x C per tile
     for start in range(0, x.shape[0], chunk):
         rows = slice(start, start + chunk)
         g, x_centred, u = grad[rows], x[rows] - centre, cotangent_x[rows]
         r = torch.softmax(exponents(x[rows], means, var, log_weights), 1)
-        s = u @ means_precision.T - (u * x_centred) @ precision.T
+        if isotropic:
+            s = u @ means_precision.T - (u * x_centred).sum(1, keepdim=True) * component_precision
+        else:
+            s = u @ means_precision.T - (u * x_centred) @ precision.T
         s_mean = (r * s).sum(1, keepdim=True)
         q = g[:, None] * r
         w = q * (s - s_mean)
         if needs[0]:
             row_parts[0].append(s_mean.squeeze(1))
         if needs[1]:
-            row_parts[1].append(w @ means_precision - u * (q @ precision) - x_centred * (w @ precision))
+            row_parts[1].append(w @ means_precision - u * times_precision(q)
+                                - x_centred * times_precision(w))
         if not any(needs[2:]):
             continue
         w_total = w.sum(0)[:, None]
