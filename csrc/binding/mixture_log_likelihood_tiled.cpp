@@ -156,11 +156,16 @@ struct TiledProblem {
     const scalar_t* means_p = means.data_ptr<scalar_t>();
     const scalar_t* var_p = var.data_ptr<scalar_t>();
     const scalar_t* log_weights_p = log_weights.data_ptr<scalar_t>();
+    // The centre by blocks of dimensions, each summing every component (in component order:
+    // the same bits for any thread count).
     std::vector<double> centre_sum(dim, 0.0);
-    for (int64_t c = 0; c < components; ++c)
-      for (int64_t k = 0; k < dim; ++k) centre_sum[k] += means_p[c * dim + k];
     std::vector<scalar_t> centre(dim);
-    for (int64_t k = 0; k < dim; ++k) centre[k] = static_cast<scalar_t>(centre_sum[k] / components);
+    at::parallel_for(0, dim, grain_rows(components), [&](int64_t begin, int64_t end) {
+      for (int64_t c = 0; c < components; ++c)
+        for (int64_t k = begin; k < end; ++k) centre_sum[k] += means_p[c * dim + k];
+      for (int64_t k = begin; k < end; ++k)
+        centre[k] = static_cast<scalar_t>(centre_sum[k] / components);
+    });
 
     xc = at::empty({rows, dim}, x.options());
     mc = at::empty({components, dim}, x.options());
@@ -180,32 +185,34 @@ struct TiledProblem {
     scalar_t* precision_p = precision.data_ptr<scalar_t>();
     scalar_t* offset_p = offset.data_ptr<scalar_t>();
     scalar_t* right_p = diagonal ? right.data_ptr<scalar_t>() : nullptr;
-    for (int64_t c = 0; c < components; ++c) {
-      double log_norm = 0, mean_term = 0;  // sum_k log(2 pi v_k); sum_k mc_k^2 (P_k)
-      for (int64_t k = 0; k < dim; ++k) {
-        const scalar_t m = means_p[c * dim + k] - centre[k];
-        mc_p[c * dim + k] = m;
+    at::parallel_for(0, components, grain_rows(dim), [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double log_norm = 0, mean_term = 0;  // sum_k log(2 pi v_k); sum_k mc_k^2 (P_k)
+        for (int64_t k = 0; k < dim; ++k) {
+          const scalar_t m = means_p[c * dim + k] - centre[k];
+          mc_p[c * dim + k] = m;
+          if (diagonal) {
+            const scalar_t p = scalar_t(1) / var_p[c * dim + k];
+            precision_p[c * dim + k] = p;
+            right_p[c * 2 * dim + k] = p * scalar_t(-0.5);
+            right_p[c * 2 * dim + dim + k] = m * p;
+            log_norm += std::log(double(var_p[c * dim + k])) + kLog2Pi;
+            mean_term += double(m) * m * p;
+          } else {
+            mean_term += double(m) * m;
+          }
+        }
         if (diagonal) {
-          const scalar_t p = scalar_t(1) / var_p[c * dim + k];
-          precision_p[c * dim + k] = p;
-          right_p[c * 2 * dim + k] = p * scalar_t(-0.5);
-          right_p[c * 2 * dim + dim + k] = m * p;
-          log_norm += std::log(double(var_p[c * dim + k])) + kLog2Pi;
-          mean_term += double(m) * m * p;
+          offset_p[c] = static_cast<scalar_t>(log_weights_p[c] - 0.5 * log_norm - 0.5 * mean_term);
         } else {
-          mean_term += double(m) * m;
+          const scalar_t p = scalar_t(1) / var_p[c];
+          precision_p[c] = p;
+          offset_p[c] = static_cast<scalar_t>(
+              log_weights_p[c] - 0.5 * dim * (std::log(double(var_p[c])) + kLog2Pi) -
+              0.5 * double(p) * mean_term);
         }
       }
-      if (diagonal) {
-        offset_p[c] = static_cast<scalar_t>(log_weights_p[c] - 0.5 * log_norm - 0.5 * mean_term);
-      } else {
-        const scalar_t p = scalar_t(1) / var_p[c];
-        precision_p[c] = p;
-        offset_p[c] = static_cast<scalar_t>(
-            log_weights_p[c] - 0.5 * dim * (std::log(double(var_p[c])) + kLog2Pi) -
-            0.5 * double(p) * mean_term);
-      }
-    }
+    });
     const scalar_t* x_p = x.data_ptr<scalar_t>();
     scalar_t* xc_p = xc.data_ptr<scalar_t>();
     scalar_t* left_p = diagonal ? left.data_ptr<scalar_t>() : nullptr;

@@ -3,8 +3,9 @@
 // row's class sums and keeps the row's sum_c p l (N doubles); pass 2 reads P again for
 // sum_c p Lbar, without logs. Backward: pass 1 sums g_i p_i per class, pass 2 writes the gradient
 // (one log per element). Double backward: pass 1 sums three class tables, pass 2 writes the
-// outputs (a log per element only for the gradient in g). Nothing of size N x C is allocated: rows are processed in blocks of
-// about kBlockElements elements with per-thread scratch of that size.
+// outputs (a log per element only for the gradient in g). Nothing of size N x C is allocated
+// beyond the outputs: rows are processed in blocks of about kBlockElements elements with
+// per-thread scratch of that size.
 // Two schedules, chosen by the shapes and the class sizes (so fixed for a given input and thread
 // count, and every run gives the same bits):
 // - row slots: each thread sums a contiguous range of rows into its own K x C table, and the
