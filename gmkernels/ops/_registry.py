@@ -115,6 +115,14 @@ def records_no_graph() -> bool:
     return not torch.is_grad_enabled() and not _traced()
 
 
+def runs_fused_cpu_kernel(ops, tensor: torch.Tensor) -> bool:
+    """Whether a double backward called with namespace ``ops`` may run a fused CPU kernel of the
+    compiled extension: the cpp backend, CPU tensors, and no graph recorded (a gradient penalty's
+    backward). Otherwise its torch-op form runs, whose own derivatives give the higher orders."""
+    return (ops.namespace == COMPILED_NAMESPACE and tensor.device.type == "cpu"
+            and records_no_graph())
+
+
 def _below_autograd(overload: Callable, *args):
     with torch._C._AutoDispatchBelowAutograd():
         return overload(*args)

@@ -165,9 +165,9 @@ def _setup_backward_context(ctx, inputs, output):
 
 def _double_backward(ops, ctx, grad_grad_probs):
     grad_kl, probs, labels, class_mean_log = ctx.saved_tensors
-    fused = ops.namespace == _registry.COMPILED_NAMESPACE and probs.device.type == "cpu"
     grads = gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean_log,
-                                     ctx.eps, ctx.needs_input_grad[:2], fused_cpu_kernel=fused)
+                                     ctx.eps, ctx.needs_input_grad[:2],
+                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, probs))
     return *grads, None, None, None
 
 
@@ -186,15 +186,15 @@ def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean
       d/dg_j  = sum_c v_jc (l_jc + m_jc - Lbar_{k_j c}) - p_jc V_{k_j c}
       d/dp_jc = m_jc / q_jc (g_j v_jc - U_{k_j c} + v_jc W_{k_j c} / q_jc) - g_j V_{k_j c}
     (the clamp's derivative m is constant, as torch.clamp's). With ``fused_cpu_kernel`` (the cpp
-    backend, CPU tensors), a backward that records no graph (a gradient penalty's) takes the fused
-    kernel: two passes over the rows, no N x C temporary. Otherwise (create_graph, torch.compile,
+    backend, CPU tensors, a backward that records no graph: a gradient penalty's) the fused
+    kernel runs: two passes over the rows, no N x C temporary. Otherwise (create_graph, torch.compile,
     torch.func, other backends and devices) these O(N C) torch ops, whose own derivatives give
     the third and higher orders; there the class means are functions of probs (the saved Lbar is
     not), so derivatives through them are total."""
     grad_grad_probs = _autograd.cotangent(grad_grad_probs)
     if grad_grad_probs is None or not any(needs):
         return [None, None]
-    if fused_cpu_kernel and _registry.records_no_graph():
+    if fused_cpu_kernel:
         grad_grad_kl, grad_probs = torch.ops.gmkernels.class_pairwise_kl_double_backward(
             grad_grad_probs, grad_kl, probs, labels, class_mean_log, eps, needs[0], needs[1])
         return [grad_grad_kl if needs[0] else None, grad_probs if needs[1] else None]

@@ -47,10 +47,11 @@ def gradient_rows(grad_out: torch.Tensor, M: torch.Tensor, rows: slice) -> torch
     return (weight[..., None] * torch.sign(difference)).sum(1)
 
 
-def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs, fused_cpu_kernel: bool = False) -> list:
+def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs,
+                             fused_cpu_kernel: bool = False) -> list:
     """The double backward: <grad_M(grad_out, M), grad_grad_M> differentiated in grad_out and M
-    (those of ``needs``). With ``fused_cpu_kernel`` (the cpp backend, CPU tensors), a backward that
-    records no graph (a gradient penalty's) takes the fused kernel of its closed form
+    (those of ``needs``). With ``fused_cpu_kernel`` (the cpp backend, CPU tensors, a backward
+    that records no graph: a gradient penalty's) the fused kernel of its closed form runs
     (csrc/kernels/minibatch_discrimination.h: one pass over the pairs, O(N B C) memory).
     Otherwise (create_graph, torch.compile, torch.func, other backends and devices)
     ``gradient_rows`` is recomputed and differentiated chunk by chunk, so that one
@@ -59,7 +60,7 @@ def gradient_vector_jacobian(grad_grad_M, grad_out, M, needs, fused_cpu_kernel: 
     grad_grad_M = _autograd.cotangent(grad_grad_M)
     if grad_grad_M is None or not any(needs):
         return [None, None]
-    if fused_cpu_kernel and _registry.records_no_graph():
+    if fused_cpu_kernel:
         grad_grad_out, grad_M = torch.ops.gmkernels.minibatch_discrimination_double_backward(
             grad_grad_M, grad_out, M, needs[0], needs[1])
         return [grad_grad_out if needs[0] else None, grad_M if needs[1] else None]
@@ -103,9 +104,8 @@ def _setup_backward_context(ctx, inputs, output):
 
 def _double_backward(ops, ctx, grad_grad_M):
     grad_out, M = ctx.saved_tensors
-    fused = ops.namespace == _registry.COMPILED_NAMESPACE and M.device.type == "cpu"
     return tuple(gradient_vector_jacobian(grad_grad_M, grad_out, M, ctx.needs_input_grad,
-                                          fused_cpu_kernel=fused))
+                                          fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, M)))
 
 
 _OP = _registry.register(_registry.OpDeclaration(
