@@ -494,8 +494,8 @@ void backward_cpu_kernel_lanes(const MinibatchDiscriminationBackwardParams<scala
 // The double backward, rows [row_begin, row_end) of one kernel against every j (the self pair
 // contributes nothing: its signs are all 0, so h = 0). X, V: the kernel's M and V transposed
 // (dim x stride), G: g_jb. Columns in blocks of kColumnBlock: the first loop over a block
-// keeps e h and w = (g_i + g_j) e h per column in L1, then one loop per coordinate c sums
-// w s_ijc. Accumulated in scalar_t, as the backward.
+// sums e h into the row's grad_out term and keeps w = (g_i + g_j) e h per column in L1, then one
+// loop per coordinate c sums w s_ijc. Accumulated in scalar_t, as the backward.
 constexpr int64_t kColumnBlock = 256;
 
 template <typename scalar_t, int kDim>

@@ -171,10 +171,10 @@ def _double_backward(ops, ctx, grad_grad_probs):
     return *grads, None, None, None
 
 
-def _class_means(values, labels, num_classes: int) -> torch.Tensor:
-    """(num_classes, C) means of the rows of ``values`` per label, 0 for empty classes."""
-    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(values.dtype)[:, None]
-    return values.new_zeros(num_classes, values.shape[1]).index_add(0, labels, values) / counts
+def _class_means(values, labels, counts) -> torch.Tensor:
+    """(K, C) means of the rows of ``values`` per label, 0 for empty classes; ``counts`` (K, 1):
+    the class sizes, at least 1."""
+    return values.new_zeros(counts.shape[0], values.shape[1]).index_add(0, labels, values) / counts
 
 
 def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean_log, eps: float,
@@ -187,10 +187,10 @@ def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean
       d/dp_jc = m_jc / q_jc (g_j v_jc - U_{k_j c} + v_jc W_{k_j c} / q_jc) - g_j V_{k_j c}
     (the clamp's derivative m is constant, as torch.clamp's). With ``fused_cpu_kernel`` (the cpp
     backend, CPU tensors, a backward that records no graph: a gradient penalty's) the fused
-    kernel runs: two passes over the rows, no N x C temporary. Otherwise (create_graph, torch.compile,
-    torch.func, other backends and devices) these O(N C) torch ops, whose own derivatives give
-    the third and higher orders; there the class means are functions of probs (the saved Lbar is
-    not), so derivatives through them are total."""
+    kernel runs: two passes over the rows, no N x C temporary. Otherwise (create_graph,
+    torch.compile, torch.func, other backends and devices) these O(N C) torch ops, whose own
+    derivatives give the third and higher orders; there the class means are functions of probs
+    (the saved Lbar is not), so derivatives through them are total."""
     grad_grad_probs = _autograd.cotangent(grad_grad_probs)
     if grad_grad_probs is None or not any(needs):
         return [None, None]
@@ -198,22 +198,23 @@ def gradient_vector_jacobian(grad_grad_probs, grad_kl, probs, labels, class_mean
         grad_grad_kl, grad_probs = torch.ops.gmkernels.class_pairwise_kl_double_backward(
             grad_grad_probs, grad_kl, probs, labels, class_mean_log, eps, needs[0], needs[1])
         return [grad_grad_kl if needs[0] else None, grad_probs if needs[1] else None]
-    num_classes = class_mean_log.shape[0]
+    counts = torch.bincount(labels, minlength=class_mean_log.shape[0]).clamp(min=1)
+    counts = counts.to(probs.dtype)[:, None]
     upstream = grad_grad_probs
     clamped = probs.clamp(min=eps)
     passes = (probs >= eps).to(probs.dtype)
     scaled = passes * upstream / clamped                         # m v / q
-    upstream_scaled = _class_means(scaled, labels, num_classes)[labels]           # V
+    upstream_scaled = _class_means(scaled, labels, counts)[labels]           # V
     results = [None, None]
     if needs[0]:
         log_probs = clamped.log()
-        class_mean = _class_means(log_probs, labels, num_classes)[labels]          # Lbar
+        class_mean = _class_means(log_probs, labels, counts)[labels]          # Lbar
         results[0] = (upstream * (log_probs + passes - class_mean)
                       - probs * upstream_scaled).sum(1)
     if needs[1]:
         grad = grad_kl[:, None]
-        weighted = _class_means(grad * probs, labels, num_classes)[labels]         # W
-        upstream_weighted = _class_means(grad * upstream, labels, num_classes)[labels]  # U
+        weighted = _class_means(grad * probs, labels, counts)[labels]         # W
+        upstream_weighted = _class_means(grad * upstream, labels, counts)[labels]  # U
         results[1] = (passes / clamped * (grad * upstream - upstream_weighted)
                       + scaled * weighted / clamped - grad * upstream_scaled)
     return results
