@@ -335,6 +335,7 @@ def sweep_points(rows: list) -> list:
             "peer": peer and peer["variant"], "peer_s": peer and peer["median_s"],
             "ratio": peer["median_s"] / ours["median_s"] if ours and peer else None,
             "limit": ours and ours.get("limit"), "limit_fraction": ours and ours.get("limit_fraction"),
+            "peer_limit_fraction": peer and peer.get("limit_fraction"),
             "peak_bytes": ours and ours.get("peak_bytes"),
             "contenders": {row["variant"]: row["median_s"] for row in group},
             "context": [row["variant"] for row in group if not row["is_peer"] and not _is_ours(row)],
@@ -342,10 +343,24 @@ def sweep_points(rows: list) -> list:
     return points
 
 
+# The sweep's target: at least this ratio against the best peer at every point.
+SWEEP_TARGET_RATIO = 1.2
+
+
+def beyond_the_limit(point: dict) -> bool:
+    """Whether the target ratio is out of reach at a point: the best peer already runs at more
+    than 1 / SWEEP_TARGET_RATIO of the machine limit, so beating it by the target would take
+    gmkernels past the limit."""
+    fraction = point.get("peer_limit_fraction")
+    return fraction is not None and fraction * SWEEP_TARGET_RATIO > 1
+
+
 def sweep_headline(points: list) -> list:
     """Per op, mode and device (in the order the points come): the worst ratio over the grid
     with its size and peer, the median ratio, how many points lose (ratio < 1), how many have
-    no ratio, and gmkernels' fraction of the machine limit at the worst point and its median."""
+    no ratio, and gmkernels' fraction of the machine limit at the worst point and its median;
+    how many points miss the target ratio, and of those how many have the best peer so near the
+    limit that the target is beyond it."""
     lines = {}
     for point in points:
         lines.setdefault((point["op"], point["mode"], point["device"]), []).append(point)
@@ -361,6 +376,10 @@ def sweep_headline(points: list) -> list:
                 worst_ratio=worst["ratio"], worst_size=worst["size"], worst_peer=worst["peer"],
                 worst_ours=worst["ours"], median_ratio=statistics.median(point["ratio"] for point in rated),
                 losses=sum(point["ratio"] < 1 for point in rated),
+                below_target=sum(point["ratio"] < SWEEP_TARGET_RATIO for point in rated),
+                below_target_beyond_limit=sum(point["ratio"] < SWEEP_TARGET_RATIO and beyond_the_limit(point)
+                                              for point in rated),
+                worst_peer_limit_fraction=worst.get("peer_limit_fraction"),
                 worst_limit=worst["limit"], worst_limit_fraction=worst["limit_fraction"],
                 median_limit_fraction=statistics.median(fractions) if fractions else None)
         headline.append(entry)
@@ -375,9 +394,14 @@ def headline_lines(headline: list) -> list:
         if "worst_ratio" not in entry:
             out.append(f"- {what}: no point with both gmkernels and a peer ({entry['points']} points)")
             continue
-        limit = (f"; gmkernels at {_percent(entry['worst_limit_fraction'])}% of {entry['worst_limit']} there, "
+        limit = (f"; gmkernels at {_percent(entry['worst_limit_fraction'])}% of {entry['worst_limit']} there "
+                 f"(the peer at {_percent(entry.get('worst_peer_limit_fraction'))}%), "
                  f"median {_percent(entry['median_limit_fraction'])}%" if entry.get("worst_limit") else
                  "; no machine limit declared")
+        if entry.get("below_target"):
+            limit += (f"; {entry['below_target']} below {SWEEP_TARGET_RATIO}x, of which "
+                      f"{entry['below_target_beyond_limit']} with the peer over "
+                      f"{_percent(1 / SWEEP_TARGET_RATIO)}% of the limit (the target beyond it)")
         missing = f", {entry['without_ratio']} without a peer" if entry["without_ratio"] else ""
         out.append(f"- {what}: worst **{entry['worst_ratio']:.2f}x** vs {entry['worst_peer']} at "
                    f"{entry['worst_size']}; median {entry['median_ratio']:.2f}x over {entry['points']} points "
@@ -388,7 +412,8 @@ def headline_lines(headline: list) -> list:
 def _sweep_point_lines(points: list) -> list:
     with_device = len({point["device"] for point in points}) > 1
     titles = ["size", "mode"] + (["device"] if with_device else []) + [
-        "gmkernels ms", "best peer", "peer ms", "ratio", "% of limit (limit)", "peak memory", "every contender, ms"]
+        "gmkernels ms", "best peer", "peer ms", "ratio", "% of limit (limit)", "peer % of limit", "peak memory",
+        "every contender, ms"]
     table = []
     for point in points:
         everyone = ", ".join(f"{name}{' (context)' if name in point['context'] else ''} "
@@ -400,6 +425,7 @@ def _sweep_point_lines(points: list) -> list:
             point["peer"] or "-", _number(point["peer_s"] and 1e3 * point["peer_s"], ".3f"),
             f"**{ratio}**" if point["ratio"] is not None and point["ratio"] < 1 else ratio,
             f"{_percent(point['limit_fraction'])} ({point['limit']})" if point.get("limit") else "-",
+            _percent(point.get("peer_limit_fraction")) if point.get("limit") else "-",
             _bytes(point["peak_bytes"]), everyone])
     return _markdown_table(titles, table)
 

@@ -457,6 +457,31 @@ def test_sweep_headline_is_the_worst_and_median_ratio_against_the_best_peer_neve
     assert text.startswith("- op forward: worst **0.50x** vs plain eager at n=2; median 2.00x over 4 points")
 
 
+def test_sweep_headline_counts_the_misses_where_the_peer_leaves_no_room_for_the_target():
+    """A point below the 1.2x target whose best peer already runs at over 1 / 1.2 of the machine
+    limit cannot reach the target (gmkernels would have to pass the limit): the headline counts
+    those apart from the misses that are not bounded so."""
+    rows = [
+        # 0.8x, the peer at 90% of the limit: beyond it.
+        _sweep_row("n=1", "gmkernels[cpp]", 1.0, 0.72), _sweep_row("n=1", "plain eager", 0.8, 0.9),
+        # 1.1x, the peer at 50%: a miss with room.
+        _sweep_row("n=2", "gmkernels[cpp]", 1.0, 0.55), _sweep_row("n=2", "plain eager", 1.1, 0.5),
+        # 2x, the peer at 90% is irrelevant: the target is met.
+        _sweep_row("n=3", "gmkernels[cpp]", 0.5, 0.99), _sweep_row("n=3", "plain eager", 1.0, 0.9),
+        # 1.0x at exactly 1 / 1.2 of the limit: not beyond (the target just reachable).
+        _sweep_row("n=4", "gmkernels[cpp]", 1.0, 5 / 6), _sweep_row("n=4", "plain eager", 1.0, 5 / 6),
+    ]
+    points = report.sweep_points(rows)
+    assert [point["peer_limit_fraction"] for point in points] == [0.9, 0.5, 0.9, pytest.approx(5 / 6)]
+    assert [report.beyond_the_limit(point) for point in points] == [True, False, True, False]
+    (line,) = report.sweep_headline(points)
+    assert line["below_target"] == 3 and line["below_target_beyond_limit"] == 1
+    assert line["worst_peer_limit_fraction"] == pytest.approx(0.9)
+    (text,) = report.headline_lines([line])
+    assert "(the peer at 90.0%)" in text
+    assert text.endswith("; 3 below 1.2x, of which 1 with the peer over 83.3% of the limit (the target beyond it)")
+
+
 def test_judge_adds_the_exp_time_to_the_matmul_time_for_exp_heavy_cases():
     limits = _limits(fp32_gflop_per_s=100.0, exp_gelem_per_s=2.0)
     row = {"median_s": 2.0, "device": "cpu"}

@@ -303,7 +303,12 @@ def _sweep_case(num_rows, num_components, dim, var_kind, with_log_weights, mode,
                 x, means, var_table, _log_weights_or_uniform(log_weights, num_components, x)))))
         return out
 
-    products = {"forward": 1, "forward+backward x": 2, "forward+backward x,means": 3}[mode]
+    # B x C x d products a call cannot avoid: the forward's inner products (with a (C, d) variance
+    # two: x^2 against 1 / var and x against mu / var), the x gradient's (W against mu / var, and
+    # with a (C, d) variance also W against 1 / var), the means gradient's (W^T against x).
+    diagonal = var_kind == "(C,d)"
+    products = {"forward": 1, "forward+backward x": 2, "forward+backward x,means": 3}[mode] \
+        + {"forward": 1, "forward+backward x": 2, "forward+backward x,means": 2}[mode] * diagonal
     label = f"B={num_rows} C={num_components} d={dim}"
     if (var_kind, with_log_weights) != ("scalar", False):
         label += f" var {var_kind}" + (" log_weights" if with_log_weights else "")
