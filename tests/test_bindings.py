@@ -125,7 +125,7 @@ def parzen_problem(device, diagonal=False):
 def forward_and_backward(x, means, var, log_weights):
     log_likelihood = torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
     grads = torch.ops.gmkernels.mixture_log_likelihood_backward(
-        torch.ones_like(log_likelihood), x, means, var, log_weights, log_likelihood, True, True)
+        torch.ones_like(log_likelihood), x, means, var, log_weights, log_likelihood, True, True, True)
     return (log_likelihood, *grads)
 
 

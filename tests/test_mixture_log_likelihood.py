@@ -240,6 +240,33 @@ def test_tiled_backward_with_peaked_and_flat_responsibilities(backend, spread):
         assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-8 * w.abs().max().item())
 
 
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)", "(1,d)"])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_fixed_variance_gradients_of_x_means_and_weights(backend, var_kind, path):
+    """var not requiring a gradient (Parzen windows, MD-GAN's fixed simplex variance): the backward
+    op is asked for the component gradients without var's, and the tiled CPU path leaves out the
+    x^2 sums that only var's gradient reads (with a (C, d) variance, half its column sums). The
+    others still match the float64 truth, and var's comes back empty."""
+    require_backend(op)
+    x, means, var, log_weights = make_inputs(37, PATHS[path] + 30, 5, var_kind, seed=52)
+    want, want_grads = truth(x, means, var, log_weights)
+    with_var_grads = dict(zip(("x", "means", "var", "log_weights"), want_grads))
+    x, means, log_weights = leaves(*(t.to(backend) for t in (x, means, log_weights)))
+    var = var.to(backend)
+    out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(backend)
+    grads = torch.autograd.grad(out, (x, means, log_weights), grad)
+    assert torch.allclose(out.detach().cpu(), want, rtol=1e-10, atol=1e-10)
+    for name, g in zip(("x", "means", "log_weights"), grads):
+        w = with_var_grads[name]
+        assert torch.allclose(g.cpu(), w, rtol=1e-8, atol=1e-9 * max(1.0, w.abs().max().item())), name
+    var_table, weights = op._component_tensors(x, means, var, log_weights)
+    ops = torch.ops.gmkernels_triton if gmkernels.get_backend() == "triton" else torch.ops.gmkernels
+    from_op = ops.mixture_log_likelihood_backward(grad, x.detach(), means.detach(), var_table, weights.detach(),
+                                                  out.detach(), True, True, False)
+    assert from_op[2].numel() == 0 and from_op[1].shape == means.shape
+
+
 def test_cpp_tiled_path_never_allocates_a_rows_by_components_buffer():
     """Forward and backward allocate at most one tile (1024 components wide) and the operands,
     never B x C. Run on a fresh thread: the tiled path keeps its scratch per thread, so that
@@ -293,8 +320,9 @@ def _op_args(path, dtype=torch.float32, var_kind="(C,)"):
 
 @pytest.mark.parametrize("name", ["cpp", "cuda", "triton"])
 @pytest.mark.parametrize("path", sorted(PATHS))
-@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, True)),
-                                              ("(C,)", (True, False)), ("(C,d)", (False, True))])
+@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True, True)), ("(C,d)", (True, True, True)),
+                                              ("(C,)", (True, False, False)), ("(C,d)", (False, True, True)),
+                                              ("(C,d)", (True, True, False)), ("(C,)", (False, True, False))])
 def test_opcheck(name, path, var_kind, wanted):
     if name not in gmkernels.backends() or name not in op.IMPLEMENTED:
         pytest.skip(f"{name} ops not usable here")
@@ -547,7 +575,7 @@ def test_cpp_small_problems_take_the_direct_path_whatever_c(var_kind, monkeypatc
 
 
 def _pass_uses_matrix_products(x, means, var, log_weights, wanted=None):
-    """Whether the forward (wanted None) or the backward with (x_grad, component_grads) = wanted
+    """Whether the forward (wanted None) or the backward with (x_grad, component_grads, var_grad) = wanted
     ran the tiled path on the cpp backend."""
     ops = torch.ops.gmkernels
     with torch.profiler.profile() as profile:
@@ -565,11 +593,11 @@ def _pass_uses_matrix_products(x, means, var, log_weights, wanted=None):
     (300, 15, None, False),            # forward, d <= 32: direct whatever B C d (4.5e6 here)
     (300, 40, None, False),            # forward, d > 32, B C d = 1.2e7 <= 2**25
     (900, 40, None, True),             # forward, d > 32, B C d = 3.6e7 > 2**25
-    (60, 60, (True, False), False),    # backward x, B C d = 3.6e6 <= 2**22
-    (80, 60, (True, False), True),     # backward x, B C d = 4.8e6 > 2**22
-    (60, 16, (True, True), False),     # backward with component gradients, d <= 16
-    (60, 17, (False, True), True),     # ... d > 16, however small B C d (1.0e6)
-    (300, 15, (True, True), True),     # ... d <= 16 but B C d = 4.5e6 > 2**22
+    (60, 60, (True, False, False), False),   # backward x, B C d = 3.6e6 <= 2**22
+    (80, 60, (True, False, False), True),    # backward x, B C d = 4.8e6 > 2**22
+    (60, 16, (True, True, True), False),     # backward with component gradients, d <= 16
+    (60, 17, (False, True, True), True),     # ... d > 16, however small B C d (1.0e6)
+    (300, 15, (True, True, True), True),     # ... d <= 16 but B C d = 4.5e6 > 2**22
 ])
 def test_cpp_path_rules_by_pass(batch, dim, wanted, tiled, monkeypatch):
     """C = 1000 > 65 on the CPU: which passes the direct kernel keeps (use_tiled in
@@ -581,8 +609,8 @@ def test_cpp_path_rules_by_pass(batch, dim, wanted, tiled, monkeypatch):
     assert _pass_uses_matrix_products(x, means, var, log_weights, wanted) == tiled
 
 
-@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True)), ("(C,d)", (True, False)),
-                                              ("(C,d)", (False, True))])
+@pytest.mark.parametrize("var_kind, wanted", [("(C,)", (True, True, True)), ("(C,d)", (True, False, False)),
+                                              ("(C,d)", (False, True, True)), ("(C,d)", (True, True, False))])
 def test_opcheck_cpp_small_problem_direct_path_with_many_components(var_kind, wanted, monkeypatch):
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")

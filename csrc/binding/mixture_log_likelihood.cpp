@@ -201,7 +201,7 @@ template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, bool x_grad,
-    bool component_grads) {
+    bool component_grads, bool var_grad) {
   check_same_dtype_device(x, grad, "x", "grad");
   check_same_dtype_device(x, log_likelihood, "x", "log_likelihood");
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0) &&
@@ -210,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               " and ", log_likelihood.sizes());
   const Contiguous in(x, means, var, log_weights);
   const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
-  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads);
+  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
   if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
   if (use_tiled(x, means, component_grads ? Pass::kBackwardComponents : Pass::kBackwardX)) {
     mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
@@ -235,10 +235,10 @@ at::Tensor cpu_mixture_log_likelihood(const at::Tensor& x, const at::Tensor& mea
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_mixture_log_likelihood_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, bool x_grad,
-    bool component_grads) {
+    bool component_grads, bool var_grad) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
   return backward<CpuKernels>(grad, x, means, var, log_weights, log_likelihood, x_grad,
-                              component_grads);
+                              component_grads, var_grad);
 }
 
 #ifdef GMKERNELS_WITH_CUDA
@@ -252,11 +252,11 @@ at::Tensor cuda_mixture_log_likelihood(const at::Tensor& x, const at::Tensor& me
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cuda_mixture_log_likelihood_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, bool x_grad,
-    bool component_grads) {
+    bool component_grads, bool var_grad) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
   const c10::cuda::CUDAGuard guard(x.device());
   return backward<CudaKernels>(grad, x, means, var, log_weights, log_likelihood, x_grad,
-                               component_grads);
+                               component_grads, var_grad);
 }
 #endif
 
@@ -266,8 +266,8 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def("mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor");
   m.def(
       "mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
-      " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
+      " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads,"
+      " bool var_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {

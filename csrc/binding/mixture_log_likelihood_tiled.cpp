@@ -450,9 +450,10 @@ at::Tensor row_factors_cpu(const TiledProblem& problem, Scratch& scratch) {
 }
 
 template <typename scalar_t>
-at::Tensor col_factors_cpu(const TiledProblem& problem, Scratch& scratch) {
+at::Tensor col_factors_cpu(const TiledProblem& problem, bool var_grad, Scratch& scratch) {
   const int64_t rows = problem.xc.size(0), dim = problem.xc.size(1);
-  const int64_t width = problem.diagonal ? 2 * dim + 1 : dim + 2;
+  // A diagonal variance's gradient is the only user of the xc^2 block (half the product).
+  const int64_t width = problem.diagonal ? (var_grad ? 2 * dim + 1 : dim + 1) : dim + 2;
   at::Tensor factors = scratch.take({rows, width}, problem.xc.options());
   const scalar_t* xc = problem.xc.data_ptr<scalar_t>();
   const scalar_t* row_norm = problem.diagonal ? nullptr : problem.row_norm.data_ptr<scalar_t>();
@@ -462,19 +463,19 @@ at::Tensor col_factors_cpu(const TiledProblem& problem, Scratch& scratch) {
       const scalar_t* x_row = xc + b * dim;
       scalar_t* row = out + b * width;
       std::copy(x_row, x_row + dim, row);
-      if (problem.diagonal) {
-        for (int64_t k = 0; k < dim; ++k) row[dim + k] = x_row[k] * x_row[k];
-        row[2 * dim] = 1;
-      } else {
-        row[dim] = 1;
+      row[dim] = 1;
+      if (!problem.diagonal) {
         row[dim + 1] = row_norm[b];
+      } else if (var_grad) {
+        for (int64_t k = 0; k < dim; ++k) row[dim + 1 + k] = x_row[k] * x_row[k];
       }
     }
   });
   return factors;
 }
 
-// grad_x_b = (W [mc P])_b - xc_b (W [P])_b; from S = W^T [xc | xc^2 | 1] (or [xc | 1 | ||xc||^2]):
+// grad_x_b = (W [mc P])_b - xc_b (W [P])_b; from S = W^T [xc | 1 | xc^2] (or [xc | 1 | ||xc||^2];
+// a diagonal variance's xc^2 block only when its gradient is wanted):
 // grad_mu = P (S_x - mc S_1), grad_v = P (P (S_xx - 2 mc S_x + mc^2 S_1) - S_1) / 2 per dimension
 // (isotropic: summed over dimensions, d S_1), grad_log_w = S_1; component sums in double.
 template <typename scalar_t>
@@ -507,20 +508,21 @@ void assemble_gradients_cpu(const TiledProblem& problem, const at::Tensor& row_s
   scalar_t* grad_log_weights = out.log_weights.data_ptr<scalar_t>();
   for (int64_t c = 0; c < components; ++c) {
     const scalar_t* s = sums + c * width;
-    const double weight_sum = diagonal ? s[2 * dim] : s[dim];
+    const double weight_sum = s[dim];
     double weighted_squared = diagonal ? 0.0 : double(s[dim + 1]);  // isotropic: sum over k
     for (int64_t k = 0; k < dim; ++k) {
       const double m = mc[c * dim + k], weighted_x = s[k];
       const double p = diagonal ? precision[c * dim + k] : precision[c];
       grad_means[c * dim + k] = static_cast<scalar_t>(p * (weighted_x - m * weight_sum));
+      if (!out.var_grad) continue;
       if (diagonal) {
-        const double squared = s[dim + k] - 2 * m * weighted_x + m * m * weight_sum;
+        const double squared = s[dim + 1 + k] - 2 * m * weighted_x + m * m * weight_sum;
         grad_var[c * dim + k] = static_cast<scalar_t>(0.5 * p * (p * squared - weight_sum));
       } else {
         weighted_squared += -2 * m * weighted_x + m * m * weight_sum;
       }
     }
-    if (!diagonal) {
+    if (!diagonal && out.var_grad) {
       const double p = precision[c];
       grad_var[c] = static_cast<scalar_t>(0.5 * p * (p * weighted_squared - dim * weight_sum));
     }
@@ -556,7 +558,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   }
   if (component_grads) {
     if (x.is_cpu()) {
-      col_factors = col_factors_cpu<scalar_t>(problem, scratch);
+      col_factors = col_factors_cpu<scalar_t>(problem, out.var_grad, scratch);
     } else {
       const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
       col_factors = problem.diagonal

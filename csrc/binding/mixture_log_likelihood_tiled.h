@@ -14,16 +14,21 @@ namespace gmk {
 // those).
 struct MixtureGradients {
   at::Tensor x, means, var, log_weights;
+  // Whether var's gradient is returned. With the component gradients it is allocated either way
+  // (the direct kernels write all three); the tiled CPU path skips its sums when not wanted.
+  bool var_grad;
 
   MixtureGradients(const at::Tensor& x_, const at::Tensor& means_, const at::Tensor& var_,
-                   const at::Tensor& log_weights_, bool x_grad, bool component_grads)
+                   const at::Tensor& log_weights_, bool x_grad, bool component_grads,
+                   bool var_grad_)
       : x(wanted(x_, x_grad)),
         means(wanted(means_, component_grads)),
         var(wanted(var_, component_grads)),
-        log_weights(wanted(log_weights_, component_grads)) {}
+        log_weights(wanted(log_weights_, component_grads)),
+        var_grad(component_grads && var_grad_) {}
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple() const {
-    return {x, means, var, log_weights};
+    return {x, means, var_grad ? var : at::empty({0}, var.options()), log_weights};
   }
 
  private:

@@ -161,12 +161,13 @@ def _fake(x, means, var, log_weights):
     return x.new_empty(x.shape[0])
 
 
-def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads):
+def _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads,
+                   var_grad):
     # Gradients that were not asked for come back as 0-element tensors.
     def wanted(like, want):
         return torch.empty_like(like) if want else like.new_empty(0)
-    return (wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
-            wanted(log_weights, component_grads))
+    return (wanted(x, x_grad), wanted(means, component_grads),
+            wanted(var, component_grads and var_grad), wanted(log_weights, component_grads))
 
 
 def _setup_context(ctx, inputs, output):
@@ -174,11 +175,12 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ops, ctx, grad):
-    """The backward op gets the saved log-likelihood and recomputes the tiles."""
+    """The backward op gets the saved log-likelihood and recomputes the tiles. var's gradient is
+    asked for apart (with a (C, d) variance it is half the component sums' work)."""
     x, means, var, log_weights, log_likelihood = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = ops.mixture_log_likelihood_backward(
-        grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]))
+        grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]), needs[2])
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
@@ -192,7 +194,7 @@ def _setup_backward_context(ctx, inputs, output):
 
 def _double_backward(ops, ctx, *grad_grads):
     grads = gradient_vector_jacobian(grad_grads, *ctx.saved_tensors, ctx.needs_input_grad[:5])
-    return *grads, None, None, None
+    return *grads, None, None, None, None
 
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -351,8 +353,8 @@ _OP = _registry.register(_registry.OpDeclaration(
     name="mixture_log_likelihood",
     schema="mixture_log_likelihood(Tensor x, Tensor means, Tensor var, Tensor log_weights) -> Tensor",
     backward_schema="mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
-                    " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads)"
-                    " -> (Tensor, Tensor, Tensor, Tensor)",
+                    " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads,"
+                    " bool var_grad) -> (Tensor, Tensor, Tensor, Tensor)",
     reference=reference.mixture_log_likelihood,
     fake=_fake, fake_backward=_fake_backward,
     setup_context=_setup_context, backward=_backward,

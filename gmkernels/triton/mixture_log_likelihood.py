@@ -172,14 +172,22 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var: torch.Tens
 def mixture_log_likelihood_backward(grad: torch.Tensor, x: torch.Tensor, means: torch.Tensor,
                                     var: torch.Tensor, log_weights: torch.Tensor,
                                     log_likelihood: torch.Tensor, x_grad: bool,
-                                    component_grads: bool
+                                    component_grads: bool, var_grad: bool
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _backward_all(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads)
     # Gradients that were not asked for come back as 0-element tensors (as in the C++ op).
+    if not var_grad:
+        grads[2] = var.new_empty(0)
+    return tuple(grads)
+
+
+def _backward_all(grad, x, means, var, log_weights, log_likelihood, x_grad, component_grads) -> list:
+    """The wanted gradients, var's with the component gradients."""
     wanted = lambda like, want: torch.zeros_like(like) if want else like.new_empty(0)  # noqa: E731
     grads = [wanted(x, x_grad), wanted(means, component_grads), wanted(var, component_grads),
              wanted(log_weights, component_grads)]
     if x.shape[0] == 0 or not (x_grad or component_grads):
-        return tuple(grads)
+        return grads
     problem = _Problem(x, means, var, log_weights)
     xc, mc, precision, dim = problem.xc, problem.mc, problem.precision, x.shape[1]
     num_rows, num_cols, K = x.shape[0], means.shape[0], problem.left.shape[1]
@@ -220,4 +228,4 @@ def mixture_log_likelihood_backward(grad: torch.Tensor, x: torch.Tensor, means: 
             grads[1] = precision[:, None] * (weighted_x - mc * weight_sum[:, None])
             grads[2] = 0.5 * precision * (precision * weighted_squared - dim * weight_sum)
             grads[3] = weight_sum.clone()
-    return tuple(grads)
+    return grads
