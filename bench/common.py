@@ -56,6 +56,10 @@ class Case:
     # `flops` is judged against its rate: the honest roof for an op whose work is a contraction of
     # that shape (a huge square matmul's rate is out of reach for a skinny one).
     matmul_shape: Optional[tuple] = None
+    # Of `flops`, the part done by matmuls of `matmul_shape` (a forward's skinny product); the
+    # rest (e.g. a backward's products, whose inner dimension is the long one) is judged at the
+    # square fp32 matmul rate. None: all of `flops`.
+    shaped_flops: Optional[float] = None
     # The contender to beat besides the baseline (default: the baseline's compiled twin, e.g.
     # "reference compile" for "reference eager"), and min speed-ups vs that peer.
     peer: Optional[str] = None

@@ -288,9 +288,14 @@ def judge(row: dict, case, limits: Limits) -> None:
         if case.matmul_shape:
             shaped = limits.matmul_rate(case.matmul_shape, row["device"])
             row["matmul_shape_fraction"] = row["gflop_per_s"] / shaped
-            # The same-shape matmul replaces the square one: it is the rate this contraction can reach.
+            # The same-shape matmul replaces the square one for the FLOPs of that shape: it is the
+            # rate such a contraction can reach; any others stay at the square rate.
             del roofs["fp32 matmul"]
-            roofs["fp32 matmul " + "x".join(str(dim) for dim in case.matmul_shape)] = case.flops / (shaped * 1e9)
+            in_shape = case.flops if case.shaped_flops is None else case.shaped_flops
+            name = "fp32 matmul " + "x".join(str(dim) for dim in case.matmul_shape)
+            if in_shape < case.flops:
+                name += " + square"
+            roofs[name] = in_shape / (shaped * 1e9) + (case.flops - in_shape) / (peak * 1e9)
     if case.exps:
         exp_rate = limits.for_device(row["device"])["exp_gelem_per_s"]
         exp_seconds = case.exps / (exp_rate * 1e9)

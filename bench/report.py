@@ -194,7 +194,8 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
         "case names another). Above 1 is faster.",
         "- `% of limit`: the case's roofline time (its `bytes_moved` at the best bandwidth measured "
         "above, or its `flops` at the fp32 matmul rate -- of the case's own matmul shape when it "
-        "names one -- whichever is longer) over the measured time. `-`: the case declares neither.",
+        "names one, for the part of the work of that shape -- whichever is longer) over the measured "
+        "time. `-`: the case declares neither.",
         f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
         f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
     ]
@@ -471,8 +472,13 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
         "user's code meeting several sizes would be: static shapes at its first size, dynamic-shape code "
         "after a recompile at the next (torch.compile's default).",
         "- `% of limit`: gmkernels' time against the roof its case declares: bytes at the best bandwidth "
-        "above, FLOPs at the fp32 matmul rate (of the case's own shape where named), and for exp-heavy "
-        "kernels the exps at the measured torch.exp rate (added to the matmul time when both apply).",
+        "above, FLOPs at the fp32 matmul rate (those of the case's own shape where named at that shape's "
+        "rate, e.g. a forward's skinny product, the rest such as its gradients' products at the square "
+        "rate: `+ square`), and for exp-heavy kernels the exps at the measured torch.exp rate (added to "
+        "the matmul time when both apply). `peer % of limit`: the best peer against the same roof. The "
+        f"headline counts the points below the {SWEEP_TARGET_RATIO}x target and, of those, the points where "
+        f"the peer is already over 1/{SWEEP_TARGET_RATIO} of the roof, so that the target would take "
+        "gmkernels past it.",
         f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
         f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
     ]

@@ -494,6 +494,22 @@ def test_judge_adds_the_exp_time_to_the_matmul_time_for_exp_heavy_cases():
     assert exp_only["limit"] == "vectorized exp" and exp_only["limit_fraction"] == pytest.approx(0.5)
 
 
+def test_judge_takes_only_the_shaped_flops_at_the_matmul_shape_rate():
+    """A forward+backward's forward products run at the (slow, skinny) rate of its matmul shape,
+    its gradients' products (the long dimension inside) at the square rate: the bound adds the
+    two, with the exps on top."""
+    limits = _limits(fp32_gflop_per_s=100.0, exp_gelem_per_s=2.0, shapes={(10, 2, 10): 50.0})
+    row = {"median_s": 8.0, "device": "cpu"}
+    # 100 GFLOP at 50 GFLOP/s (2 s) + 200 GFLOP at 100 GFLOP/s (2 s) + 1 G exps at 2 G/s (0.5 s).
+    judge(row, Case("op", "s", "forward+backward", [], flops=300e9, shaped_flops=100e9, exps=1e9,
+                    matmul_shape=(10, 2, 10)), limits)
+    assert row["limit"] == "fp32 matmul 10x2x10 + square + exp"
+    assert row["limit_fraction"] == pytest.approx(4.5 / 8.0)
+    whole = {"median_s": 8.0, "device": "cpu"}
+    judge(whole, Case("op", "s", "forward", [], flops=300e9, matmul_shape=(10, 2, 10)), limits)
+    assert whole["limit"] == "fp32 matmul 10x2x10" and whole["limit_fraction"] == pytest.approx(6.0 / 8.0)
+
+
 def test_sweep_smoke_run_leads_with_the_headline_and_lists_every_point(tmp_path):
     argv = ["--sweep", "--smoke", "--out", str(tmp_path), "--op", "minibatch_discrimination"]
     assert run.main(argv) == 0

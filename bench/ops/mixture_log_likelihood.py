@@ -309,6 +309,7 @@ def _sweep_case(num_rows, num_components, dim, var_kind, with_log_weights, mode,
     diagonal = var_kind == "(C,d)"
     products = {"forward": 1, "forward+backward x": 2, "forward+backward x,means": 3}[mode] \
         + {"forward": 1, "forward+backward x": 2, "forward+backward x,means": 2}[mode] * diagonal
+    forward_products = 1 + diagonal   # of shape (B, d, C); the gradients' have C or B inner
     label = f"B={num_rows} C={num_components} d={dim}"
     if (var_kind, with_log_weights) != ("scalar", False):
         label += f" var {var_kind}" + (" log_weights" if with_log_weights else "")
@@ -318,6 +319,7 @@ def _sweep_case(num_rows, num_components, dim, var_kind, with_log_weights, mode,
         # exp per point and component.
         flops=2.0 * products * num_rows * num_components * dim, exps=float(num_rows * num_components),
         matmul_shape=(num_rows, dim, num_components) if dim >= 64 else None,
+        shaped_flops=2.0 * forward_products * num_rows * num_components * dim,
         baseline="matmul eager", peer="matmul compile", peers=tuple(peers), skipped=skipped,
         work=float(num_rows * num_components * dim), work_label="B*C*d", device=device)
 
