@@ -170,8 +170,10 @@ class Scratch {
     return scratch;
   }
 
-  // An uninitialized contiguous CPU tensor of `sizes` and `options`' dtype, valid for this call.
+  // An uninitialized contiguous tensor of `sizes` and `options`, valid for this call: carved
+  // from the kept buffer on the CPU, allocated as usual on other devices.
   at::Tensor take(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    if (options.device().type() != at::kCPU) return at::empty(sizes, options);
     const int64_t item = static_cast<int64_t>(options.dtype().itemsize());
     int64_t elements = 1;
     for (const int64_t size : sizes) elements *= size;
@@ -352,10 +354,7 @@ MixtureTileParams<scalar_t> tile_params(const TiledProblem& problem, const at::T
 template <typename Visit>
 void for_each_tile(const TiledProblem& problem, Scratch& scratch, Visit visit) {
   const TileGrid grid(problem.left.size(0), problem.right.size(0));
-  const int64_t buffer_size = grid.tile_rows * grid.tile_cols;
-  const at::Tensor buffer = problem.left.is_cpu()
-      ? scratch.take({buffer_size}, problem.left.options())
-      : at::empty({buffer_size}, problem.left.options());
+  const at::Tensor buffer = scratch.take({grid.tile_rows * grid.tile_cols}, problem.left.options());
   for (int64_t row_begin = 0; row_begin < grid.rows; row_begin += grid.tile_rows) {
     const int64_t rows = std::min(grid.tile_rows, grid.rows - row_begin);
     const at::Tensor left_rows = problem.left.narrow(0, row_begin, rows);
@@ -428,7 +427,8 @@ at::Tensor tiled_forward(const at::Tensor& x, const at::Tensor& means, const at:
 // the components: the same formulas as the tensor-op forms in tiled_backward (two dozen small
 // ops there, the fixed cost that decided B = C = 316).
 //   row factors (C, d + 1) [mc P | P], or (C, 2d) [mc P | P] for a diagonal var;
-//   col factors (B, d + 2) [xc | 1 | ||xc||^2], or (B, 2d + 1) [xc | xc^2 | 1].
+//   col factors (B, d + 2) [xc | 1 | ||xc||^2], or for a diagonal var (B, 2d + 1) [xc | 1 | xc^2]
+//   with its gradient, (B, d + 1) [xc | 1] without.
 template <typename scalar_t>
 at::Tensor row_factors_cpu(const TiledProblem& problem, Scratch& scratch) {
   const int64_t components = problem.mc.size(0), dim = problem.mc.size(1);
@@ -553,8 +553,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
                   : problem.diagonal
                       ? at::cat({mc * precision, precision}, 1)                        // (C, 2d)
                       : at::cat({mc * precision.unsqueeze(1), precision.unsqueeze(1)}, 1);  // (C, d + 1)
-    row_sums = x.is_cpu() ? scratch.take({x.size(0), row_factors.size(1)}, x.options()).zero_()
-                          : at::zeros({x.size(0), row_factors.size(1)}, x.options());
+    row_sums = scratch.take({x.size(0), row_factors.size(1)}, x.options()).zero_();
   }
   if (component_grads) {
     if (x.is_cpu()) {
@@ -565,8 +564,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
           ? at::cat({xc, xc * xc, ones_rows}, 1)                                       // (B, 2d + 1)
           : at::cat({xc, ones_rows, problem.row_norm.unsqueeze(1)}, 1);                // (B, d + 2)
     }
-    col_sums = x.is_cpu() ? scratch.take({means.size(0), col_factors.size(1)}, x.options()).zero_()
-                          : at::zeros({means.size(0), col_factors.size(1)}, x.options());
+    col_sums = scratch.take({means.size(0), col_factors.size(1)}, x.options()).zero_();
   }
   // Responsibilities below eps / C are dropped: together they weigh less than one rounding.
   const scalar_t log_cutoff = static_cast<scalar_t>(
