@@ -656,3 +656,115 @@ def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
     for g, w in zip(grads, want_grads):
         assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+
+
+def penalty_in_x_truth(x, means, var, log_weights, grad, upstream):
+    """d <grad_x, upstream> / d (grad, x, means, var, log_weights), grad_x = d <grad, ll> / dx: autograd
+    twice through the reference in float64 (var as the (C,) or (C, d) table the kernels take)."""
+    inputs = [t.detach().double().requires_grad_() for t in (grad, x, means, var, log_weights)]
+    grad_d, x_d, means_d, var_d, log_weights_d = inputs
+    (grad_x,) = torch.autograd.grad(reference(x_d, means_d, var_d, log_weights_d), x_d, grad_d,
+                                    create_graph=True)
+    return torch.autograd.grad((grad_x * upstream.double()).sum(), inputs, allow_unused=True,
+                               materialize_grads=True)
+
+
+def fused_penalty(x, means, var, log_weights, grad, upstream, needs):
+    """The CPU double backward kernel of a penalty in x, on the forward kernel's log-likelihood."""
+    log_likelihood = torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    return torch.ops.gmkernels.mixture_log_likelihood_double_backward(
+        upstream, grad, x, means, var, log_weights, log_likelihood, *needs)
+
+
+@given(batch=st.integers(1, 9), components=st.one_of(st.integers(1, 6), st.integers(63, 72)),
+       dim=st.integers(1, 5), diagonal=st.booleans(), needs=st.lists(st.booleans(), min_size=5,
+       max_size=5).filter(any), zero_grad_row=st.booleans(), off=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_cpp_fused_penalty_double_backward_matches_float64_truth(batch, components, dim, diagonal,
+                                                                 needs, zero_grad_row, off, seed):
+    """A gradient penalty's backward on the cpp backend (CPU, no graph recorded) takes this kernel:
+    each wanted result against autograd twice through the reference, unwanted ones empty; with a
+    row whose upstream gradient is 0 and a switched-off component."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(batch, components, dim, "(C,d)" if diagonal else "(C,)",
+                                             seed=seed)
+    if off and components > 1:
+        log_weights = log_weights.clone()
+        log_weights[0] = -math.inf
+    gen = torch.Generator().manual_seed(seed + 1)
+    grad = torch.randn(batch, dtype=torch.float64, generator=gen)
+    if zero_grad_row:
+        grad[0] = 0
+    upstream = torch.randn(batch, dim, dtype=torch.float64, generator=gen)
+    got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
+    want = penalty_in_x_truth(x, means, var, log_weights, grad, upstream)
+    for index, (g, w, need) in enumerate(zip(got, want, needs)):
+        if not need:
+            assert g.numel() == 0, index
+            continue
+        assert g.shape == w.shape, index
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
+            (index, (g - w).abs().max().item())
+
+
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_fused_penalty_double_backward_over_several_tiles_and_in_float32(var_kind):
+    """Components enough for tiles of fewer rows than B (2^21 elements a tile: 300 rows at
+    C = 7000), on 2 threads: float64 against the torch form (penalty_in_x), float32 against the
+    float64 kernel on the same (float32) inputs."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(700, 7000, 3, var_kind, seed=5)
+    x = 0.3 * x   # responsibilities spread over many components
+    gen = torch.Generator().manual_seed(6)
+    grad = torch.rand(700, dtype=torch.float64, generator=gen)
+    upstream = torch.randn(700, 3, dtype=torch.float64, generator=gen)
+    needs = (True,) * 5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
+        want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
+        for index, (g, w) in enumerate(zip(got, want)):
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
+                (index, (g - w).abs().max().item())
+        inputs32 = [t.float() for t in (x, means, var, log_weights, grad, upstream)]
+        got32 = fused_penalty(*inputs32, needs)
+        exact = fused_penalty(*[t.double() for t in inputs32], needs)
+        for index, (g, w) in enumerate(zip(got32, exact)):
+            assert g.dtype == torch.float32
+            relative = (g.double() - w).abs().max() / (w.abs().max() + 1e-30)
+            assert relative <= 1e-3, (index, relative.item())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_graph(monkeypatch):
+    """The penalty's backward (no graph recorded) calls the kernel; with create_graph (a third
+    derivative) the torch form runs instead, and both give the reference backend's result."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    calls = []
+    kernel = torch.ops.gmkernels.mixture_log_likelihood_double_backward
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[-5:])
+            return kernel(*args)
+    monkeypatch.setattr(torch.ops.gmkernels, "mixture_log_likelihood_double_backward", Spy())
+    x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(6, 70, 3, "(C,d)", seed=2)]
+    results = {}
+    for name in ("cpp", "reference"):
+        for create_graph in (False, True):
+            with gmkernels.use_backend(name):
+                (grad_x,) = torch.autograd.grad(gmkernels.mixture_log_likelihood(
+                    x, means, var, log_weights).sum(), x, create_graph=True)
+                results[name, create_graph] = torch.autograd.grad(
+                    grad_x.square().sum(), (x, means, var), create_graph=create_graph)
+    # needs: every input that requires grad (log_weights too, though the penalty's backward is
+    # not taken into it), not the upstream gradient of ones
+    assert calls == [(False, True, True, True, True)]
+    for create_graph in (False, True):
+        for g, w in zip(results["cpp", create_graph], results["reference", create_graph]):
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)

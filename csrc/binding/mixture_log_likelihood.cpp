@@ -1,6 +1,6 @@
 // Tensors -> MixtureLogLikelihood params, argument checks, the dispatch between the two paths,
 // and the schemas and CPU/CUDA registrations of gmkernels::mixture_log_likelihood and
-// gmkernels::mixture_log_likelihood_backward.
+// gmkernels::mixture_log_likelihood_backward (and the CPU double backward of a penalty in x).
 //
 // Two paths (csrc/kernels/mixture_log_likelihood.h):
 // - C <= kDirectMaxComponents, or on the CPU a problem that use_tiled below keeps direct: the
@@ -241,6 +241,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_mixture_log_likel
                               component_grads, var_grad);
 }
 
+// The double backward's kernel when only grad_x has a cotangent (a gradient penalty in x), CPU
+// only: the Python double backward calls it when it records no graph (a penalty's backward), and
+// otherwise, on other devices and for other cotangents, differentiates its closed form in torch
+// ops. Always the tiled path (a tile is whole rows). Each result is computed only when its need_*
+// flag is set, else returned with 0 elements.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const at::Tensor& grad,
+                                           const at::Tensor& x, const at::Tensor& means,
+                                           const at::Tensor& var, const at::Tensor& log_weights,
+                                           const at::Tensor& log_likelihood, bool need_grad,
+                                           bool need_x, bool need_means, bool need_var,
+                                           bool need_log_weights) {
+  check_mixture_log_likelihood_args(x, means, var, log_weights);
+  check_same_dtype_device(x, grad_grad_x, "x", "grad_grad_x");
+  check_same_dtype_device(x, grad, "x", "grad");
+  check_same_dtype_device(x, log_likelihood, "x", "log_likelihood");
+  TORCH_CHECK(grad_grad_x.sizes() == x.sizes(), "grad_grad_x must have x's shape ", x.sizes(),
+              ", got ", grad_grad_x.sizes());
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0) &&
+                  log_likelihood.sizes() == grad.sizes(),
+              "grad and log_likelihood must be (B,) = (", x.size(0), "), got ", grad.sizes(),
+              " and ", log_likelihood.sizes());
+  const Contiguous in(x, means, var, log_weights);
+  const at::Tensor upstream_c = grad_grad_x.contiguous(), grad_c = grad.contiguous();
+  const at::Tensor log_likelihood_c = log_likelihood.contiguous();
+  MixturePenaltyGradients out(grad_c, in.x, in.means, in.var, in.log_weights, need_grad, need_x,
+                              need_means, need_var, need_log_weights);
+  if (x.size(0) == 0 || !(need_grad || need_x || out.component_grads())) return out.tuple();
+  mixture_log_likelihood_tiled_double_backward(upstream_c, grad_c, in.x, in.means, in.var,
+                                               in.log_weights, log_likelihood_c, out);
+  return out.tuple();
+}
+
 #ifdef GMKERNELS_WITH_CUDA
 at::Tensor cuda_mixture_log_likelihood(const at::Tensor& x, const at::Tensor& means,
                                        const at::Tensor& var, const at::Tensor& log_weights) {
@@ -268,11 +301,17 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
       "mixture_log_likelihood_backward(Tensor grad, Tensor x, Tensor means, Tensor var,"
       " Tensor log_weights, Tensor log_likelihood, bool x_grad, bool component_grads,"
       " bool var_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "mixture_log_likelihood_double_backward(Tensor grad_grad_x, Tensor grad, Tensor x,"
+      " Tensor means, Tensor var, Tensor log_weights, Tensor log_likelihood, bool need_grad,"
+      " bool need_x, bool need_means, bool need_var, bool need_log_weights)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("mixture_log_likelihood", &cpu_mixture_log_likelihood);
   m.impl("mixture_log_likelihood_backward", &cpu_mixture_log_likelihood_backward);
+  m.impl("mixture_log_likelihood_double_backward", &cpu_mixture_log_likelihood_double_backward);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

@@ -632,6 +632,175 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   }
 }
 
+// The double backward of a gradient penalty in x on the CPU: the derivatives of
+// Phi = sum_b grad_b <dll_b/dx_b, U_b> (U = grad_grad_x, the only cotangent) in grad, x, means,
+// var and log_weights. With r = exp(E - ll) the responsibilities, P = 1 / var, slopes
+// s_bc = dE_bc/dx_b . U_b = U_b . (mc_c P_c) - (U_b xc_b) . P_c, q = grad r and
+// w = q (s - sum_c r s):
+//   dPhi/dgrad_b  = sum_c r_bc s_bc
+//   dPhi/dx_b     = (w [mc P])_b - U_b (q P)_b - xc_b (w P)_b
+//   dPhi/dmeans_c = P_c ((q^T U)_c + (w^T xc)_c - mc_c sum_b w_bc)
+//   dPhi/dvar_ck  = P^2 ((q^T (U xc))_ck - mc (q^T U)_ck)
+//                   + P^2 ((w^T xc^2)_ck - 2 mc (w^T xc)_ck + mc^2 sum_b w_bc) / 2
+//                   - P sum_b w_bc / 2                   (isotropic: summed over k)
+//   dPhi/dlog_w_c = sum_b w_bc
+// (the closed form that gmkernels/ops/mixture_log_likelihood.py's penalty_in_x evaluates in torch
+// ops). The slopes' row mean needs every component of a row, so a tile is whole rows: r and s
+// tiles from two products ([U | -(U xc)] against the backward's row factors [mc P | P]), the
+// epilogue kernels turn them into q and w, and four more products give the sums:
+// w [mc P | P] and q P per row, q^T [U | -(U xc)] and w^T [xc | 1 | xc^2] per component,
+// accumulated over the tiles. Memory O((B + C) d + tile), never B x C.
+template <typename scalar_t>
+void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& grad,
+                               const at::Tensor& x, const at::Tensor& means,
+                               const at::Tensor& var, const at::Tensor& log_weights,
+                               const at::Tensor& log_likelihood, MixturePenaltyGradients& out) {
+  const FullPrecisionFloat32Matmul full_precision;
+  Scratch& scratch = Scratch::start_call();
+  const TiledProblem problem(x, means, var, log_weights, scratch);
+  const int64_t rows = x.size(0), components = means.size(0), dim = x.size(1);
+  const bool diagonal = problem.diagonal;
+  const at::TensorOptions options = x.options();
+  const at::Tensor row_factors = row_factors_cpu<scalar_t>(problem, scratch);   // [mc P | P]
+  const int64_t width = row_factors.size(1);                                      // d + 1 or 2d
+
+  // The slopes' left operand [U | -(U . xc)] (isotropic) or [U | -U xc] (diagonal).
+  at::Tensor slope_left = scratch.take({rows, width}, options);
+  {
+    const scalar_t* u = grad_grad_x.data_ptr<scalar_t>();
+    const scalar_t* xc = problem.xc.data_ptr<scalar_t>();
+    scalar_t* left = slope_left.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const scalar_t* u_row = u + b * dim;
+        const scalar_t* xc_row = xc + b * dim;
+        scalar_t* row = left + b * width;
+        std::copy(u_row, u_row + dim, row);
+        if (diagonal) {
+          for (int64_t k = 0; k < dim; ++k) row[dim + k] = -u_row[k] * xc_row[k];
+        } else {
+          row[dim] = static_cast<scalar_t>(-sum_of_products(u_row, xc_row, dim));
+        }
+      }
+    });
+  }
+  const bool component_grads = out.component_grads();
+  const at::Tensor col_factors =
+      component_grads ? col_factors_cpu<scalar_t>(problem, out.need_var, scratch) : at::Tensor();
+  at::Tensor slope_sums, weight_sums;   // q^T [U | -(U xc)], w^T [xc | 1 | ...] per component
+  if (component_grads) {
+    slope_sums = scratch.take({components, width}, options).zero_();
+    weight_sums = scratch.take({components, col_factors.size(1)}, options).zero_();
+  }
+
+  // Two tiles (r -> q, s -> w) of whole rows, kTileElements in all.
+  const int64_t tile_rows = std::max<int64_t>(1, std::min(rows, kTileElements / 2 / components));
+  const at::Tensor responsibilities = scratch.take({tile_rows, components}, options);
+  const at::Tensor slopes = scratch.take({tile_rows, components}, options);
+  const at::Tensor ones = scratch.take({tile_rows}, options).fill_(1);
+  const at::Tensor mean_slope = out.need_grad ? out.grad : scratch.take({rows}, options);
+  at::Tensor row_sums, precision_sums;   // w [mc P | P], q P
+  if (out.need_x) {
+    row_sums = scratch.take({tile_rows, width}, options);
+    precision_sums = scratch.take({tile_rows, diagonal ? dim : 1}, options);
+  }
+  const scalar_t log_cutoff = static_cast<scalar_t>(
+      std::log(std::numeric_limits<scalar_t>::epsilon() / double(components)));
+  for (int64_t row_begin = 0; row_begin < rows; row_begin += tile_rows) {
+    const int64_t n = std::min(tile_rows, rows - row_begin);
+    at::Tensor r = responsibilities.narrow(0, 0, n);
+    at::Tensor s = slopes.narrow(0, 0, n);
+    const at::Tensor left_rows = slope_left.narrow(0, row_begin, n);
+    at::mm_out(r, problem.left.narrow(0, row_begin, n), problem.right.t());
+    MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, r, row_begin, 0);
+    p.grad = ones.data_ptr<scalar_t>();
+    p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
+    p.log_cutoff = log_cutoff;
+    mixture_tile_backward_cpu(p);
+    at::mm_out(s, left_rows, row_factors.t());
+    MixturePenaltyTileParams<scalar_t> penalty{};
+    penalty.responsibilities = r.data_ptr<scalar_t>();
+    penalty.slopes = s.data_ptr<scalar_t>();
+    penalty.grad = grad.data_ptr<scalar_t>() + row_begin;
+    penalty.mean_slope = mean_slope.data_ptr<scalar_t>() + row_begin;
+    penalty.num_rows = n;
+    penalty.num_cols = components;
+    penalty.ld = components;
+    penalty.num_threads = cpu_threads();
+    mixture_penalty_tile_cpu(penalty);   // r -> q, s -> w
+    if (out.need_x) {
+      at::Tensor sums = row_sums.narrow(0, 0, n);
+      at::Tensor precision_sum = precision_sums.narrow(0, 0, n);
+      at::mm_out(sums, s, row_factors);
+      if (diagonal) {
+        at::mm_out(precision_sum, r, problem.precision);
+      } else {
+        at::mm_out(precision_sum, r, problem.precision.unsqueeze(1));
+      }
+      const scalar_t* sums_p = sums.data_ptr<scalar_t>();
+      const scalar_t* qp = precision_sum.data_ptr<scalar_t>();
+      const scalar_t* u = grad_grad_x.data_ptr<scalar_t>() + row_begin * dim;
+      const scalar_t* xc = problem.xc.data_ptr<scalar_t>() + row_begin * dim;
+      scalar_t* grad_x = out.x.data_ptr<scalar_t>() + row_begin * dim;
+      at::parallel_for(0, n, grain_rows(dim), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const scalar_t* sum = sums_p + b * width;
+          for (int64_t k = 0; k < dim; ++k) {
+            const int64_t j = b * dim + k;
+            grad_x[j] = sum[k] - u[j] * qp[diagonal ? j : b] - xc[j] * sum[diagonal ? dim + k : dim];
+          }
+        }
+      });
+    }
+    if (component_grads) {
+      slope_sums.addmm_(r.t(), left_rows);
+      weight_sums.addmm_(s.t(), col_factors.narrow(0, row_begin, n));
+    }
+  }
+  if (!component_grads) return;
+
+  const scalar_t* mc = problem.mc.data_ptr<scalar_t>();
+  const scalar_t* precision = problem.precision.data_ptr<scalar_t>();
+  const scalar_t* slope_p = slope_sums.data_ptr<scalar_t>();
+  const scalar_t* weight_p = weight_sums.data_ptr<scalar_t>();
+  const int64_t weight_width = weight_sums.size(1);
+  scalar_t* grad_means = out.need_means ? out.means.data_ptr<scalar_t>() : nullptr;
+  scalar_t* grad_var = out.need_var ? out.var.data_ptr<scalar_t>() : nullptr;
+  scalar_t* grad_log_weights = out.need_log_weights ? out.log_weights.data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, components, grain_rows(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const scalar_t* qs = slope_p + c * width;           // [q^T U | -q^T (U xc)]
+      const scalar_t* ws = weight_p + c * weight_width;   // [w^T xc | sum_b w | w^T xc^2 ...]
+      const double weight_sum = ws[dim];
+      // isotropic var: the sums over k of its per-dimension terms
+      double slope_term = diagonal ? 0.0 : -double(qs[dim]);
+      double square_term = diagonal ? 0.0 : double(ws[dim + 1]);
+      for (int64_t k = 0; k < dim; ++k) {
+        const double m = mc[c * dim + k], q_u = qs[k], w_x = ws[k];
+        const double prec = diagonal ? precision[c * dim + k] : precision[c];
+        if (grad_means != nullptr)
+          grad_means[c * dim + k] = static_cast<scalar_t>(prec * (q_u + w_x - m * weight_sum));
+        if (grad_var == nullptr) continue;
+        if (diagonal) {
+          const double q_ux = -double(qs[dim + k]);
+          const double squared = ws[dim + 1 + k] - 2 * m * w_x + m * m * weight_sum;
+          grad_var[c * dim + k] = static_cast<scalar_t>(
+              prec * prec * (q_ux - m * q_u) + 0.5 * prec * (prec * squared - weight_sum));
+        } else {
+          slope_term -= m * q_u;
+          square_term += -2 * m * w_x + m * m * weight_sum;
+        }
+      }
+      if (grad_var != nullptr && !diagonal) {
+        const double prec = precision[c];
+        grad_var[c] = static_cast<scalar_t>(prec * prec * slope_term +
+                                            0.5 * prec * (prec * square_term - dim * weight_sum));
+      }
+      if (grad_log_weights != nullptr) grad_log_weights[c] = static_cast<scalar_t>(weight_sum);
+    }
+  });
+}
+
 // body(CpuTileKernels{}) or body(CudaTileKernels{}) by the device of x.
 template <typename Body>
 void dispatch_tile_kernels(const at::Tensor& x, Body&& body) {
@@ -672,6 +841,20 @@ void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Ten
       tiled_backward<scalar_t, Kernels>(grad, x, means, var, log_weights, log_likelihood, out,
                                         x_grad, component_grads);
     });
+  });
+}
+
+void mixture_log_likelihood_tiled_double_backward(const at::Tensor& grad_grad_x,
+                                                  const at::Tensor& grad, const at::Tensor& x,
+                                                  const at::Tensor& means, const at::Tensor& var,
+                                                  const at::Tensor& log_weights,
+                                                  const at::Tensor& log_likelihood,
+                                                  MixturePenaltyGradients& out) {
+  TORCH_CHECK(x.is_cpu(), "mixture_log_likelihood_double_backward: CPU tensors only, got ",
+              x.device());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_double_backward", [&] {
+    tiled_double_backward_cpu<scalar_t>(grad_grad_x, grad, x, means, var, log_weights,
+                                        log_likelihood, out);
   });
 }
 

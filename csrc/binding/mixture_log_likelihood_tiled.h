@@ -37,6 +37,39 @@ struct MixtureGradients {
   }
 };
 
+// The five results of mixture_log_likelihood_double_backward, the derivatives of
+// <grad_x, U> in (grad, x, means, var, log_weights): the wanted ones allocated zero (filled by
+// mixture_log_likelihood_tiled_double_backward), the others 0-element tensors.
+struct MixturePenaltyGradients {
+  at::Tensor grad, x, means, var, log_weights;
+  bool need_grad, need_x, need_means, need_var, need_log_weights;
+
+  MixturePenaltyGradients(const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& means_,
+                          const at::Tensor& var_, const at::Tensor& log_weights_, bool need_grad,
+                          bool need_x, bool need_means, bool need_var, bool need_log_weights)
+      : grad(wanted(grad_, need_grad)),
+        x(wanted(x_, need_x)),
+        means(wanted(means_, need_means)),
+        var(wanted(var_, need_var)),
+        log_weights(wanted(log_weights_, need_log_weights)),
+        need_grad(need_grad),
+        need_x(need_x),
+        need_means(need_means),
+        need_var(need_var),
+        need_log_weights(need_log_weights) {}
+
+  bool component_grads() const { return need_means || need_var || need_log_weights; }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tuple() const {
+    return {grad, x, means, var, log_weights};
+  }
+
+ private:
+  static at::Tensor wanted(const at::Tensor& like, bool want) {
+    return want ? at::zeros_like(like) : at::empty({0}, like.options());
+  }
+};
+
 // log p(x_b) for every row. The inputs are checked, contiguous, float32 or float64, on one CPU
 // or CUDA device (the caller holds the device guard), with B >= 1.
 at::Tensor mixture_log_likelihood_tiled(const at::Tensor& x, const at::Tensor& means,
@@ -49,5 +82,15 @@ void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Ten
                                            const at::Tensor& log_likelihood,
                                            MixtureGradients& out, bool x_grad,
                                            bool component_grads);
+
+// The double backward of a gradient penalty in x on the CPU: fills the wanted results of `out`
+// from U = grad_grad_x (B, d), the first-order backward's inputs and the forward's output.
+// Tiles of whole rows (every component), so B >= 1 and out has at least one wanted result.
+void mixture_log_likelihood_tiled_double_backward(const at::Tensor& grad_grad_x,
+                                                  const at::Tensor& grad, const at::Tensor& x,
+                                                  const at::Tensor& means, const at::Tensor& var,
+                                                  const at::Tensor& log_weights,
+                                                  const at::Tensor& log_likelihood,
+                                                  MixturePenaltyGradients& out);
 
 }  // namespace gmk

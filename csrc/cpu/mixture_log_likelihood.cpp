@@ -647,9 +647,42 @@ template void mixture_log_likelihood_direct_backward_cpu<double>(
     const MixtureLogLikelihoodBackwardParams<double>&);
 template void mixture_tile_forward_cpu<float>(const MixtureTileParams<float>&);
 template void mixture_tile_forward_cpu<double>(const MixtureTileParams<double>&);
+template <typename scalar_t>
+void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& p) {
+  const int64_t cols = p.num_cols;
+  const int threads = team_size(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < p.num_rows; ++b) {
+    scalar_t* r = p.responsibilities + b * p.ld;
+    scalar_t* s = p.slopes + b * p.ld;
+    // The row's mean slope in double, in interleaved partial sums (a vectorized loop; the
+    // same bits for any thread count: each row is one iteration).
+    constexpr int kLanes = 8;
+    double partial[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes)
+      for (int lane = 0; lane < kLanes; ++lane)
+        partial[lane] += static_cast<double>(r[c + lane]) * static_cast<double>(s[c + lane]);
+    double total = 0;
+    for (; c < cols; ++c) total += static_cast<double>(r[c]) * static_cast<double>(s[c]);
+    for (int lane = 0; lane < kLanes; ++lane) total += partial[lane];
+    const scalar_t mean_slope = static_cast<scalar_t>(total);
+    const scalar_t grad = p.grad[b];
+    p.mean_slope[b] = mean_slope;
+#pragma omp simd
+    for (int64_t k = 0; k < cols; ++k) {
+      const scalar_t q = grad * r[k];
+      r[k] = q;
+      s[k] = q * (s[k] - mean_slope);
+    }
+  }
+}
+
 template int64_t mixture_tile_backward_cpu<float>(const MixtureTileParams<float>&);
 template int64_t mixture_tile_backward_cpu<double>(const MixtureTileParams<double>&);
 template void mixture_sparse_products_cpu<float>(const MixtureSparseProductParams<float>&);
 template void mixture_sparse_products_cpu<double>(const MixtureSparseProductParams<double>&);
+template void mixture_penalty_tile_cpu<float>(const MixturePenaltyTileParams<float>&);
+template void mixture_penalty_tile_cpu<double>(const MixturePenaltyTileParams<double>&);
 
 }  // namespace gmk

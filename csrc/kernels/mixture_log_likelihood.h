@@ -106,6 +106,23 @@ struct MixtureSparseProductParams {
   int num_threads;
 };
 
+// One tile of the double backward of a gradient penalty in x (mixture_log_likelihood_double_
+// backward): from the responsibilities r_bc and the slopes s_bc = dE_bc/dx_b . U_b of a tile of
+// whole rows (every component), per row
+//   mean_slope_b = sum_c r_bc s_bc,  q_bc = grad_b r_bc,  w_bc = q_bc (s_bc - mean_slope_b),
+// q and w written over r and s.
+template <typename scalar_t>
+struct MixturePenaltyTileParams {
+  scalar_t* responsibilities;    // (num_rows, ld): r in, q out
+  scalar_t* slopes;              // (num_rows, ld): s in, w out
+  const scalar_t* grad;          // (num_rows,)
+  scalar_t* mean_slope;          // (num_rows,) out
+  int64_t num_rows;
+  int64_t num_cols;
+  int64_t ld;
+  int num_threads;
+};
+
 template <typename scalar_t>
 void mixture_log_likelihood_direct_cpu(const MixtureLogLikelihoodParams<scalar_t>& params);
 template <typename scalar_t>
@@ -120,6 +137,8 @@ template <typename scalar_t>
 int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& params);
 
 // CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t, the result
 // says whether every launch succeeded (cuda_status.h). The direct backward writes grad_x and

@@ -188,12 +188,15 @@ def _setup_backward_context(ctx, inputs, output):
     # Gradients that do not reach the loss come as None rather than zeros, so that a penalty in
     # x alone takes the closed form (penalty_in_x) and nothing is recomputed for the others.
     ctx.set_materialize_grads(False)
-    grad, x, means, var, log_weights = inputs[:5]
-    ctx.save_for_backward(grad, x, means, var, log_weights)
+    grad, x, means, var, log_weights, log_likelihood = inputs[:6]
+    ctx.save_for_backward(grad, x, means, var, log_weights, log_likelihood)
 
 
 def _double_backward(ops, ctx, *grad_grads):
-    grads = gradient_vector_jacobian(grad_grads, *ctx.saved_tensors, ctx.needs_input_grad[:5])
+    *inputs, log_likelihood = ctx.saved_tensors
+    grads = gradient_vector_jacobian(grad_grads, *inputs, ctx.needs_input_grad[:5],
+                                     log_likelihood=log_likelihood,
+                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, inputs[1]))
     return *grads, None, None, None, None
 
 
@@ -220,12 +223,19 @@ def exponents(x, means, var, log_weights) -> torch.Tensor:
     return log_weights - 0.5 * (squared + log_norm)
 
 
-def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs) -> list:
+def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs,
+                             log_likelihood=None, fused_cpu_kernel: bool = False) -> list:
     """The double backward: sum_o <first-order gradient o, grad_grads o> differentiated in (grad,
     x, means, var, log_weights) (those of ``needs``). The first-order gradient is recomputed with
     autograd through ``exponents`` and logsumexp, chunk of rows of x by chunk, so only a
     B_chunk x C tile lives at once; the row parts (grad, x) are concatenated, the component parts
     summed. The saved log-likelihood is recomputed too, so it gets no gradient (see _autograd).
+
+    A penalty in x alone (only grad x has a cotangent) takes its closed form: with
+    ``fused_cpu_kernel`` (the cpp backend, CPU tensors, a backward that records no graph: a
+    gradient penalty's) the fused CPU kernel, which reads the responsibilities off the forward's
+    ``log_likelihood``, in tiles of whole rows; otherwise ``penalty_in_x`` in torch ops, whose own
+    derivatives give the higher orders.
 
     Only what is asked for is computed: the first-order gradients that have a cotangent (a
     gradient penalty in x alone recomputes grad x, not the component gradients), differentiated
@@ -236,6 +246,10 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs
     wanted = [i for i, need in enumerate(needs) if need]
     if not outputs or not wanted:
         return [None] * 5
+    if outputs == [0] and fused_cpu_kernel and log_likelihood is not None:
+        results = torch.ops.gmkernels.mixture_log_likelihood_double_backward(
+            cotangents[0], *inputs, log_likelihood, *needs)
+        return [result if need else None for result, need in zip(results, needs)]
     if outputs == [0]:
         return penalty_in_x(cotangents[0], *inputs, needs)
     is_row = (True, True, False, False, False)                 # (grad, x) are cut into chunks
