@@ -83,6 +83,20 @@ def test_mixture_sample_backward_checks_component_dtype():
                                                     torch.tensor(1))
 
 
+@pytest.mark.parametrize("argument, shape, message", [
+    ("grad_grad_x", (4, 2), r"grad_grad_x must have x's shape \[5, 3\]"),
+    ("grad", (4,), r"grad and log_likelihood must be \(B,\) = \(5\)"),
+    ("log_likelihood", (5, 1), r"grad and log_likelihood must be \(B,\) = \(5\)"),
+])
+def test_log_likelihood_double_backward_checks_its_row_inputs(argument, shape, message):
+    inputs = {"grad_grad_x": torch.ones(5, 3), "grad": torch.ones(5), "x": torch.ones(5, 3),
+              "means": torch.ones(TILED_COMPONENTS, 3), "var": torch.ones(TILED_COMPONENTS),
+              "log_weights": torch.zeros(TILED_COMPONENTS), "log_likelihood": torch.zeros(5)}
+    inputs[argument] = torch.ones(shape)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.gmkernels.mixture_log_likelihood_double_backward(*inputs.values(), *(True,) * 5)
+
+
 @pytest.mark.parametrize("component", [[0, 2], [-1, 0]], ids=["above", "negative"])
 def test_mixture_sample_cpu_checks_component_range(component):
     component = torch.tensor(component)

@@ -197,17 +197,23 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& means, const at::Tenso
   return out;
 }
 
-template <typename Kernels>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
-    const at::Tensor& log_weights, const at::Tensor& log_likelihood, bool x_grad,
-    bool component_grads, bool var_grad) {
+// The backward ops' per-row inputs: the upstream gradient and the forward's output, (B,) each.
+void check_row_inputs(const at::Tensor& x, const at::Tensor& grad,
+                      const at::Tensor& log_likelihood) {
   check_same_dtype_device(x, grad, "x", "grad");
   check_same_dtype_device(x, log_likelihood, "x", "log_likelihood");
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0) &&
                   log_likelihood.sizes() == grad.sizes(),
               "grad and log_likelihood must be (B,) = (", x.size(0), "), got ", grad.sizes(),
               " and ", log_likelihood.sizes());
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+    const at::Tensor& log_weights, const at::Tensor& log_likelihood, bool x_grad,
+    bool component_grads, bool var_grad) {
+  check_row_inputs(x, grad, log_likelihood);
   const Contiguous in(x, means, var, log_weights);
   const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
   MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
@@ -255,14 +261,9 @@ cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const 
                                            bool need_log_weights) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
   check_same_dtype_device(x, grad_grad_x, "x", "grad_grad_x");
-  check_same_dtype_device(x, grad, "x", "grad");
-  check_same_dtype_device(x, log_likelihood, "x", "log_likelihood");
   TORCH_CHECK(grad_grad_x.sizes() == x.sizes(), "grad_grad_x must have x's shape ", x.sizes(),
               ", got ", grad_grad_x.sizes());
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == x.size(0) &&
-                  log_likelihood.sizes() == grad.sizes(),
-              "grad and log_likelihood must be (B,) = (", x.size(0), "), got ", grad.sizes(),
-              " and ", log_likelihood.sizes());
+  check_row_inputs(x, grad, log_likelihood);
   const Contiguous in(x, means, var, log_weights);
   const at::Tensor upstream_c = grad_grad_x.contiguous(), grad_c = grad.contiguous();
   const at::Tensor log_likelihood_c = log_likelihood.contiguous();
