@@ -174,18 +174,20 @@ def _register_fake_and_autograd(declaration: OpDeclaration, namespace: str) -> N
                                         setup_context=lambda ctx, inputs, output: None)
         return
     torch.library.register_fake(backward, declaration.fake_backward)
-    torch.library.register_autograd(
-        forward, lambda ctx, *grads: declaration.backward(ops, ctx, *grads),
-        setup_context=declaration.setup_context)
-    # Without it, torch would treat the backward op as a constant in a double backward and
+    # (op name, setup_context, its backward formula): the op's, and its backward op's. Without
+    # the second, torch would treat the backward op as a constant in a double backward and
     # silently drop its terms (with a deprecation warning).
-    torch.library.register_autograd(
-        backward, lambda ctx, *grads: declaration.double_backward(ops, ctx, *grads),
-        setup_context=declaration.setup_backward_context)
-    ops.recorded[declaration.backward_name] = _recorded_call(
-        declaration.backward_name, getattr(ops._ops, declaration.backward_name).default,
-        declaration.setup_backward_context,
-        lambda ctx, *grads: declaration.double_backward(ops, ctx, *grads))
+    formulas = (
+        (declaration.name, declaration.setup_context,
+         lambda ctx, *grads: declaration.backward(ops, ctx, *grads)),
+        (declaration.backward_name, declaration.setup_backward_context,
+         lambda ctx, *grads: declaration.double_backward(ops, ctx, *grads)),
+    )
+    for name, setup_context, formula in formulas:
+        torch.library.register_autograd(f"{namespace}::{name}", formula, setup_context=setup_context)
+        # The same formulas for eager calls that record (see _recorded_call).
+        ops.recorded[name] = _recorded_call(name, getattr(ops._ops, name).default, setup_context,
+                                            formula)
 
 
 def _not_differentiable(name: str) -> Callable:
@@ -213,14 +215,9 @@ class RegisteredOp:
         # records its autograd (None for an op without a backward: the packet raises there).
         self._calls = {}
         for name, ops in self.kernels.items():
-            packet = getattr(ops, declaration.name)
             namespace = TRITON_NAMESPACE if name == "triton" else COMPILED_NAMESPACE
-            ops = _namespace(namespace)
-            recorded = _recorded_call(
-                declaration.name, packet.default, declaration.setup_context,
-                lambda ctx, *grads, ops=ops: declaration.backward(ops, ctx, *grads)) \
-                if declaration.differentiable else None
-            self._calls[name] = (packet, recorded)
+            self._calls[name] = (getattr(ops, declaration.name),
+                                 _namespace(namespace).recorded.get(declaration.name))
 
     def __call__(self, device: torch.device, *args):
         """The op's public result on the backend chosen for tensors on ``device``."""

@@ -193,10 +193,10 @@ def _setup_backward_context(ctx, inputs, output):
 
 
 def _double_backward(ops, ctx, *grad_grads):
-    *inputs, log_likelihood = ctx.saved_tensors
-    grads = gradient_vector_jacobian(grad_grads, *inputs, ctx.needs_input_grad[:5],
-                                     log_likelihood=log_likelihood,
-                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, inputs[1]))
+    grad, x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+    grads = gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_likelihood,
+                                     ctx.needs_input_grad[:5],
+                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, x))
     return *grads, None, None, None, None
 
 
@@ -223,13 +223,13 @@ def exponents(x, means, var, log_weights) -> torch.Tensor:
     return log_weights - 0.5 * (squared + log_norm)
 
 
-def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs,
-                             log_likelihood=None, fused_cpu_kernel: bool = False) -> list:
+def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_likelihood, needs,
+                             fused_cpu_kernel: bool = False) -> list:
     """The double backward: sum_o <first-order gradient o, grad_grads o> differentiated in (grad,
     x, means, var, log_weights) (those of ``needs``). The first-order gradient is recomputed with
     autograd through ``exponents`` and logsumexp, chunk of rows of x by chunk, so only a
     B_chunk x C tile lives at once; the row parts (grad, x) are concatenated, the component parts
-    summed. The saved log-likelihood is recomputed too, so it gets no gradient (see _autograd).
+    summed. The saved ``log_likelihood`` is recomputed too, so it gets no gradient (see _autograd).
 
     A penalty in x alone (only grad x has a cotangent) takes its closed form: with
     ``fused_cpu_kernel`` (the cpp backend, CPU tensors, a backward that records no graph: a
@@ -246,7 +246,7 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, needs
     wanted = [i for i, need in enumerate(needs) if need]
     if not outputs or not wanted:
         return [None] * 5
-    if outputs == [0] and fused_cpu_kernel and log_likelihood is not None:
+    if outputs == [0] and fused_cpu_kernel:
         results = torch.ops.gmkernels.mixture_log_likelihood_double_backward(
             cotangents[0], *inputs, log_likelihood, *needs)
         return [result if need else None for result, need in zip(results, needs)]
