@@ -89,6 +89,21 @@ MUTANTS = [
            "    penalty.grad = grad.data_ptr<scalar_t>();",
            ("tests/test_mixture_log_likelihood.py", "tests/test_double_backward.py"),
            "the penalty's double backward reads every row tile's upstream gradient from the first"),
+    Mutant("mll-kept-offset", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "      p.offset = zero_offset.data_ptr<scalar_t>() + col_begin;",
+           "      p.offset = problem.offset.data_ptr<scalar_t>() + col_begin;",
+           ("tests/test_mixture_log_likelihood.py",),
+           "the backward from kept exponents adds the components' offsets a second time"),
+    Mutant("mll-kept-row-blocks", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "    visit(row_begin, int64_t(0), kept.narrow(0, row_begin, rows));",
+           "    visit(row_begin, int64_t(0), kept.narrow(0, 0, rows));",
+           ("tests/test_mixture_log_likelihood.py",),
+           "every row block of the backward from kept exponents reads the first block's exponents"),
+    Mutant("mll-kept-reused", "gmkernels/ops/mixture_log_likelihood.py",
+           "        exponents, ctx.exponents = ctx.exponents, None",
+           "        exponents = ctx.exponents",
+           ("tests/test_mixture_log_likelihood.py",),
+           "a second backward (retain_graph) reads the kept exponents the first overwrote"),
     Mutant("kl-class-counts", "csrc/cpu/class_pairwise_kl.cpp",
            "    inverse_count[k] = count[k] ? 1.0 / static_cast<double>(count[k]) : 0.0;",
            "    inverse_count[k] = count[k] > 1 ? 1.0 / static_cast<double>(count[k] - 1) : 0.0;",
@@ -228,9 +243,16 @@ def main() -> int:
             if outcome != "passed":
                 raise SystemExit("the unmutated tests do not pass: a mutation run would mean nothing")
     rows = []
+    extension_mutated = False   # the built extension still holds the last compiled mutant
     for mutant in chosen:
         log(f"{mutant.name}: {mutant.why}")
+        if extension_mutated and not mutant.compiled:
+            # A Python mutant runs on the unmutated extension: rebuild after a compiled one.
+            if not build(scratch, log):
+                raise SystemExit("the unmutated scratch copy does not build")
+            extension_mutated = False
         apply(scratch, mutant, True)
+        extension_mutated = extension_mutated or mutant.compiled
         try:
             if mutant.compiled and not build(scratch, log):
                 outcome, seconds, detail = "build error", 0.0, ""

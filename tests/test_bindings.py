@@ -97,6 +97,19 @@ def test_log_likelihood_double_backward_checks_its_row_inputs(argument, shape, m
         torch.ops.gmkernels.mixture_log_likelihood_double_backward(*inputs.values(), *(True,) * 5)
 
 
+@pytest.mark.parametrize("exponents, message", [
+    (torch.ones(5, TILED_COMPONENTS - 1), r"exponents must be a contiguous \(B, C\) = \(5, 70\)"),
+    (torch.ones(TILED_COMPONENTS, 5).t(), r"exponents must be a contiguous \(B, C\) = \(5, 70\)"),
+    (torch.ones(5, TILED_COMPONENTS, dtype=torch.float64), "exponents"),
+], ids=["shape", "transposed", "dtype"])
+def test_log_likelihood_backward_from_exponents_checks_them(exponents, message):
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents(
+            torch.ones(5), torch.ones(5, 3), torch.ones(TILED_COMPONENTS, 3),
+            torch.ones(TILED_COMPONENTS), torch.zeros(TILED_COMPONENTS), torch.zeros(5), exponents,
+            True, True, True)
+
+
 @pytest.mark.parametrize("component", [[0, 2], [-1, 0]], ids=["above", "negative"])
 def test_mixture_sample_cpu_checks_component_range(component):
     component = torch.tensor(component)

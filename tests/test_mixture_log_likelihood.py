@@ -2,6 +2,7 @@
 values and gradients against float64 truth, float32 rounding, gradcheck, opcheck, extreme
 distances, switched-off components, empty and single-component cases, bad input, torch.compile;
 simplex_vertices in both layouts."""
+import contextlib
 import math
 import os
 import threading
@@ -768,3 +769,170 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
     for create_graph in (False, True):
         for g, w in zip(results["cpp", create_graph], results["reference", create_graph]):
             assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+# The forward that keeps its (B, C) exponents for the backward (cpp, CPU, eager; see
+# keeps_exponents). Its size rules are measured for speed; the tests below lower them so that
+# small problems take the path.
+KEEP_MAX_BYTES = "GMKERNELS_MLL_KEEP_MAX_BYTES"
+
+
+@contextlib.contextmanager
+def keeping_small_problems():
+    """Small problems with C > 65 keep their exponents; yields the list of the flags
+    (x_grad, component_grads, var_grad) of each backward that read kept exponents."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    calls = []
+    kernel = torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args[-3:])
+            return kernel(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(op, "_KEEP_MIN_DIM", 1)
+        patch.setattr(op, "_KEEP_MIN_WORK", 0)
+        patch.delenv(KEEP_MAX_BYTES, raising=False)
+        patch.setattr(torch.ops.gmkernels, "mixture_log_likelihood_backward_from_exponents", Spy())
+        yield calls
+
+
+@pytest.fixture
+def keep_small_problems():
+    with keeping_small_problems() as calls:
+        yield calls
+
+
+@given(batch=st.integers(1, 40), components=st.integers(66, 140), dim=st.integers(1, 6),
+       var_kind=st.sampled_from(VAR_KINDS), switched_off=st.booleans(),
+       wanted=st.lists(st.booleans(), min_size=4, max_size=4).filter(any),
+       seed=st.integers(0, 2**31 - 1))
+def test_cpp_kept_exponents_give_the_float64_truth(batch, components, dim, var_kind, switched_off,
+                                                   wanted, seed):
+    """Values and the gradients of every subset of inputs that require grad, against float64
+    autograd through the reference; the backward read the kept exponents (spy), with the flags of
+    what was wanted."""
+    x, means, var, log_weights = make_inputs(batch, components, dim, var_kind, seed=seed)
+    if switched_off:
+        log_weights = log_weights.clone()
+        log_weights[1::3] = -math.inf
+    if not isinstance(var, torch.Tensor):
+        wanted[2] = False
+    if not any(wanted):
+        wanted[0] = True
+    want, want_grads = truth(x, means, var, log_weights)
+    inputs = [t.detach().clone().requires_grad_(w) if isinstance(t, torch.Tensor) else t
+              for t, w in zip((x, means, var, log_weights), wanted)]
+    grad = torch.randn(batch, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with keeping_small_problems() as calls, gmkernels.use_backend("cpp"):
+        out = gmkernels.mixture_log_likelihood(*inputs)
+        grads = iter(torch.autograd.grad(out, [t for t, w in zip(inputs, wanted) if w], grad))
+    assert calls == [(wanted[0], any(wanted[1:]), wanted[2])]
+    assert torch.allclose(out.detach(), want, rtol=1e-10, atol=1e-10)
+    for w, expected in zip(wanted, want_grads):
+        if w:
+            g = next(grads)
+            assert torch.allclose(g, expected, rtol=1e-9, atol=1e-9 * (1 + expected.abs().max().item()))
+
+
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_kept_exponents_over_several_row_blocks_in_float32(keep_small_problems, var_kind):
+    """C = 5000: blocks of 838 rows (2^22 elements a block), the last one partial, on 2 threads.
+    float64: kept against recomputed; float32: the kept path's error against the float64 result
+    at most twice the recomputing path's."""
+    x, means, var, log_weights = make_inputs(2000, 5000, 3, var_kind, torch.float32, seed=7)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        torch.set_num_threads(2)
+        for dtype in (torch.float32, torch.float64):
+            for keep in (True, False):
+                inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
+                os.environ[KEEP_MAX_BYTES] = str(1 << 30) if keep else "0"
+                try:
+                    with gmkernels.use_backend("cpp"):
+                        out = gmkernels.mixture_log_likelihood(*inputs)
+                    results[dtype, keep] = (out, *torch.autograd.grad(out.sum(), inputs))
+                finally:
+                    del os.environ[KEEP_MAX_BYTES]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(keep_small_problems) == 2
+    for index, (kept, recomputed, kept64, exact) in enumerate(zip(
+            results[torch.float32, True], results[torch.float32, False],
+            results[torch.float64, True], results[torch.float64, False])):
+        scale = exact.abs().max().item()
+        assert torch.allclose(kept64, exact, rtol=1e-10, atol=1e-10 * (1 + scale)), index
+        kept_error = (kept.double() - exact).abs().max().item()
+        recomputed_error = (recomputed.double() - exact).abs().max().item()
+        assert kept.dtype == torch.float32
+        assert kept_error <= 2 * recomputed_error + 1e-6 * scale, (index, kept_error, recomputed_error)
+
+
+def test_cpp_kept_exponents_serve_one_backward_then_the_op_recomputes(keep_small_problems):
+    """retain_graph: the first backward consumes (overwrites) the kept table, the second
+    recomputes; create_graph: the op's own backward formula, so a gradient penalty's double
+    backward is exact. Every result against the reference backend."""
+    x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(9, 80, 4, "(C,d)", seed=3)]
+    results = {}
+    for name in ("cpp", "reference"):
+        with gmkernels.use_backend(name):
+            out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+            first = torch.autograd.grad(out.sum(), (x, means, var), retain_graph=True)
+            second = torch.autograd.grad(out.sum(), (x, means, var))
+            (grad_x,) = torch.autograd.grad(
+                gmkernels.mixture_log_likelihood(x, means, var, log_weights).sum(), x, create_graph=True)
+            penalty = torch.autograd.grad(grad_x.square().sum(), (x, means, var))
+        results[name] = (*first, *second, *penalty)
+    assert len(keep_small_problems) == 1
+    for g, w in zip(results["cpp"], results["reference"]):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+def test_keeps_exponents_rules(monkeypatch):
+    """Where the forward keeps the table: eager cpp on the CPU, a gradient to be taken, C > 65,
+    d > 32, B C d >= 2^23 and the table within GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.delenv(KEEP_MAX_BYTES, raising=False)
+
+    def keeps(batch=1000, components=1000, dim=64, dtype=torch.float32, requires_grad=True):
+        x = torch.empty(batch, dim, dtype=dtype, requires_grad=requires_grad)
+        means = torch.empty(components, dim, dtype=dtype)
+        return op.keeps_exponents(x, means, torch.empty(components, dtype=dtype),
+                                  torch.empty(components, dtype=dtype))
+    with gmkernels.use_backend("cpp"):
+        assert keeps()
+        assert keeps(batch=2048, components=1024)              # exactly 8 MiB
+        assert not keeps(batch=2049, components=1024)
+        assert not keeps(dtype=torch.float64, batch=2048, components=1024)
+        assert not keeps(requires_grad=False)
+        assert not keeps(dim=32)
+        assert not keeps(components=65, batch=100000)
+        assert not keeps(batch=100, components=100, dim=512)   # B C d < 2^23
+        with torch.no_grad():
+            assert not keeps()
+        monkeypatch.setenv(KEEP_MAX_BYTES, "0")
+        assert not keeps()
+        monkeypatch.setenv(KEEP_MAX_BYTES, str(64 << 20))
+        assert keeps(batch=4096, components=4096)
+        monkeypatch.setenv(KEEP_MAX_BYTES, "8M")
+        with pytest.raises(ValueError, match="GMKERNELS_MLL_KEEP_MAX_BYTES must be a non-negative integer"):
+            keeps()
+    monkeypatch.delenv(KEEP_MAX_BYTES)
+    with gmkernels.use_backend("reference"):
+        assert not keeps()
+
+
+def test_opcheck_cpp_keeping_exponents_pair():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = _op_args("tiled", var_kind="(C,d)")
+    keeping = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents
+    torch.library.opcheck(keeping.default, (x, means, var, log_weights))
+    log_likelihood, exponents = keeping(x, means, var, log_weights)
+    assert torch.allclose(log_likelihood, torch.logsumexp(exponents, 1), rtol=1e-5, atol=1e-5)
+    torch.library.opcheck(torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents.default,
+                          (torch.randn(11), x, means, var, log_weights, log_likelihood, exponents,
+                           True, True, False))

@@ -1,6 +1,7 @@
 // Tensors -> MixtureLogLikelihood params, argument checks, the dispatch between the two paths,
 // and the schemas and CPU/CUDA registrations of gmkernels::mixture_log_likelihood and
-// gmkernels::mixture_log_likelihood_backward (and the CPU double backward of a penalty in x).
+// gmkernels::mixture_log_likelihood_backward (and, CPU only, the double backward of a penalty in
+// x and the forward / backward pair that keeps the exponents).
 //
 // Two paths (csrc/kernels/mixture_log_likelihood.h):
 // - C <= kDirectMaxComponents, or on the CPU a problem that use_tiled below keeps direct: the
@@ -247,6 +248,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_mixture_log_likel
                               component_grads, var_grad);
 }
 
+// The forward that keeps the exponents E_bc, (B, C), for its backward (CPU only): always the
+// tiled path, its tiles whole rows of the returned table. The Python layer calls it instead of
+// the op when gradients will be taken and B C fits the keep budget
+// (gmkernels/ops/mixture_log_likelihood.py); the backward below then skips the recomputed product.
+std::tuple<at::Tensor, at::Tensor> cpu_mixture_log_likelihood_keeping_exponents(
+    const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+    const at::Tensor& log_weights) {
+  check_mixture_log_likelihood_args(x, means, var, log_weights);
+  const Contiguous in(x, means, var, log_weights);
+  at::Tensor exponents = at::empty({x.size(0), means.size(0)}, x.options());
+  if (x.size(0) == 0) return {at::empty({0}, x.options()), exponents};
+  at::Tensor log_likelihood =
+      mixture_log_likelihood_tiled(in.x, in.means, in.var, in.log_weights, exponents);
+  return {log_likelihood, exponents};
+}
+
+// The backward from kept exponents (CPU only): the tiled backward without its recomputed
+// product. `exponents` is consumed: overwritten with W_bc = grad_b r_bc.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+cpu_mixture_log_likelihood_backward_from_exponents(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+    const at::Tensor& log_weights, const at::Tensor& log_likelihood, at::Tensor& exponents,
+    bool x_grad, bool component_grads, bool var_grad) {
+  check_mixture_log_likelihood_args(x, means, var, log_weights);
+  check_row_inputs(x, grad, log_likelihood);
+  check_same_dtype_device(x, exponents, "x", "exponents");
+  TORCH_CHECK(exponents.dim() == 2 && exponents.size(0) == x.size(0) &&
+                  exponents.size(1) == means.size(0) && exponents.is_contiguous(),
+              "exponents must be a contiguous (B, C) = (", x.size(0), ", ", means.size(0),
+              ") tensor, got shape ", exponents.sizes());
+  const Contiguous in(x, means, var, log_weights);
+  const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
+  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
+  if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
+  mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
+                                        log_likelihood_c, out, x_grad, component_grads, exponents);
+  return out.tuple();
+}
+
 // The double backward's kernel when only grad_x has a cotangent (a gradient penalty in x), CPU
 // only: the Python double backward calls it when it records no graph (a penalty's backward), and
 // otherwise, on other devices and for other cotangents, differentiates its closed form in torch
@@ -307,12 +347,22 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
       " Tensor means, Tensor var, Tensor log_weights, Tensor log_likelihood, bool need_grad,"
       " bool need_x, bool need_means, bool need_var, bool need_log_weights)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "mixture_log_likelihood_keeping_exponents(Tensor x, Tensor means, Tensor var,"
+      " Tensor log_weights) -> (Tensor, Tensor)");
+  m.def(
+      "mixture_log_likelihood_backward_from_exponents(Tensor grad, Tensor x, Tensor means,"
+      " Tensor var, Tensor log_weights, Tensor log_likelihood, Tensor(a!) exponents, bool x_grad,"
+      " bool component_grads, bool var_grad) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("mixture_log_likelihood", &cpu_mixture_log_likelihood);
   m.impl("mixture_log_likelihood_backward", &cpu_mixture_log_likelihood_backward);
   m.impl("mixture_log_likelihood_double_backward", &cpu_mixture_log_likelihood_double_backward);
+  m.impl("mixture_log_likelihood_keeping_exponents", &cpu_mixture_log_likelihood_keeping_exponents);
+  m.impl("mixture_log_likelihood_backward_from_exponents",
+         &cpu_mixture_log_likelihood_backward_from_exponents);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

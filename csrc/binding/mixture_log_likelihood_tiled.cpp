@@ -327,8 +327,10 @@ struct TiledProblem {
 struct TileGrid {
   int64_t rows, cols, tile_rows, tile_cols;
 
-  TileGrid(int64_t num_rows, int64_t num_cols) : rows(num_rows), cols(num_cols) {
-    tile_cols = std::min(num_cols, kTileCols);
+  // whole_rows: every tile spans all the columns (the blocks of a kept (B, C) table).
+  TileGrid(int64_t num_rows, int64_t num_cols, bool whole_rows = false)
+      : rows(num_rows), cols(num_cols) {
+    tile_cols = whole_rows ? num_cols : std::min(num_cols, kTileCols);
     tile_rows = std::max<int64_t>(1, std::min(num_rows, kTileElements / tile_cols));
   }
 };
@@ -350,20 +352,36 @@ MixtureTileParams<scalar_t> tile_params(const TiledProblem& problem, const at::T
 }
 
 // Calls visit(row_begin, col_begin, scores) for every tile, scores = left[rows] right[cols]^T
-// written into one reused buffer.
+// written into one reused buffer; or, with `kept` (B, C) given, into kept's blocks of whole rows,
+// where the forward's epilogue leaves the exponents for the backward.
 template <typename Visit>
-void for_each_tile(const TiledProblem& problem, Scratch& scratch, Visit visit) {
-  const TileGrid grid(problem.left.size(0), problem.right.size(0));
-  const at::Tensor buffer = scratch.take({grid.tile_rows * grid.tile_cols}, problem.left.options());
+void for_each_tile(const TiledProblem& problem, Scratch& scratch, Visit visit,
+                   const at::Tensor& kept = at::Tensor()) {
+  const bool keep = kept.defined();
+  const TileGrid grid(problem.left.size(0), problem.right.size(0), /*whole_rows=*/keep);
+  const at::Tensor buffer =
+      keep ? at::Tensor() : scratch.take({grid.tile_rows * grid.tile_cols}, problem.left.options());
   for (int64_t row_begin = 0; row_begin < grid.rows; row_begin += grid.tile_rows) {
     const int64_t rows = std::min(grid.tile_rows, grid.rows - row_begin);
     const at::Tensor left_rows = problem.left.narrow(0, row_begin, rows);
     for (int64_t col_begin = 0; col_begin < grid.cols; col_begin += grid.tile_cols) {
       const int64_t cols = std::min(grid.tile_cols, grid.cols - col_begin);
-      at::Tensor scores = buffer.narrow(0, 0, rows * cols).view({rows, cols});
+      at::Tensor scores = keep ? kept.narrow(0, row_begin, rows)
+                               : buffer.narrow(0, 0, rows * cols).view({rows, cols});
       at::mm_out(scores, left_rows, problem.right.narrow(0, col_begin, cols).t());
       visit(row_begin, col_begin, scores);
     }
+  }
+}
+
+// Calls visit(row_begin, 0, block) for the blocks of whole rows of a kept (B, C) table: the
+// backward's tiles when the forward kept its exponents (no product to recompute).
+template <typename Visit>
+void for_each_kept_tile(const at::Tensor& kept, Visit visit) {
+  const TileGrid grid(kept.size(0), kept.size(1), /*whole_rows=*/true);
+  for (int64_t row_begin = 0; row_begin < grid.rows; row_begin += grid.tile_rows) {
+    const int64_t rows = std::min(grid.tile_rows, grid.rows - row_begin);
+    visit(row_begin, int64_t(0), kept.narrow(0, row_begin, rows));
   }
 }
 
@@ -406,7 +424,7 @@ struct CudaTileKernels {
 
 template <typename scalar_t, typename Kernels>
 at::Tensor tiled_forward(const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
-                         const at::Tensor& log_weights) {
+                         const at::Tensor& log_weights, const at::Tensor& kept) {
   const FullPrecisionFloat32Matmul full_precision;
   Scratch& scratch = Scratch::start_call();
   const TiledProblem problem(x, means, var, log_weights, scratch);
@@ -418,7 +436,7 @@ at::Tensor tiled_forward(const at::Tensor& x, const at::Tensor& means, const at:
     p.running_max = running_max.data_ptr<scalar_t>() + row_begin;
     p.running_sum = running_sum.data_ptr<scalar_t>() + row_begin;
     Kernels::forward(p);
-  });
+  }, kept);
   // Rows with every component off keep max = -inf, sum = 0: log-likelihood -inf.
   return running_max + running_sum.log();
 }
@@ -539,7 +557,7 @@ template <typename scalar_t, typename Kernels>
 void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means,
                     const at::Tensor& var, const at::Tensor& log_weights,
                     const at::Tensor& log_likelihood, MixtureGradients& out, bool x_grad,
-                    bool component_grads) {
+                    bool component_grads, const at::Tensor& kept) {
   const FullPrecisionFloat32Matmul full_precision;
   Scratch& scratch = Scratch::start_call();
   const TiledProblem problem(x, means, var, log_weights, scratch);
@@ -569,8 +587,19 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   // Responsibilities below eps / C are dropped: together they weigh less than one rounding.
   const scalar_t log_cutoff = static_cast<scalar_t>(
       std::log(std::numeric_limits<scalar_t>::epsilon() / double(means.size(0))));
-  for_each_tile(problem, scratch, [&](int64_t row_begin, int64_t col_begin, const at::Tensor& scores) {
+  // Kept exponents are E_bc already: the epilogue's affine map becomes the identity.
+  at::Tensor unit_scale, zero_offset;
+  if (kept.defined()) {
+    unit_scale = scratch.take({means.size(0)}, x.options()).fill_(1);
+    zero_offset = scratch.take({means.size(0)}, x.options()).zero_();
+  }
+  const auto visit = [&](int64_t row_begin, int64_t col_begin, const at::Tensor& scores) {
     MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, scores, row_begin, col_begin);
+    if (kept.defined()) {
+      p.row_norm = nullptr;
+      p.scale = unit_scale.data_ptr<scalar_t>() + col_begin;
+      p.offset = zero_offset.data_ptr<scalar_t>() + col_begin;
+    }
     p.grad = grad.data_ptr<scalar_t>() + row_begin;
     p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
     p.log_cutoff = log_cutoff;
@@ -600,7 +629,11 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
       row_sums.narrow(0, row_begin, rows).addmm_(scores, row_factors.narrow(0, col_begin, cols));
     if (component_grads)
       col_sums.narrow(0, col_begin, cols).addmm_(scores.t(), col_factors.narrow(0, row_begin, rows));
-  });
+  };
+  if (kept.defined())
+    for_each_kept_tile(kept, visit);
+  else
+    for_each_tile(problem, scratch, visit);
   if (x.is_cpu()) {
     assemble_gradients_cpu<scalar_t>(problem, row_sums, col_sums, out, x_grad, component_grads);
     return;
@@ -818,12 +851,13 @@ void dispatch_tile_kernels(const at::Tensor& x, Body&& body) {
 }  // namespace
 
 at::Tensor mixture_log_likelihood_tiled(const at::Tensor& x, const at::Tensor& means,
-                                        const at::Tensor& var, const at::Tensor& log_weights) {
+                                        const at::Tensor& var, const at::Tensor& log_weights,
+                                        const at::Tensor& kept) {
   at::Tensor out;
   dispatch_tile_kernels(x, [&](auto kernels) {
     using Kernels = decltype(kernels);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_tiled", [&] {
-      out = tiled_forward<scalar_t, Kernels>(x, means, var, log_weights);
+      out = tiled_forward<scalar_t, Kernels>(x, means, var, log_weights, kept);
     });
   });
   return out;
@@ -834,12 +868,12 @@ void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Ten
                                            const at::Tensor& log_weights,
                                            const at::Tensor& log_likelihood,
                                            MixtureGradients& out, bool x_grad,
-                                           bool component_grads) {
+                                           bool component_grads, const at::Tensor& kept) {
   dispatch_tile_kernels(x, [&](auto kernels) {
     using Kernels = decltype(kernels);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_tiled_backward", [&] {
       tiled_backward<scalar_t, Kernels>(grad, x, means, var, log_weights, log_likelihood, out,
-                                        x_grad, component_grads);
+                                        x_grad, component_grads, kept);
     });
   });
 }

@@ -71,17 +71,22 @@ struct MixturePenaltyGradients {
 };
 
 // log p(x_b) for every row. The inputs are checked, contiguous, float32 or float64, on one CPU
-// or CUDA device (the caller holds the device guard), with B >= 1.
+// or CUDA device (the caller holds the device guard), with B >= 1. With `kept` given (a
+// contiguous (B, C) tensor of x's dtype and device), the exponents E_bc are left in it.
 at::Tensor mixture_log_likelihood_tiled(const at::Tensor& x, const at::Tensor& means,
-                                        const at::Tensor& var, const at::Tensor& log_weights);
+                                        const at::Tensor& var, const at::Tensor& log_weights,
+                                        const at::Tensor& kept = at::Tensor());
 
-// Fills the wanted gradients of `out` from the incoming gradient and the forward's output.
+// Fills the wanted gradients of `out` from the incoming gradient and the forward's output; with
+// `kept` (the forward's exponents) given, from those instead of recomputed tiles, overwriting
+// them with W_bc.
 void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Tensor& x,
                                            const at::Tensor& means, const at::Tensor& var,
                                            const at::Tensor& log_weights,
                                            const at::Tensor& log_likelihood,
                                            MixtureGradients& out, bool x_grad,
-                                           bool component_grads);
+                                           bool component_grads,
+                                           const at::Tensor& kept = at::Tensor());
 
 // The double backward of a gradient penalty in x on the CPU: fills the wanted results of `out`
 // from U = grad_grad_x (B, d), the first-order backward's inputs and the forward's output.

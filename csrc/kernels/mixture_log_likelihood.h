@@ -1,7 +1,8 @@
 // mixture_log_likelihood: for every row x_b of x (B, d),
 //   log p(x_b) = logsumexp_c E_bc,  E_bc = lw_c - 1/2 sum_k [ (x_bk - mu_ck)^2 / v_ck + log(2 pi v_ck) ]
 // with v (C,) isotropic per component (v_ck = v_c) or (C, d) diagonal. The gradients use the
-// responsibilities r_bc = exp(E_bc - log p(x_b)), recomputed in the backward (never stored), and
+// responsibilities r_bc = exp(E_bc - log p(x_b)), recomputed in the backward (from E_bc when the
+// binding keeps it, see below), and
 // W_bc = grad_b r_bc:
 //   grad_x_b   = sum_c W_bc (mu_c - x_b) / v_c        grad_lw_c = sum_b W_bc
 //   grad_mu_c  = sum_b W_bc (x_b - mu_c) / v_c
@@ -14,7 +15,10 @@
 // - tiled (large C, Parzen windows): the binding computes a (rows x cols) tile of inner products
 //   with a BLAS matrix product and hands it to the epilogues below, which turn it into exponents
 //   E_bc = offset_c + scale_c * (S_bc - row_norm_b / 2) and fold them into a running logsumexp
-//   (forward) or overwrite the tile with W_bc (backward). No B x C buffer ever exists.
+//   (forward) or overwrite the tile with W_bc (backward). No B x C buffer exists, unless the
+//   caller keeps the forward's exponents for the backward: then the tiles are blocks of whole
+//   rows of that (B, C) table, and the backward's epilogue reads E_bc with unit scale and zero
+//   offset.
 // All tensors are contiguous row-major; no torch types appear here.
 #pragma once
 #include <cstdint>

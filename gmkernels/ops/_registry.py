@@ -100,7 +100,7 @@ def _define_triton_ops(declaration: OpDeclaration) -> None:
             schema=schema[len(name):])
 
 
-def _traced() -> bool:
+def traced() -> bool:
     """Under torch.compile or inside a torch.func transform (which keeps autograd levels of its
     own): the op must go through its registered autograd kernel."""
     return torch.compiler.is_compiling() or torch._C._functorch.maybe_current_level() is not None
@@ -112,7 +112,7 @@ def records_no_graph() -> bool:
     The autograd kernel of an op registered through torch.library is Python (it decides between
     recording and redispatching below autograd): calling the op below autograd directly saves that
     round trip, a few microseconds, when it would only redispatch."""
-    return not torch.is_grad_enabled() and not _traced()
+    return not torch.is_grad_enabled() and not traced()
 
 
 def runs_fused_cpu_kernel(ops, tensor: torch.Tensor) -> bool:
@@ -151,7 +151,7 @@ class _Namespace:
         def call(*args):
             if records_no_graph():
                 return _below_autograd(overload, *args)
-            if recorded is not None and not _traced():
+            if recorded is not None and not traced():
                 return recorded(*args)
             return packet(*args)
         setattr(self, name, call)   # looked up once per op
@@ -196,6 +196,11 @@ def _not_differentiable(name: str) -> Callable:
     return backward
 
 
+def compiled_ops() -> _Namespace:
+    """The compiled extension's ops as the autograd formulas call them."""
+    return _namespace(COMPILED_NAMESPACE)
+
+
 class RegisteredOp:
     """A declared op wired to every backend: ``IMPLEMENTED`` and the call on the chosen one."""
 
@@ -225,7 +230,7 @@ class RegisteredOp:
         if name == "reference":
             return self.declaration.reference(*args)
         packet, recorded = self._calls[name]
-        if _traced():
+        if traced():
             return self.declaration.result(packet(*args))
         if not (torch.is_grad_enabled() and _any_requires_grad(args)):
             # Nothing to record: below the Python autograd kernel directly (see records_no_graph).
