@@ -930,8 +930,9 @@ def test_opcheck_cpp_keeping_exponents_pair():
         pytest.skip("compiled ops not built")
     x, means, var, log_weights = _op_args("tiled", var_kind="(C,d)")
     keeping = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents
-    torch.library.opcheck(keeping.default, (x, means, var, log_weights))
-    log_likelihood, exponents = keeping(x, means, var, log_weights)
+    exponents = torch.empty(11, means.shape[0])
+    torch.library.opcheck(keeping.default, (x, means, var, log_weights, exponents))
+    log_likelihood = keeping(x, means, var, log_weights, exponents)
     assert torch.allclose(log_likelihood, torch.logsumexp(exponents, 1), rtol=1e-5, atol=1e-5)
     torch.library.opcheck(torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents.default,
                           (torch.randn(11), x, means, var, log_weights, log_likelihood, exponents,

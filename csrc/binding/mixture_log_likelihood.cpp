@@ -209,6 +209,15 @@ void check_row_inputs(const at::Tensor& x, const at::Tensor& grad,
               " and ", log_likelihood.sizes());
 }
 
+// The kept exponents' table of the two ops that keep them: contiguous (B, C), x's dtype and device.
+void check_exponents(const at::Tensor& x, const at::Tensor& means, const at::Tensor& exponents) {
+  check_same_dtype_device(x, exponents, "x", "exponents");
+  TORCH_CHECK(exponents.dim() == 2 && exponents.size(0) == x.size(0) &&
+                  exponents.size(1) == means.size(0) && exponents.is_contiguous(),
+              "exponents must be a contiguous (B, C) = (", x.size(0), ", ", means.size(0),
+              ") tensor, got shape ", exponents.sizes());
+}
+
 template <typename Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
@@ -248,20 +257,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cpu_mixture_log_likel
                               component_grads, var_grad);
 }
 
-// The forward that keeps the exponents E_bc, (B, C), for its backward (CPU only): always the
-// tiled path, its tiles whole rows of the returned table. The Python layer calls it instead of
-// the op when gradients will be taken and B C fits the keep budget
-// (gmkernels/ops/mixture_log_likelihood.py); the backward below then skips the recomputed product.
-std::tuple<at::Tensor, at::Tensor> cpu_mixture_log_likelihood_keeping_exponents(
-    const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
-    const at::Tensor& log_weights) {
+// The forward that keeps the exponents E_bc for its backward (CPU only): always the tiled path,
+// its tiles blocks of whole rows of `exponents`, a contiguous (B, C) tensor the caller provides.
+// gmkernels/ops/mixture_log_likelihood.py calls it instead of the op when gradients will be taken
+// and B C fits the keep budget; the backward below then skips the recomputed product.
+at::Tensor cpu_mixture_log_likelihood_keeping_exponents(const at::Tensor& x,
+                                                        const at::Tensor& means,
+                                                        const at::Tensor& var,
+                                                        const at::Tensor& log_weights,
+                                                        at::Tensor& exponents) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
+  check_exponents(x, means, exponents);
   const Contiguous in(x, means, var, log_weights);
-  at::Tensor exponents = at::empty({x.size(0), means.size(0)}, x.options());
-  if (x.size(0) == 0) return {at::empty({0}, x.options()), exponents};
-  at::Tensor log_likelihood =
-      mixture_log_likelihood_tiled(in.x, in.means, in.var, in.log_weights, exponents);
-  return {log_likelihood, exponents};
+  if (x.size(0) == 0) return at::empty({0}, x.options());
+  return mixture_log_likelihood_tiled(in.x, in.means, in.var, in.log_weights, exponents);
 }
 
 // The backward from kept exponents (CPU only): the tiled backward without its recomputed
@@ -273,11 +282,7 @@ cpu_mixture_log_likelihood_backward_from_exponents(
     bool x_grad, bool component_grads, bool var_grad) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
   check_row_inputs(x, grad, log_likelihood);
-  check_same_dtype_device(x, exponents, "x", "exponents");
-  TORCH_CHECK(exponents.dim() == 2 && exponents.size(0) == x.size(0) &&
-                  exponents.size(1) == means.size(0) && exponents.is_contiguous(),
-              "exponents must be a contiguous (B, C) = (", x.size(0), ", ", means.size(0),
-              ") tensor, got shape ", exponents.sizes());
+  check_exponents(x, means, exponents);
   const Contiguous in(x, means, var, log_weights);
   const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
   MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
@@ -349,7 +354,7 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "mixture_log_likelihood_keeping_exponents(Tensor x, Tensor means, Tensor var,"
-      " Tensor log_weights) -> (Tensor, Tensor)");
+      " Tensor log_weights, Tensor(a!) exponents) -> Tensor");
   m.def(
       "mixture_log_likelihood_backward_from_exponents(Tensor grad, Tensor x, Tensor means,"
       " Tensor var, Tensor log_weights, Tensor log_likelihood, Tensor(a!) exponents, bool x_grad,"

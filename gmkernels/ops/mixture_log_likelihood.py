@@ -161,8 +161,8 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
     return backend.resolve("mixture_log_likelihood", _OP.implemented, x.device) == "cpp"
 
 
-def _fake_keeping_exponents(x, means, var, log_weights):
-    return x.new_empty(x.shape[0]), x.new_empty(x.shape[0], means.shape[0])
+def _fake_keeping_exponents(x, means, var, log_weights, exponents):
+    return x.new_empty(x.shape[0])
 
 
 def _fake_backward_from_exponents(grad, x, means, var, log_weights, log_likelihood, exponents,
@@ -172,15 +172,19 @@ def _fake_backward_from_exponents(grad, x, means, var, log_weights, log_likeliho
 
 
 class _KeepingExponents(torch.autograd.Function):
-    """The op with its exponents kept (see keeps_exponents): the forward returns them beside the
-    log-likelihood, and the first backward that records no graph reads them (and overwrites
-    them) instead of recomputing the product. A backward with create_graph, or a second one
-    (retain_graph), runs the op's own backward formula, which recomputes."""
+    """The op with its exponents kept (see keeps_exponents): the forward writes them into a
+    (B, C) table beside the log-likelihood, and the first backward that records no graph reads
+    them (and overwrites them) instead of recomputing the product. A backward with create_graph,
+    or a second one (retain_graph), runs the op's own backward formula, which recomputes.
+
+    (Reusing freed tables instead of allocating each afresh was measured: 0-7% faster at
+    B = C = 1448 to 4096, d = 64, so not done; it would hold memory between calls.)"""
 
     @staticmethod
     def forward(ctx, x, means, var, log_weights):
-        log_likelihood, exponents = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents(
-            x, means, var, log_weights)
+        exponents = x.new_empty(x.shape[0], means.shape[0])
+        log_likelihood = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents(
+            x, means, var, log_weights, exponents)
         _setup_context(ctx, (x, means, var, log_weights), log_likelihood)
         ctx.exponents = exponents
         return log_likelihood
