@@ -475,11 +475,14 @@ BAD_INPUTS = [
     (dict(var=0.0), ValueError, "var must be finite and > 0"),
     (dict(var=math.inf), ValueError, "var must be finite and > 0"),
     (dict(var=torch.tensor([1.0, -0.5, 1.0])), ValueError, "var must be finite and > 0, got min -0.5"),
+    (dict(var=torch.tensor([1.0, math.nan, 1.0])), ValueError, "var must be finite and > 0"),
+    (dict(var=torch.tensor([1.0, math.inf, 1.0])), ValueError, "var must be finite and > 0"),
     (dict(var=torch.ones(2, 2)), ValueError, "var must be a float or of shape"),
     (dict(var="1"), TypeError, "var must be a float or a tensor"),
     (dict(var=torch.ones(3, dtype=torch.float64)), TypeError, "var must have the dtype of x"),
     (dict(log_weights=torch.zeros(2)), ValueError, r"log_weights must have shape \(C,\)"),
     (dict(log_weights=torch.tensor([0.0, math.nan, 0.0])), ValueError, "NaN"),
+    (dict(log_weights=torch.tensor([-math.inf, math.nan, -math.inf])), ValueError, "NaN"),
     (dict(log_weights=torch.tensor([0.0, math.inf, 0.0])), ValueError, r"\+inf"),
     (dict(x=torch.zeros(3, 2, dtype=torch.float64)), TypeError, "must have the dtype of x"),
     (dict(x=torch.zeros(3, 2, dtype=torch.int64)), TypeError, "x must have dtype"),
@@ -739,6 +742,29 @@ def test_cpp_fused_penalty_double_backward_over_several_tiles_and_in_float32(var
             assert relative <= 1e-3, (index, relative.item())
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [64, 256, 1024])   # direct, direct, tiled (B C d vs 2^16)
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_fused_penalty_at_mdgan_sizes_matches_the_torch_form(batch, var_kind):
+    """MD-GAN's simplex head (C = 10, d = 9) under a gradient penalty: the one-thread direct
+    kernel (small B C d) and the tiled one both give the torch closed form (penalty_in_x) in
+    float64, with a switched-off component and a zero upstream gradient row."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(batch, 10, 9, var_kind, seed=batch)
+    log_weights = log_weights.clone()
+    log_weights[3] = -math.inf
+    gen = torch.Generator().manual_seed(8)
+    grad = torch.randn(batch, dtype=torch.float64, generator=gen)
+    grad[5] = 0
+    upstream = torch.randn(batch, 9, dtype=torch.float64, generator=gen)
+    needs = (True,) * 5
+    got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
+    want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
+    for index, (g, w) in enumerate(zip(got, want)):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
+            (index, (g - w).abs().max().item())
 
 
 def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_graph(monkeypatch):

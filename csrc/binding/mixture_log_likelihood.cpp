@@ -292,11 +292,17 @@ cpu_mixture_log_likelihood_backward_from_exponents(
   return out.tuple();
 }
 
+// Up to this B C d (and C <= kDirectMaxComponents) the double backward of a penalty takes the
+// one-thread direct kernel, measured at 2 threads (direct / tiled, us): B = 64, C = 10, d = 9
+// (MD-GAN) 36 / 115; B = 256 83 / 108; B = 1024 423 / 258 (C = 65, d = 64, B = 64: 104 / 773).
+constexpr int64_t kPenaltyDirectMaxWork = int64_t(1) << 16;
+
 // The double backward's kernel when only grad_x has a cotangent (a gradient penalty in x), CPU
 // only: the Python double backward calls it when it records no graph (a penalty's backward), and
 // otherwise, on other devices and for other cotangents, differentiates its closed form in torch
-// ops. Always the tiled path (a tile is whole rows). Each result is computed only when its need_*
-// flag is set, else returned with 0 elements.
+// ops. Small problems take the direct kernel, the others the tiled path (a tile is whole
+// rows). Each result is computed only when its need_* flag is set, else returned with 0
+// elements.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const at::Tensor& grad,
                                            const at::Tensor& x, const at::Tensor& means,
@@ -315,6 +321,30 @@ cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const 
   MixturePenaltyGradients out(grad_c, in.x, in.means, in.var, in.log_weights, need_grad, need_x,
                               need_means, need_var, need_log_weights);
   if (x.size(0) == 0 || !(need_grad || need_x || out.component_grads())) return out.tuple();
+  if (means.size(0) <= kDirectMaxComponents &&
+      x.size(0) * means.size(0) * x.size(1) <= kPenaltyDirectMaxWork) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_double_backward", [&] {
+      MixturePenaltyDirectParams<scalar_t> p{};
+      p.grad_grad_x = upstream_c.data_ptr<scalar_t>();
+      p.grad = grad_c.data_ptr<scalar_t>();
+      p.x = in.x.data_ptr<scalar_t>();
+      p.means = in.means.data_ptr<scalar_t>();
+      p.var = in.var.data_ptr<scalar_t>();
+      p.log_weights = in.log_weights.data_ptr<scalar_t>();
+      p.log_likelihood = log_likelihood_c.data_ptr<scalar_t>();
+      p.out_grad = need_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
+      p.out_x = need_x ? out.x.data_ptr<scalar_t>() : nullptr;
+      p.out_means = need_means ? out.means.data_ptr<scalar_t>() : nullptr;
+      p.out_var = need_var ? out.var.data_ptr<scalar_t>() : nullptr;
+      p.out_log_weights = need_log_weights ? out.log_weights.data_ptr<scalar_t>() : nullptr;
+      p.num_rows = x.size(0);
+      p.num_components = means.size(0);
+      p.dim = x.size(1);
+      p.diagonal = is_diagonal(var);
+      mixture_penalty_direct_cpu(p);
+    });
+    return out.tuple();
+  }
   mixture_log_likelihood_tiled_double_backward(upstream_c, grad_c, in.x, in.means, in.var,
                                                in.log_weights, log_likelihood_c, out);
   return out.tuple();

@@ -678,6 +678,77 @@ void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& p) {
   }
 }
 
+template <typename scalar_t>
+void mixture_penalty_direct_cpu(const MixturePenaltyDirectParams<scalar_t>& p) {
+  // With diff = x_b - mu_c, P = 1 / var, r_bc = exp(E_bc - ll_b), s_bc = -sum_k U_bk diff_k P_k,
+  // q = grad_b r, w = q (s - sum_c r s) (the tiled form's notation):
+  //   out_grad_b  = sum_c r s           out_x_b   = sum_c P (-w diff - q U_b)
+  //   out_means_c = sum_b P (q U_b + w diff)
+  //   out_var_ck  = sum_b P^2 q U_bk diff_k + P^2 w diff_k^2 / 2 - P w / 2  (isotropic: sum over k)
+  //   out_log_weights_c = sum_b w
+  // Sums over rows and components in double, rows in order: the same bits on every call.
+  const int64_t dim = p.dim, components = p.num_components;
+  const ComponentTable<scalar_t> table(p.var, p.log_weights, components, dim, p.diagonal);
+  const int64_t var_size = p.diagonal ? components * dim : components;
+  std::vector<double> means_sum(p.out_means != nullptr ? components * dim : 0, 0.0);
+  std::vector<double> var_sum(p.out_var != nullptr ? var_size : 0, 0.0);
+  std::vector<double> weight_sum(p.out_log_weights != nullptr ? components : 0, 0.0);
+  std::vector<double> responsibility(components), slope(components), x_sum(dim);
+  for (int64_t b = 0; b < p.num_rows; ++b) {
+    const scalar_t* x = p.x + b * dim;
+    const scalar_t* u = p.grad_grad_x + b * dim;
+    const double log_likelihood = p.log_likelihood[b];
+    const double grad = p.grad[b];
+    std::fill(x_sum.begin(), x_sum.end(), 0.0);
+    double mean_slope = 0;
+    if (log_likelihood != -std::numeric_limits<double>::infinity()) {
+      for (int64_t c = 0; c < components; ++c) {
+        const scalar_t* mean = p.means + c * dim;
+        const scalar_t* precision = table.precision.data() + c * dim;
+        double squared = 0, s = 0;
+        for (int64_t k = 0; k < dim; ++k) {
+          const double diff = double(x[k]) - double(mean[k]), weighted = diff * precision[k];
+          squared += diff * weighted;
+          s -= double(u[k]) * weighted;
+        }
+        const double exponent = double(table.offset[c]) - 0.5 * squared;
+        responsibility[c] = std::exp(exponent - log_likelihood);   // 0 for a component off
+        slope[c] = s;
+        mean_slope += responsibility[c] * s;
+      }
+      for (int64_t c = 0; c < components; ++c) {
+        const double q = grad * responsibility[c], w = q * (slope[c] - mean_slope);
+        if (q == 0) continue;
+        const scalar_t* mean = p.means + c * dim;
+        const scalar_t* precision = table.precision.data() + c * dim;
+        double var_term = 0;
+        for (int64_t k = 0; k < dim; ++k) {
+          const double diff = double(x[k]) - double(mean[k]), prec = precision[k];
+          x_sum[k] -= prec * (w * diff + q * u[k]);
+          if (!means_sum.empty()) means_sum[c * dim + k] += prec * (q * u[k] + w * diff);
+          if (var_sum.empty()) continue;
+          const double term = prec * prec * (q * u[k] * diff + 0.5 * w * diff * diff) - 0.5 * prec * w;
+          if (p.diagonal)
+            var_sum[c * dim + k] += term;
+          else
+            var_term += term;
+        }
+        if (!var_sum.empty() && !p.diagonal) var_sum[c] += var_term;
+        if (!weight_sum.empty()) weight_sum[c] += w;
+      }
+    }
+    if (p.out_grad != nullptr) p.out_grad[b] = static_cast<scalar_t>(mean_slope);
+    if (p.out_x != nullptr)
+      for (int64_t k = 0; k < dim; ++k) p.out_x[b * dim + k] = static_cast<scalar_t>(x_sum[k]);
+  }
+  for (size_t i = 0; i < means_sum.size(); ++i) p.out_means[i] = static_cast<scalar_t>(means_sum[i]);
+  for (size_t i = 0; i < var_sum.size(); ++i) p.out_var[i] = static_cast<scalar_t>(var_sum[i]);
+  for (size_t i = 0; i < weight_sum.size(); ++i)
+    p.out_log_weights[i] = static_cast<scalar_t>(weight_sum[i]);
+}
+
+template void mixture_penalty_direct_cpu<float>(const MixturePenaltyDirectParams<float>&);
+template void mixture_penalty_direct_cpu<double>(const MixturePenaltyDirectParams<double>&);
 template int64_t mixture_tile_backward_cpu<float>(const MixtureTileParams<float>&);
 template int64_t mixture_tile_backward_cpu<double>(const MixtureTileParams<double>&);
 template void mixture_sparse_products_cpu<float>(const MixtureSparseProductParams<float>&);

@@ -127,6 +127,31 @@ struct MixturePenaltyTileParams {
   int num_threads;
 };
 
+// The double backward of a gradient penalty in x for small problems (the binding's
+// kPenaltyDirectMaxWork: MD-GAN's simplex head under WGAN-GP), in one pass over the rows on one
+// thread, differences taken directly: the same results as the tiled form (the binding's
+// tiled_double_backward_cpu), without its matrix products and thread teams, whose fixed costs
+// are most of the time at such sizes. Outputs that are not wanted are null.
+template <typename scalar_t>
+struct MixturePenaltyDirectParams {
+  const scalar_t* grad_grad_x;     // (num_rows, dim): U, the cotangent of grad_x
+  const scalar_t* grad;            // (num_rows,)
+  const scalar_t* x;
+  const scalar_t* means;
+  const scalar_t* var;
+  const scalar_t* log_weights;
+  const scalar_t* log_likelihood;  // (num_rows,) the forward's output
+  scalar_t* out_grad;              // (num_rows,)
+  scalar_t* out_x;                 // (num_rows, dim)
+  scalar_t* out_means;             // (num_components, dim)
+  scalar_t* out_var;               // shape of var
+  scalar_t* out_log_weights;       // (num_components,)
+  int64_t num_rows;
+  int64_t num_components;
+  int64_t dim;
+  bool diagonal;
+};
+
 template <typename scalar_t>
 void mixture_log_likelihood_direct_cpu(const MixtureLogLikelihoodParams<scalar_t>& params);
 template <typename scalar_t>
@@ -143,6 +168,8 @@ template <typename scalar_t>
 void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_penalty_direct_cpu(const MixturePenaltyDirectParams<scalar_t>& params);
 
 // CUDA launchers (csrc/cuda/mixture_log_likelihood.cu); `stream` is a cudaStream_t, the result
 // says whether every launch succeeded (cuda_status.h). The direct backward writes grad_x and
