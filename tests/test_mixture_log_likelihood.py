@@ -662,6 +662,19 @@ def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_
         assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
 
 
+def spy_on(patch, name, recorded):
+    """Replaces torch.ops.gmkernels.<name> through `patch` (a pytest MonkeyPatch) by a wrapper
+    that calls it; returns the list to which each call appends recorded(args)."""
+    kernel = getattr(torch.ops.gmkernels, name)
+    calls = []
+
+    def spy(*args):
+        calls.append(recorded(args))
+        return kernel(*args)
+    patch.setattr(torch.ops.gmkernels, name, spy)
+    return calls
+
+
 def penalty_in_x_truth(x, means, var, log_weights, grad, upstream):
     """d <grad_x, upstream> / d (grad, x, means, var, log_weights), grad_x = d <grad, ll> / dx: autograd
     twice through the reference in float64 (var as the (C,) or (C, d) table the kernels take)."""
@@ -772,14 +785,7 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
     derivative) the torch form runs instead, and both give the reference backend's result."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    calls = []
-    kernel = torch.ops.gmkernels.mixture_log_likelihood_double_backward
-
-    class Spy:
-        def __call__(self, *args):
-            calls.append(args[-5:])
-            return kernel(*args)
-    monkeypatch.setattr(torch.ops.gmkernels, "mixture_log_likelihood_double_backward", Spy())
+    calls = spy_on(monkeypatch, "mixture_log_likelihood_double_backward", lambda args: args[-5:])
     x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(6, 70, 3, "(C,d)", seed=2)]
     results = {}
     for name in ("cpp", "reference"):
@@ -809,19 +815,11 @@ def keeping_small_problems():
     (x_grad, component_grads, var_grad) of each backward that read kept exponents."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    calls = []
-    kernel = torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents
-
-    class Spy:
-        def __call__(self, *args):
-            calls.append(args[-3:])
-            return kernel(*args)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(op, "_KEEP_MIN_DIM", 1)
         patch.setattr(op, "_KEEP_MIN_WORK", 0)
         patch.delenv(KEEP_MAX_BYTES, raising=False)
-        patch.setattr(torch.ops.gmkernels, "mixture_log_likelihood_backward_from_exponents", Spy())
-        yield calls
+        yield spy_on(patch, "mixture_log_likelihood_backward_from_exponents", lambda args: args[-3:])
 
 
 @pytest.fixture
