@@ -108,8 +108,8 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     d > 32 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
     ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; default 8 MiB, 2**21 float32 entries;
     0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
-    product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 to 2 * 10^6,
-    d >= 64). The table lives until that backward (or until the output is freed). Larger tables
+    product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
+    to 2 * 10^6 with d >= 64). The table lives until that backward (or until the output is freed). Larger tables
     are not kept by default: allocated afresh on every call, their page faults cost more than
     the product saved (0.45-0.8x at B = C = 3162).
     """
@@ -145,11 +145,11 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
 
     Only in eager mode on the cpp backend with CPU tensors, when a gradient will be taken (grad
     mode on, an input requiring grad), and where it was measured faster (2-core AVX-512 machine,
-    fwd+bwd against recomputing: 1.1-1.7x for B C from 10^5 to 2 10^6 and d from 64 to 2048):
-    C > 65 and d > 32 (the direct kernel's territory otherwise), B C d > 2^23 (below it the
-    forward's extra tiled pass costs what the backward saves), and the table within
-    ``keep_max_bytes()``: a larger one is fresh memory on every call, whose page faults cost
-    more than the product it saves (0.45-0.8x at B = C = 3162, 40 MB)."""
+    fwd+bwd against recomputing: 1.1-1.7x for B C from 10^5 with d >= 128 to 2 10^6 with
+    d >= 64): C > 65 and d > 32 (the direct kernel's territory otherwise), B C d >= 2^23 (below
+    it the forward's extra tiled pass costs what the backward saves), and the table within
+    ``keep_max_bytes()``: a larger one leaves the cache between the passes over it and is fresh
+    memory on every call (0.9-1.2x at 16 MB, 0.45-0.8x at B = C = 3162, 40 MB)."""
     if _registry.traced():
         return False
     num_rows, dim = x.shape
