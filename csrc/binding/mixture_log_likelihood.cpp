@@ -293,8 +293,9 @@ cpu_mixture_log_likelihood_backward_from_exponents(
 }
 
 // Up to this B C d (and C <= kDirectMaxComponents) the double backward of a penalty takes the
-// one-thread direct kernel, measured at 2 threads (direct / tiled, us): B = 64, C = 10, d = 9
-// (MD-GAN) 36 / 115; B = 256 83 / 108; B = 1024 423 / 258 (C = 65, d = 64, B = 64: 104 / 773).
+// one-thread direct kernel. Measured at 2 threads (direct / tiled, us; separate runs on a noisy
+// VM): C = 10, d = 9 (MD-GAN): B = 64 35-38 / 138, B = 256 83-119 / 268, B = 1024 423 /
+// 258-586; C = 65, d = 64, B = 64: 773 / 104.
 constexpr int64_t kPenaltyDirectMaxWork = int64_t(1) << 16;
 
 // The double backward's kernel when only grad_x has a cotangent (a gradient penalty in x), CPU
