@@ -96,9 +96,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     simplex) runs a direct kernel; larger C (Parzen windows) tiles the components, computes each
     tile's inner products with a matrix product on data shifted by the centre of the means, and
     folds them into an online logsumexp; the backward recomputes the tiles from the saved
-    log-likelihood. On the CPU the
-    direct kernel also takes, whatever C, the forward for d <= 32 or B * C * d <= 2**25, and the
-    backward for B * C * d <= 2**22 (with gradients into means, var or log_weights: and d <= 16),
+    log-likelihood. On the CPU the direct kernel also takes, whatever C, the forward for d <= 32
+    or B * C * d <= 2**25, and the backward for B * C * d <= 2**22 (with gradients into means,
+    var or log_weights: and d <= 16),
     where it was measured faster than the tiled path (lower fixed costs; at small d the tiled
     path's per-pair epilogue costs as much as the direct kernel's whole work). The environment
     variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on every call) replaces these rules by one
@@ -109,9 +109,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; default 8 MiB, 2**21 float32 entries;
     0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
     product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
-    to 2 * 10^6 with d >= 64). The table lives until that backward (or until the output is freed). Larger tables
-    are not kept by default: allocated afresh on every call, their page faults cost more than
-    the product saved (0.45-0.8x at B = C = 3162).
+    to 2 * 10^6 with d >= 64). The table lives until that backward (or until the output is
+    freed). Larger tables are not kept by default: they leave the cache between the passes over
+    them and are fresh memory on every call (0.45-0.8x at B = C = 3162, 40 MB).
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
