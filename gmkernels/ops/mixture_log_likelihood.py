@@ -100,8 +100,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     or B * C * d <= 2**25, and the backward for B * C * d <= 2**22 (with gradients into means,
     var or log_weights: and d <= 16), where it was measured faster than the tiled path (lower
     fixed costs; at small d the tiled path's per-pair epilogue costs as much as the direct
-    kernel's whole work). The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on every call) replaces these rules by one
-    limit on B * C * d, 0 sending every C > 65 to the tiled path.
+    kernel's whole work). The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on
+    every call) replaces these rules by one limit on B * C * d, 0 sending every C > 65 to the
+    tiled path.
 
     Keeping the exponents (CPU, cpp backend, eager mode): when a gradient will be taken, C > 65,
     d > 32 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
