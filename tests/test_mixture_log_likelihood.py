@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gmkernels
+from gmkernels.ops import _registry
 from gmkernels.ops import mixture_log_likelihood as op
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
@@ -801,6 +802,33 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
     for create_graph in (False, True):
         for g, w in zip(results["cpp", create_graph], results["reference", create_graph]):
             assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("components", [10, 70], ids=["direct", "tiled"])
+def test_gradient_penalty_runs_the_first_order_backward_once(monkeypatch, components):
+    """A penalty step runs the backward op once (the first gradient, with create_graph): the
+    penalty's backward must not reach the forward's node through the log-likelihood the
+    backward op reads (it would run the whole backward again there, on a zero gradient)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    ops = _registry.compiled_ops()
+    backward_op = ops.mixture_log_likelihood_backward   # the eager call the formulas make
+    calls = []
+
+    def spy(*args):
+        calls.append(torch.is_grad_enabled())
+        return backward_op(*args)
+    monkeypatch.setattr(ops, "mixture_log_likelihood_backward", spy)
+    x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(6, components, 3, "(C,)",
+                                                                        seed=4)]
+    with gmkernels.use_backend("cpp"):
+        (grad_x,) = torch.autograd.grad(gmkernels.mixture_log_likelihood(
+            x, means, var, log_weights).sum(), x, create_graph=True)
+        grad_x.square().sum().backward()
+    assert calls == [True]   # the first gradient's, recording its graph
+    truth = penalty_in_x_truth(x, means, var, log_weights, torch.ones(6), 2 * grad_x.detach())
+    for got, want in zip((x.grad, means.grad, var.grad, log_weights.grad), truth[1:]):
+        assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
 # The forward that keeps its (B, C) exponents for the backward (cpp, CPU, eager; see

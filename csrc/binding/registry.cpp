@@ -1,8 +1,11 @@
 // The pybind11 module gmkernels._C: loading it registers the ops, and build_info() says how it
 // was built. Each op declares its schemas (TORCH_LIBRARY_FRAGMENT) and registers its kernels per
 // device in its own csrc/binding/<op>.cpp, so a new op touches no shared file; fake tensors and
-// autograd are registered from Python (gmkernels/ops/<op>.py).
+// autograd are registered from Python (gmkernels/ops/<op>.py). value_summary serves the Python
+// wrappers' value checks (csrc/binding/value_summary.cpp).
 #include <torch/extension.h>
+
+#include "value_summary.h"
 
 #ifndef GMKERNELS_VERSION
 #define GMKERNELS_VERSION "0.0.0"
@@ -47,4 +50,8 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gmkernels compiled kernels (CPU always, CUDA when built with it)";
   m.def("build_info", &build_info, "Facts about how this extension was built.");
+  m.def("value_summary", &gmk::value_summary, pybind11::arg("values"),
+        pybind11::arg("row_sums") = false,
+        "(min, max, total, min row total, max row total) of a CPU tensor in one pass, for the "
+        "wrappers' value checks.");
 }

@@ -33,8 +33,8 @@ def _check(x, means, var, log_weights):
                 f" {(num_components, dim)} or (1, d) = {(1, dim)}; got {tuple(var.shape)}"
             )
         if _checks.checking_values() and var.numel():
-            # One pass for both ends; a NaN makes both NaN, failing either comparison.
-            smallest, largest = (float(end) for end in torch.aminmax(var.detach()))
+            # A NaN makes both NaN, failing either comparison.
+            smallest, largest, _, _, _ = _checks.summary(var)
             if not (smallest > 0 and largest < math.inf):
                 raise ValueError(f"var must be finite and > 0, got min {smallest}, max {largest}")
     elif not (var > 0 and math.isfinite(var)):
@@ -45,9 +45,8 @@ def _check(x, means, var, log_weights):
             raise ValueError(
                 f"log_weights must have shape (C,) = ({num_components},), got {tuple(log_weights.shape)}"
             )
-        # The largest is NaN or +inf exactly when some entry is (one reduction instead of four
-        # tensor ops: most of this check's cost at MD-GAN's sizes).
-        if _checks.checking_values() and not float(log_weights.detach().max()) < math.inf:
+        # The largest is NaN or +inf exactly when some entry is.
+        if _checks.checking_values() and not _checks.summary(log_weights).high < math.inf:
             raise ValueError("log_weights must not hold NaN or +inf (-inf switches a component off)")
     named = {"x": x, "means": means, "var": var if isinstance(var, torch.Tensor) else None,
              "log_weights": log_weights}
@@ -278,11 +277,17 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ops, ctx, grad):
     """The backward op gets the saved log-likelihood and recomputes the tiles. var's gradient is
-    asked for apart (with a (C, d) variance it is half the component sums' work)."""
+    asked for apart (with a (C, d) variance it is half the component sums' work).
+
+    The log-likelihood goes in detached: its double backward gives it no gradient (see
+    _autograd), and an edge from the recorded gradient back to this op's node would make the
+    engine run this backward again, on zeros, in every gradient penalty's backward (the whole
+    first-order backward op a second time: a fifth of a penalty step at B = C = 256, d = 16)."""
     x, means, var, log_weights, log_likelihood = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = ops.mixture_log_likelihood_backward(
-        grad, x, means, var, log_weights, log_likelihood, needs[0], any(needs[1:]), needs[2])
+        grad, x, means, var, log_weights, log_likelihood.detach(), needs[0], any(needs[1:]),
+        needs[2])
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 

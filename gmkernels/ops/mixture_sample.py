@@ -12,6 +12,11 @@ from ..reference import mixture_sample as reference
 from . import _checks, _registry
 
 
+def _positive_total(weights: _checks.Summary) -> bool:
+    """Every weight >= 0 (a NaN fails) and a positive sum."""
+    return weights.low >= 0 and weights.total > 0
+
+
 def _check(mu, scale, n, component, generator, weights):
     mu = _checks.float_tensor(mu, "mu")
     scale = _checks.float_tensor(scale, "scale")
@@ -39,7 +44,7 @@ def _check(mu, scale, n, component, generator, weights):
         _checks.float_tensor(weights, "weights")
         if tuple(weights.shape) != (num_components,):
             raise ValueError(f"weights must have shape (N,) = ({num_components},), got {tuple(weights.shape)}")
-        if _checks.checking_values() and not (bool((weights >= 0).all()) and float(weights.sum()) > 0):
+        if _checks.checking_values() and not _positive_total(_checks.summary(weights)):
             raise ValueError("weights must be >= 0 with a positive sum")
     _checks.finite(scale, "scale")
     if generator is not None:

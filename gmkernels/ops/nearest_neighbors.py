@@ -7,6 +7,8 @@ are these numbers. Not differentiable: a backward through it raises.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..reference import nearest_neighbors as reference
@@ -19,7 +21,7 @@ def _check_radii(radii, name, count, layout):
     _checks.ndim(radii, name, 1, layout)
     if radii.shape[0] != count:
         raise ValueError(f"{name} must be {layout} = ({count},), got shape {tuple(radii.shape)}")
-    if _checks.checking_values() and radii.numel() and bool(torch.isnan(radii).any()):
+    if _checks.checking_values() and radii.numel() and math.isnan(_checks.summary(radii).low):
         raise ValueError(f"{name} must not be NaN")
 
 
