@@ -461,7 +461,8 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
     lines += ["", "## Machine limits, measured in this run", ""] + _limit_lines(result["limits"])
     lines += [
         "", "## How to read", "",
-        f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}), each "
+        f"- Times: median of up to {settings['repeats']} runs after warm-up ({settings['timers']}; in "
+        "rounds of one call per contender, each round starting one contender later), each "
         f"contender stopping after {settings['max_seconds']} s of runs (at least {settings['min_repeats']})"
         + (f"; a contender other than gmkernels' whose fastest run took over {settings['retire_factor']:g}x the "
            "fastest peer run stops there (it cannot be the best peer), so its time may be of one run."
