@@ -107,6 +107,19 @@ def test_summary_of_int64_is_exact(implementation):
     assert total == float(labels.sum())
 
 
+def test_summary_reads_tensors_inside_torch_func_transforms(implementation):
+    """torch.func.grad hands the function a wrapped tensor without storage of its own: the
+    summary of it is the summary of the values it wraps."""
+    values = torch.randn(300, 7, dtype=torch.float64)
+    seen = []
+
+    def function(wrapped):
+        seen.append(_checks.summary(wrapped, row_sums=True))
+        return wrapped.sum()
+    torch.func.grad(function)(values)
+    assert_summary(seen[0], values, True)
+
+
 @pytest.mark.skipif(not COMPILED, reason="the compiled extension is not built")
 def test_compiled_summary_rejects_what_it_cannot_read():
     summarize = backend.compiled_module().value_summary

@@ -36,11 +36,14 @@ def summary(value: torch.Tensor, row_sums: bool = False) -> Summary:
     """The Summary of a non-empty float32/float64/int64 tensor. On the CPU with the compiled
     extension one pass and one call (gmkernels._C.value_summary): each torch reduction costs a
     dispatch, an output tensor and a wake-up of the thread pool, and a check made of four or five
-    of them was most of a small op call. Elsewhere (CUDA, half types, no extension) torch ops,
-    read back in one host sync (two for int64, whose extremes come back exact as ints)."""
+    of them was most of a small op call. Elsewhere (CUDA, half types, tensors inside torch.func
+    transforms, no extension) torch ops, read back in one host sync (two for int64, whose
+    extremes come back exact as ints)."""
     data = value.detach()
     compiled = backend.compiled_module()
-    if compiled is not None and data.device.type == "cpu" and data.dtype in _SUMMARIZED_DTYPES:
+    # A tensor wrapped by a torch.func transform has no storage for the compiled pass to read.
+    if (compiled is not None and data.device.type == "cpu" and data.dtype in _SUMMARIZED_DTYPES
+            and not torch._C._functorch.is_functorch_wrapped_tensor(data)):
         return Summary(*compiled.value_summary(data, row_sums))
     low, high = torch.aminmax(data)
     if not data.is_floating_point():   # int64: exact extremes (a float64 would round them)
