@@ -173,6 +173,12 @@ MUTANTS = [
            "    if constexpr (std::is_floating_point_v<T>) probe += 0;",
            ("tests/test_checks.py",),
            "a NaN passes the value checks (extremes that skip it)"),
+    Mutant("summary-reads-wrapped", "gmkernels/ops/_checks.py",
+           "            and not torch._C._functorch.is_functorch_wrapped_tensor(data)):",
+           "            and True):",
+           ("tests/test_checks.py",),
+           "the value checks hand a torch.func-wrapped tensor to the compiled pass: the reference "
+           "backend no longer works under torch.func"),
     Mutant("mbd-autograd-grad-out", "gmkernels/ops/minibatch_discrimination.py",
            "    return ops.minibatch_discrimination_backward(grad_out, M)",
            "    return ops.minibatch_discrimination_backward(torch.ones_like(grad_out), M)",
