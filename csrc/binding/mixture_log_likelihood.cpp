@@ -46,7 +46,8 @@ void check_mixture_log_likelihood_args(const at::Tensor& x, const at::Tensor& me
 
 bool is_diagonal(const at::Tensor& var) { return var.dim() == 2; }
 
-// The fields both direct-path params structs share.
+// The input fields every direct-path params struct shares (the forward's, the backward's, the
+// one-thread penalty kernel's); the multithreaded ones also take cpu_threads().
 template <typename scalar_t, typename Params>
 void fill_inputs(Params& p, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
                  const at::Tensor& log_weights) {
@@ -58,7 +59,6 @@ void fill_inputs(Params& p, const at::Tensor& x, const at::Tensor& means, const 
   p.num_components = means.size(0);
   p.dim = x.size(1);
   p.diagonal = is_diagonal(var);
-  p.num_threads = cpu_threads();
 }
 
 template <typename scalar_t>
@@ -68,6 +68,7 @@ MixtureLogLikelihoodParams<scalar_t> direct_params(const at::Tensor& x, const at
                                                    const at::Tensor& out) {
   MixtureLogLikelihoodParams<scalar_t> p;
   fill_inputs<scalar_t>(p, x, means, var, log_weights);
+  p.num_threads = cpu_threads();
   p.log_likelihood = out.data_ptr<scalar_t>();
   return p;
 }
@@ -79,6 +80,7 @@ MixtureLogLikelihoodBackwardParams<scalar_t> direct_backward_params(
     bool x_grad, bool component_grads) {
   MixtureLogLikelihoodBackwardParams<scalar_t> p;
   fill_inputs<scalar_t>(p, x, means, var, log_weights);
+  p.num_threads = cpu_threads();
   p.grad = grad.data_ptr<scalar_t>();
   p.log_likelihood = log_likelihood.data_ptr<scalar_t>();
   p.grad_x = out.x.data_ptr<scalar_t>();
@@ -326,22 +328,15 @@ cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const 
       x.size(0) * means.size(0) * x.size(1) <= kPenaltyDirectMaxWork) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_double_backward", [&] {
       MixturePenaltyDirectParams<scalar_t> p{};
+      fill_inputs<scalar_t>(p, in.x, in.means, in.var, in.log_weights);
       p.grad_grad_x = upstream_c.data_ptr<scalar_t>();
       p.grad = grad_c.data_ptr<scalar_t>();
-      p.x = in.x.data_ptr<scalar_t>();
-      p.means = in.means.data_ptr<scalar_t>();
-      p.var = in.var.data_ptr<scalar_t>();
-      p.log_weights = in.log_weights.data_ptr<scalar_t>();
       p.log_likelihood = log_likelihood_c.data_ptr<scalar_t>();
       p.out_grad = need_grad ? out.grad.data_ptr<scalar_t>() : nullptr;
       p.out_x = need_x ? out.x.data_ptr<scalar_t>() : nullptr;
       p.out_means = need_means ? out.means.data_ptr<scalar_t>() : nullptr;
       p.out_var = need_var ? out.var.data_ptr<scalar_t>() : nullptr;
       p.out_log_weights = need_log_weights ? out.log_weights.data_ptr<scalar_t>() : nullptr;
-      p.num_rows = x.size(0);
-      p.num_components = means.size(0);
-      p.dim = x.size(1);
-      p.diagonal = is_diagonal(var);
       mixture_penalty_direct_cpu(p);
     });
     return out.tuple();

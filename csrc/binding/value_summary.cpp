@@ -1,5 +1,6 @@
 // value_summary: what the Python wrappers' value checks read of a CPU tensor (signs, finiteness,
-// ranges, row sums; gmkernels/ops/_checks.py), in one pass and one call. Each torch reduction
+// ranges, row sums; gmkernels/ops/_checks.py) in one call: each chunk of the tensor is read once,
+// and a second time while still in cache when row totals are asked for. Each torch reduction
 // costs a dispatch, an output tensor and a wake-up of the thread pool: the five that checked
 // class_pairwise_kl's probabilities took most of its call at N = 1000, C = 10.
 #include "value_summary.h"
