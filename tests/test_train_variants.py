@@ -8,7 +8,9 @@ from train_support import one_thread, skip_if_op_missing, tiny_config, usable_ba
 import gmkernels
 from conftest import backend_device
 from gmgan import Trainer
-from gmgan.config import VARIANTS, replace
+from gmgan.config import VARIANTS, ConfigError, replace
+from gmgan.distributed import World
+from gmgan.trainer import resolve_device
 from gmgan.variants import class_map
 
 
@@ -31,6 +33,26 @@ def test_variant_trains_with_finite_loss_on_backend(tmp_path, variant, backend):
         skip_if_op_missing(error)
     assert all(math.isfinite(v) for v in losses), losses
     assert all(torch.isfinite(p).all() for p in trainer.G.parameters())
+
+
+@pytest.mark.parametrize("device, cuda_available, world, expected", [
+    ("auto", True, World(), "cuda:0"),            # the default on a GPU machine (it raised there)
+    ("auto", False, World(), "cpu"),
+    ("auto", True, World(rank=3, size=4, local_rank=1), "cuda:1"),
+    ("cuda:1", True, World(), "cuda:1"),
+    ("cuda", True, World(rank=1, size=2, local_rank=1), "cuda:1"),
+    ("cpu", True, World(), "cpu"),
+])
+def test_device_auto_picks_the_kind_and_the_process_picks_the_index(monkeypatch, device, cuda_available,
+                                                                    world, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    assert resolve_device(replace(tiny_config("unused"), device=device), world) == torch.device(expected)
+
+
+def test_a_cuda_device_without_cuda_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device cuda:0 requested but CUDA is not available"):
+        resolve_device(replace(tiny_config("unused"), device="cuda:0"), World())
 
 
 @pytest.mark.parametrize("configured", [None, "reference"])

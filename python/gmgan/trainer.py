@@ -67,14 +67,15 @@ def network_sizes(G: nn.Module, D: nn.Module) -> dict:
 
 
 def resolve_device(config: Config, world: World) -> torch.device:
-    if config.device == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        kind = torch.device(config.device).type
+    # "auto" is no torch device name: it picks the kind, and the index comes from the process
+    # (its local rank under DDP) or the name ("cuda:1"), else 0.
+    requested = None if config.device == "auto" else torch.device(config.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if requested is None else requested.type
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {config.device} requested but CUDA is not available")
-        return torch.device("cuda", world.local_rank if world.active else torch.device(config.device).index or 0)
+        index = world.local_rank if world.active else (requested.index if requested is not None else None)
+        return torch.device("cuda", index or 0)
     return torch.device("cpu")
 
 
