@@ -86,7 +86,14 @@ def test_an_interrupted_run_keeps_its_finished_sections_marked_partial(tmp_path,
     assert f"**Partial**: the run stopped before the sections {interrupted}" in written[".md"].read_text()
 
 
-def test_sections_offer_only_the_kernel_backends_that_run_their_tensors():
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """The cases of a machine without a GPU (a GPU machine adds its own: cuda and triton kernels
+    on GPU tensors, beside these)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_sections_offer_only_the_kernel_backends_that_run_their_tensors(no_gpu):
     # As on a GPU machine: CPU cases time cpp alone (cuda cannot take CPU tensors; Triton would
     # run them only under its interpreter).
     everything = ("cuda", "triton", "cpp", "reference")
@@ -156,7 +163,9 @@ def test_contenders_far_slower_than_the_fastest_peer_leave_the_rounds_but_gmkern
     def sleeper(seconds):
         return lambda: time.sleep(seconds)
 
-    fns = [sleeper(0.02), sleeper(0.002), sleeper(0.004), sleeper(0.02), sleeper(0.02)]
+    # 10 ms apart at least: a busy machine (16 test processes on a GPU box) wakes a 4 ms sleep
+    # late enough to pass 3x a 2 ms one.
+    fns = [sleeper(0.1), sleeper(0.01), sleeper(0.012), sleeper(0.1), sleeper(0.1)]
     states = [warm_up(fn, 1, "cpu", False) for fn in fns]
     peers = [None, True, True, True, False]     # gmkernels, fast peer, near peer, slow peer, reference
     timings = measure_interleaved(fns, states, repeats=4, max_seconds=10.0, min_repeats=2,
@@ -376,7 +385,7 @@ def test_a_case_runs_on_its_own_thread_count_and_the_runs_is_restored():
     assert torch.get_num_threads() == before
 
 
-def test_second_order_times_a_kernel_only_when_its_second_derivative_is_the_references(monkeypatch):
+def test_second_order_times_a_kernel_only_when_its_second_derivative_is_the_references(monkeypatch, no_gpu):
     from bench.ops import second_order
 
     class OnceDifferentiable(torch.autograd.Function):
@@ -511,7 +520,7 @@ def test_judge_takes_only_the_shaped_flops_at_the_matmul_shape_rate():
     assert whole["limit"] == "fp32 matmul 10x2x10" and whole["limit_fraction"] == pytest.approx(6.0 / 8.0)
 
 
-def test_sweep_smoke_run_leads_with_the_headline_and_lists_every_point(tmp_path):
+def test_sweep_smoke_run_leads_with_the_headline_and_lists_every_point(tmp_path, no_gpu):
     argv = ["--sweep", "--smoke", "--out", str(tmp_path), "--op", "minibatch_discrimination"]
     assert run.main(argv) == 0
     written = {path.suffix: path for path in tmp_path.iterdir()}
@@ -558,7 +567,7 @@ def test_sweep_lists_the_peers_it_leaves_out_and_copies_the_headline_into_the_re
     assert readme.read_text().count(report.README_HEADLINE_START) == 1
 
 
-def test_sweep_grids_span_the_issue_sizes_and_never_take_the_reference_as_a_peer():
+def test_sweep_grids_span_the_issue_sizes_and_never_take_the_reference_as_a_peer(no_gpu):
     grids = {op: importlib.import_module(f"bench.ops.{op}").sweep_cases("full", ("cpp", "reference"))
              for op in run.OPS if op != "training_step"}
     for op, cases in grids.items():

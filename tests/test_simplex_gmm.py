@@ -74,8 +74,10 @@ def test_vertex_is_not_the_maximum_in_the_published_setting():
 
 def embeddings(module, dtype):
     """Rows: the mode (lk = lambda), the centroid, a vertex, a far point, a box point."""
-    return torch.stack([module.mode, torch.zeros(module.d), module.vertices[0],
-                        torch.full((module.d,), 2.5), torch.linspace(-2.5, 2.5, module.d)]).to(dtype)
+    device = module.mode.device
+    return torch.stack([module.mode, torch.zeros(module.d, device=device), module.vertices[0],
+                        torch.full((module.d,), 2.5, device=device),
+                        torch.linspace(-2.5, 2.5, module.d, device=device)]).to(dtype)
 
 
 @pytest.mark.parametrize("reg", [0.0, 1e-8])

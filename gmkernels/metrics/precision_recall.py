@@ -72,9 +72,12 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor,
         # (precision, density).
         cross = nearest_neighbors(real_features, fake_features, 1, radii=fake_radii,
                                   query_radii=real_radii)
+    # Counts over counts: a device's mean (a sum times 1/M) can be off the fraction by a rounding
+    # (3 x 0.2 on a GPU, not 3 / 5).
+    num_real, num_fake = real_features.shape[0], fake_features.shape[0]
     return PrecisionRecall(
-        precision=float((cross.points_within > 0).double().mean()),
-        recall=float((cross.within > 0).double().mean()),
-        density=float(cross.points_within.double().sum()) / (k * fake_features.shape[0]),
-        coverage=float((cross.kth_distance <= real_radii).double().mean()),
+        precision=int((cross.points_within > 0).sum()) / num_fake,
+        recall=int((cross.within > 0).sum()) / num_real,
+        density=int(cross.points_within.sum()) / (k * num_fake),
+        coverage=int((cross.kth_distance <= real_radii).sum()) / num_real,
     )

@@ -110,7 +110,9 @@ def _forward_full_kernel(z_ptr, mu_ptr, scale_ptr, sorted_ptr, begin_ptr, seed, 
             lower = (j[:, None] <= i[None, :]) & (i < dim)[None, :]
             tril_t = tl.load(factor + i[None, :].to(tl.int64) * dim + j[:, None], mask=lower,
                              other=0.0)
-            acc = tl.dot(eps, tril_t, acc, input_precision="ieee")
+            # out_dtype: Triton before 3.9 defaults to float32 and refuses a float64 accumulator
+            # (compiling for a GPU; the interpreter does not check).
+            acc = tl.dot(eps, tril_t, acc, input_precision="ieee", out_dtype=acc.dtype)
         z = acc + mu[None, :]
         tl.store(z_ptr + sample[:, None] * dim + i[None, :], z,
                  mask=row_ok[:, None] & (i < dim)[None, :])
@@ -180,7 +182,7 @@ def _backward_full_kernel(grad_mu_ptr, grad_scale_ptr, grad_z_ptr, sorted_ptr, b
                            mask=row_ok[:, None] & (i < dim)[None, :], other=0.0)
             eps = _normals(seed, sample, j0 // 4, BLOCK_J // 4, groups_per_row)
             eps = tl.where(row_ok[:, None] & (j < dim)[None, :], eps, 0.0).to(dtype)
-            acc = tl.dot(tl.trans(grad), eps, acc, input_precision="ieee")
+            acc = tl.dot(tl.trans(grad), eps, acc, input_precision="ieee", out_dtype=acc.dtype)
             sum_grad += tl.sum(grad, axis=0)
         lower = (j[None, :] <= i[:, None]) & (i < dim)[:, None]
         out = grad_scale_ptr + c * dim * dim + i[:, None] * dim + j[None, :]
