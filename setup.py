@@ -87,6 +87,41 @@ def want_cuda(torch, toolkit) -> bool:
     return torch.version.cuda is not None and toolkit is not None
 
 
+def loaded_libstdcxx() -> str:
+    """The path of the libstdc++ shared library this process has loaded (torch links it), or ""
+    (not Linux, or a torch without it)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = [line.split(maxsplit=5)[-1].strip() for line in maps if line.count(" ") >= 5]
+    except OSError:
+        return ""
+    return next((path for path in paths if os.path.basename(path).startswith("libstdc++.so")), "")
+
+
+def link_args() -> list:
+    """-fopenmp, and the libstdc++ that torch runs with, named as a linker input ahead of the
+    compiler's own libraries: a compiler that links libstdc++ statically by default (seen: a GCC
+    13.3 in /opt/gcc on a GPU machine's image) put a second libstdc++ into _C beside the one the
+    process runs, and the first error message with a number in it (a TORCH_CHECK) crashed the
+    process inside the static copy's number formatting. Named here, every libstdc++ symbol binds
+    to the shared library, which _C then lists as needed, as torch's own libraries do."""
+    libstdcxx = loaded_libstdcxx()
+    return ["-fopenmp"] + ([libstdcxx] if libstdcxx else [])
+
+
+def libstdcxx_problem(library: str) -> str:
+    """What is wrong with how `library` takes libstdc++, or "" (also when readelf is missing)."""
+    try:
+        dynamic = subprocess.run(["readelf", "-dW", library], capture_output=True, text=True)
+    except OSError:
+        return ""
+    if dynamic.returncode != 0 or "Shared library: [libstdc++.so" in dynamic.stdout:
+        return ""
+    return (f"{os.path.basename(library)} does not load libstdc++ as a shared library: the C++ "
+            "compiler linked a copy of it in, and C++ error messages would crash the process. "
+            "Build with a compiler that links it as a shared library (e.g. CXX=/usr/bin/g++).")
+
+
 def sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
@@ -133,6 +168,12 @@ def main():
                 self.build_temp = os.path.join(
                     ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
 
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            problem = libstdcxx_problem(self.get_ext_fullpath(ext.name))
+            if problem:
+                sys.exit(f"gmkernels setup: {problem}")
+
     cxx_flags = list(CXX_FLAGS)
     march = os.environ.get("GMKERNELS_MARCH", "native")
     if march:
@@ -150,7 +191,7 @@ def main():
             files + sources("csrc/cuda/*.cu"),
             define_macros=defines,
             extra_compile_args={"cxx": cxx_flags, "nvcc": list(NVCC_FLAGS)},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_args(),
         )
     else:
         extension = CppExtension(
@@ -158,7 +199,7 @@ def main():
             files,
             define_macros=defines,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_args(),
         )
 
     train = ["scikit-learn", "safetensors", "matplotlib", "pyyaml"]

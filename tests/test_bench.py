@@ -56,7 +56,8 @@ def test_smoke_run_writes_json_markdown_and_plot_with_limits_and_fractions(tmp_p
     assert bandwidth_rows, "mixture_sample's forward declares bytes_moved"
     for row in bandwidth_rows:
         assert row["limit"] == "bandwidth"
-        assert row["limit_fraction"] == pytest.approx(row["gb_per_s"] / cpu["bandwidth_gb_per_s"])
+        device = result["limits"]["devices"][row["device"]]     # a GPU machine's GPU rows: its own
+        assert row["limit_fraction"] == pytest.approx(row["gb_per_s"] / device["bandwidth_gb_per_s"])
 
     markdown = written[".md"].read_text()
     sections = [line for line in markdown.splitlines() if line.startswith("## ")]

@@ -57,6 +57,31 @@ def test_cpu_kernels_build_without_torch(tmp_path):
         assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.mark.skipif(not (shutil.which("g++") and shutil.which("readelf")), reason="needs g++ and readelf")
+def test_link_args_bind_libstdcxx_to_the_shared_library_even_where_the_compiler_links_it_in(tmp_path):
+    """A compiler that links libstdc++ statically by default (seen on a GPU machine's image: the
+    first TORCH_CHECK message with a number crashed there) is played by g++ -static-libstdc++:
+    its library carries a copy and setup's check names it; with setup.py's link arguments the
+    library lists libstdc++ as needed and carries none."""
+    source = tmp_path / "number.cpp"
+    source.write_text('#include <sstream>\n#include <string>\n'
+                      'std::string number(long n) { std::ostringstream s; s << n; return s.str(); }\n')
+    compiled = {}
+    for name, extra in (("static", []), ("setup", SETUP["link_args"]())):
+        compiled[name] = tmp_path / f"lib{name}.so"
+        command = ["g++", "-shared", "-fPIC", "-static-libstdc++", str(source), "-o", str(compiled[name]), *extra]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-4000:]
+    assert "does not load libstdc++ as a shared library" in SETUP["libstdcxx_problem"](str(compiled["static"]))
+    assert SETUP["libstdcxx_problem"](str(compiled["setup"])) == ""
+
+
+def test_the_built_extension_loads_libstdcxx_as_a_shared_library():
+    if not gmkernels.build_info()["compiled"] or not shutil.which("readelf"):
+        pytest.skip("no compiled extension, or no readelf")
+    assert SETUP["libstdcxx_problem"](gmkernels._C.__file__) == ""
+
+
 def test_one_version_string_for_the_package_setup_and_the_extension():
     assert gmkernels.__version__ == _version.__version__ == SETUP["package_versions"]()["__version__"]
     info = gmkernels.build_info()

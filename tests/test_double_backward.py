@@ -183,12 +183,18 @@ def test_double_backward_of_mixture_sample_is_the_forward_op(backend):
     assert torch.allclose(got, op(grad_grad_mu, grad_grad_scale), rtol=0, atol=1e-12)
 
 
+# Defined for the whole session: a Library freed at the end of a test leaves its namespace in
+# torch.ops without its ops, and torch 2.11's decomposition table (torch.compile's aot_eager
+# and inductor) then fails on any later compile in that process ("'CustomDecompTable' object is
+# not a mapping", seen on a GPU machine where pytest-xdist put such a compile after this test).
+_NO_AUTOGRAD_LIBRARY = torch.library.Library("gmkernels_test_no_autograd", "DEF")
+_NO_AUTOGRAD_LIBRARY.define("double_it(Tensor x) -> Tensor")
+_NO_AUTOGRAD_LIBRARY.impl("double_it", lambda x: 2 * x, "CPU")
+
+
 def test_unregistered_autograd_warning_is_an_error_in_this_suite():
     """The pytest configuration (pyproject filterwarnings) makes PyTorch's "autograd kernel was
     not registered" warning an error, so no op in the suite can silently take that path."""
-    library = torch.library.Library("gmkernels_test_no_autograd", "DEF")
-    library.define("double_it(Tensor x) -> Tensor")
-    library.impl("double_it", lambda x: 2 * x, "CPU")
     x = torch.ones(3, requires_grad=True)
     out = torch.ops.gmkernels_test_no_autograd.double_it(x)
     with pytest.raises(UserWarning, match="autograd kernel was not registered"):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from train_support import one_thread, tiny_config, usable_backends  # noqa: F401 (autouse fixture)
 
+from conftest import backend_device
 from gmgan import Trainer
 from gmgan.config import VARIANTS, build_config, config_from_dict
 from gmgan.penalty import gradient_penalty
@@ -91,8 +92,9 @@ def test_penalized_steps_on_kernel_backend_equal_reference_to_float64_rounding(t
     try:
         weights = {}
         for backend in ("reference", kernels):
+            # Both runs on the kernels' device (the default, auto, picks the GPU where there is one).
             config = tiny_config(tmp_path / backend, **PENALIZED[case], gp_weight=10.0, gp_kind=kind, steps=3,
-                                 batch_size=32, backend=backend)
+                                 batch_size=32, backend=backend, device=str(backend_device(kernels)))
             trainer = Trainer(config)
             assert trainer.dataset.get(torch.arange(2))[0].dtype == torch.float64
             for _ in range(config.steps):
