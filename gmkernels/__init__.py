@@ -5,6 +5,7 @@ from .ops.minibatch_discrimination import minibatch_discrimination
 from .ops.mixture_log_likelihood import mixture_log_likelihood, simplex_vertices
 from .ops.mixture_sample import mixture_sample
 from .ops.nearest_neighbors import nearest_neighbors
+from .ops._checks import set_value_checks, value_checks, value_checks_enabled
 
 from ._version import __version__
 
@@ -35,5 +36,8 @@ __all__ = [
     "nn",
     "set_backend",
     "simplex_vertices",
+    "set_value_checks",
     "use_backend",
+    "value_checks",
+    "value_checks_enabled",
 ]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gmkernels
+from conftest import ALL_BACKENDS, backend_device
 from gmkernels import backend
 from gmkernels.ops import _checks
 
@@ -176,3 +177,81 @@ def test_checked_ops_run_under_torch_func_on_the_reference_backend(op):
         leaf = point.clone().requires_grad_()
         (expected_grad,) = torch.autograd.grad(function(leaf), leaf)
     assert torch.allclose(transformed, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+# Each op with one bad value that its value checks catch, and a bad shape that is checked always.
+BAD_VALUES = {
+    "class_pairwise_kl": (lambda: gmkernels.class_pairwise_kl(torch.tensor([[0.5, 0.7], [0.2, 0.8]]),
+                                                              torch.tensor([0, 1])), "rows must sum to 1"),
+    "mixture_log_likelihood": (lambda: gmkernels.mixture_log_likelihood(torch.zeros(3, 2), torch.zeros(4, 2),
+                                                                        torch.full((4,), -1.0)), "var must be"),
+    "mixture_sample": (lambda: gmkernels.mixture_sample(torch.zeros(3, 2), torch.full((3, 2), math.inf), 5),
+                       "scale"),
+    "nearest_neighbors": (lambda: gmkernels.nearest_neighbors(torch.zeros(3, 2), torch.zeros(4, 2), 1,
+                                                              radii=torch.full((4,), math.nan)), "radii"),
+}
+
+
+@pytest.mark.parametrize("op", sorted(BAD_VALUES))
+def test_value_checks_switch_off_in_a_block_and_back_after_it(op):
+    call, message = BAD_VALUES[op]
+    with pytest.raises(ValueError, match=message):
+        call()
+    with gmkernels.value_checks(False):
+        assert not gmkernels.value_checks_enabled()
+        call()                                            # the bad value is not looked at
+        with pytest.raises(ValueError, match="x must be"):  # shapes are checked either way
+            gmkernels.mixture_log_likelihood(torch.zeros(3), torch.zeros(4, 2), 1.0)
+    assert gmkernels.value_checks_enabled()
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_value_checks_block_restores_the_setting_on_exceptions_and_set_takes_only_a_bool():
+    with pytest.raises(RuntimeError, match="inside"):
+        with gmkernels.value_checks(False):
+            raise RuntimeError("inside")
+    assert gmkernels.value_checks_enabled()
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        gmkernels.set_value_checks(0)
+    gmkernels.set_value_checks(False)
+    try:
+        assert not gmkernels.value_checks_enabled()
+    finally:
+        gmkernels.set_value_checks(True)
+
+
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+def test_without_value_checks_index_ranges_are_still_checked(backend_name):
+    """Kernels index tables by label and component (Triton's without a bound of their own): the
+    ranges are checked whatever the switch says."""
+    if backend_name not in gmkernels.backends():
+        pytest.skip(f"backend {backend_name!r} is not usable here")
+    device = backend_device(backend_name)
+    with gmkernels.value_checks(False), gmkernels.use_backend(backend_name):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            gmkernels.class_pairwise_kl(torch.full((4, 3), 1 / 3, device=device),
+                                        torch.tensor([0, 1, 2, 7], device=device))
+        with pytest.raises(ValueError, match=r"component must lie in \[0, 2\)"):
+            gmkernels.mixture_sample(torch.zeros(2, 3, device=device), torch.ones(2, 3, device=device), 2,
+                                     component=torch.tensor([0, 2], device=device))
+
+
+@pytest.mark.parametrize("setting, outcome", [("0", "off"), ("1", "on"), ("no", "ValueError")])
+def test_value_checks_environment_variable(setting, outcome):
+    import os
+    import subprocess
+    import sys
+    code = ("import gmkernels, torch\n"
+            "try:\n"
+            "    gmkernels.class_pairwise_kl(torch.tensor([[0.5, 0.7]]), torch.tensor([0]))\n"
+            "    print('off')\n"
+            "except ValueError:\n"
+            "    print('on')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, GMKERNELS_VALUE_CHECKS=setting))
+    if outcome == "ValueError":
+        assert result.returncode != 0 and "GMKERNELS_VALUE_CHECKS must be 0 or 1, got 'no'" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == outcome

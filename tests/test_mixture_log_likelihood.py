@@ -443,9 +443,16 @@ def test_cpp_results_are_identical_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
-        for (value_a, grads_a), (value_b, grads_b) in zip(results[0], other):
-            assert torch.equal(value_a, value_b)
-            assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+        for path, (value_a, grads_a), (value_b, grads_b) in zip(sorted(PATHS), results[0], other):
+            if path == "direct":
+                assert torch.equal(value_a, value_b)
+                assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+            else:
+                # The tile path's products come from the BLAS, whose bits can follow its own
+                # thread use (once not bit-identical on a loaded 16-core Intel machine; identical
+                # when run alone there): equal up to rounding.
+                for a, b in zip([value_a] + list(grads_a), [value_b] + list(grads_b)):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

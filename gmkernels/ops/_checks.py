@@ -1,13 +1,19 @@
 """Argument checks shared by the op wrappers: one place for the messages users read.
 
 Value checks (signs, finiteness, ranges) read tensor data, which torch.compile cannot trace
-without a graph break; they run in eager mode and are skipped while compiling.
+without a graph break; they run in eager mode and are skipped while compiling. On a GPU reading
+the data back costs a device-to-host synchronization per call, so they can be switched off
+(``gmkernels.set_value_checks(False)``, ``with gmkernels.value_checks(False):`` or
+``GMKERNELS_VALUE_CHECKS=0`` at import). Shapes, dtypes, devices and index ranges (labels,
+components) are checked either way: the Triton kernels index tables with those indices.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from typing import NamedTuple, Optional
+import os
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
@@ -17,8 +23,45 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def _value_checks_from_environment() -> bool:
+    setting = os.environ.get("GMKERNELS_VALUE_CHECKS", "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"GMKERNELS_VALUE_CHECKS must be 0 or 1, got {setting!r}")
+    return setting == "1"
+
+
+# A plain global, like the backend choice: the ops read it on every call.
+_value_checks = _value_checks_from_environment()
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Switch the ops' value checks (finite, signs, probability rows summing to 1) on or off for
+    the process; shapes, dtypes, devices and index ranges are checked either way."""
+    global _value_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    _value_checks = enabled
+
+
+def value_checks_enabled() -> bool:
+    return _value_checks
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """``with gmkernels.value_checks(False):`` runs its block without the value checks and
+    restores the previous setting, also on exceptions."""
+    previous = _value_checks
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
 def checking_values() -> bool:
-    return not torch.compiler.is_compiling()
+    # is_compiling first: a compiled graph then never reads (nor guards on) the switch.
+    return not torch.compiler.is_compiling() and _value_checks
 
 
 class Summary(NamedTuple):
@@ -124,7 +167,8 @@ def finite(value: torch.Tensor, name: str) -> None:
 
 
 def index_range(value: torch.Tensor, name: str, upper: int) -> None:
-    if checking_values() and value.numel():
+    # Not switched off with the value checks: the Triton kernels index tables with these.
+    if not torch.compiler.is_compiling() and value.numel():
         ends = summary(value)
         low, high = int(ends.low), int(ends.high)
         if low < 0 or high >= upper:
