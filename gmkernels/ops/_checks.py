@@ -80,8 +80,8 @@ def summary(value: torch.Tensor, row_sums: bool = False) -> Summary:
     extension one pass and one call (gmkernels._C.value_summary): each torch reduction costs a
     dispatch, an output tensor and a wake-up of the thread pool, and a check made of four or five
     of them was most of a small op call. Elsewhere (CUDA, half types, tensors inside torch.func
-    transforms, no extension) torch ops, read back in one host sync (two for int64, whose
-    extremes come back exact as ints)."""
+    transforms, no extension) torch ops, read back in one host sync (int64 extremes come back
+    exact, as ints)."""
     data = value.detach()
     compiled = backend.compiled_module()
     # A tensor wrapped by a torch.func transform has no storage for the compiled pass to read.
@@ -90,8 +90,8 @@ def summary(value: torch.Tensor, row_sums: bool = False) -> Summary:
         return Summary(*compiled.value_summary(data, row_sums))
     low, high = torch.aminmax(data)
     if not data.is_floating_point():   # int64: exact extremes (a float64 would round them)
-        low, high = torch.stack([low, high]).tolist()
-        return Summary(low, high, float(data.sum()))
+        low, high, total = torch.stack([low, high, data.sum()]).tolist()
+        return Summary(low, high, float(total))
     parts = [low.double(), high.double(), data.sum(dtype=torch.float64)]
     if row_sums:
         parts += list(torch.aminmax(data.sum(1, dtype=torch.float64)))
