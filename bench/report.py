@@ -168,6 +168,9 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
     lines += ["## Below target", ""]
     if settings["smoke"]:
         lines += ["Smoke run: single runs of tiny sizes; the machinery is checked, the verdicts mean nothing.", ""]
+    if settings.get("no_compile"):
+        lines += ["Run with `--no-compile`: the torch.compile and KeOps contenders were left out, so "
+                  "`x peer` against a compiled peer is missing.", ""]
     if missed:
         lines += _markdown_table(
             ["op", "size", "mode", "contender", "missed", "% of limit", "reason"],
@@ -197,7 +200,7 @@ def write_markdown(path: str, result: dict, plot_name: Optional[str]) -> None:
         "names one, for the part of the work of that shape -- whichever is longer) over the measured "
         "time. `-`: the case declares neither.",
         f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
-        f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
+        f"- Settings: {json.dumps({key: settings.get(key) for key in ('quick', 'smoke', 'no_compile', 'filters')})}.",
     ]
     if len({row.get("threads") for row in rows}) > 1:
         lines.append("- Threads: the run's own count unless a row's `threads` says otherwise (training "
@@ -481,7 +484,7 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
         f"the peer is already over 1/{SWEEP_TARGET_RATIO} of the roof, so that the target would take "
         "gmkernels past it.",
         f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
-        f"- Settings: {json.dumps({key: settings[key] for key in ('quick', 'smoke', 'filters')})}.",
+        f"- Settings: {json.dumps({key: settings.get(key) for key in ('quick', 'smoke', 'no_compile', 'filters')})}.",
     ]
     if plot_name:
         lines += ["", f"![ratio vs size]({plot_name})"]

@@ -79,12 +79,12 @@ def load_cases(op: str, kind: str, sweep: bool = False) -> list:
     return module.cases(kind, gmkernels.backends())
 
 
-def select_contenders(case, only_backends, smoke: bool) -> list:
+def select_contenders(case, only_backends, drop_compiling: bool) -> list:
     """The contenders to run: `--backend` drops other gmkernels/pykeops backends (never the
-    reference and plain-PyTorch contenders the speed-ups are measured against); `--smoke` drops
-    every contender that compiles on its first call."""
+    reference and plain-PyTorch contenders the speed-ups are measured against); `--smoke` and
+    `--no-compile` drop every contender that compiles on its first call."""
     return [contender for contender in case.contenders
-            if not (smoke and contender.compiles)
+            if not (drop_compiling and contender.compiles)
             and not (only_backends and contender.backend is not None and contender.backend not in only_backends)]
 
 
@@ -190,7 +190,7 @@ def run_case(case, settings: dict, limits: Limits, only_backends, errors: list) 
 
 def _run_built_case(case, settings: dict, limits: Limits, only_backends, errors: list) -> list:
     rows = []
-    selected = select_contenders(case, only_backends, settings["smoke"])
+    selected = select_contenders(case, only_backends, settings["smoke"] or settings.get("no_compile", False))
     run_threads = torch.get_num_threads()
     if case.threads:
         torch.set_num_threads(case.threads)
@@ -240,6 +240,9 @@ def parse_args(argv):
                         help="only these gmkernels backends (or pykeops); reference/plain contenders always run")
     parser.add_argument("--sizes", action="append",
                         help="only cases whose size label contains this text, e.g. 'n=8192' (repeatable)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the contenders that compile on their first call (torch.compile, KeOps): "
+                             "on a GPU machine their first calls took a short run's whole time")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (reported)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results folder")
@@ -350,7 +353,7 @@ def _main(args, run_started: float) -> int:
     mode = (SWEEP_MODES if args.sweep else MODES)[kind]
     settings = {
         "kind": ("sweep" if kind == "full" else f"sweep-{kind}") if args.sweep else kind,
-        "sweep": args.sweep, "quick": args.quick, "smoke": args.smoke,
+        "sweep": args.sweep, "quick": args.quick, "smoke": args.smoke, "no_compile": args.no_compile,
         "date": datetime.date.today().isoformat(),
         "repeats": args.repeats or mode["repeats"], "warmup": mode["warmup"],
         "max_seconds": mode["max_seconds"], "min_repeats": mode["min_repeats"],
@@ -377,7 +380,7 @@ def _main(args, run_started: float) -> int:
     if args.list:
         for op, cases in sections.items():
             for case in cases:
-                names = ([contender.name for contender in select_contenders(case, args.backend, args.smoke)]
+                names = ([contender.name for contender in select_contenders(case, args.backend, args.smoke or args.no_compile)]
                          if not case.build else ["peers: " + ", ".join(case.peers) + " (+ gmkernels, built when run)"])
                 skipped = f"  [skipped: {', '.join(name for name, _ in case.skipped)}]" if case.skipped else ""
                 print(f"{op:<24} {case.size:<28} {case.mode:<17} {', '.join(names)}{skipped}")

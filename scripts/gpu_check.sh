@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared command that validates gmkernels on the machine it runs on, within ~10 minutes,
-# with no network and nothing installed:
+# One prepared command that validates gmkernels on the machine it runs on, within ~9 minutes, with
+# no network and nothing installed:
 #
 #   bash scripts/gpu_check.sh OUT_DIR        # GPU_CHECK_FAST=1: a handful of tests, a smoke bench (CI)
 #
@@ -11,8 +11,9 @@
 #   tests  TESTS_CAP=240  the whole suite but the `slow` tests (pytest-xdist over all cores and
 #                         pytest-timeout's per-test cap TEST_TIMEOUT=120 when they are installed;
 #                         ~1660 tests, past 200 s there)
-#   bench  SIZES_CAP=150  each op at its issue's sizes on cuda and triton (GPU only), first: the
-#                         compiled peers' first calls take most of it
+#   bench  SIZES_CAP=90   each op at its issue's sizes on cuda and triton (GPU only), first, with
+#                         --no-compile: on the first H200 runs the compiled peers' first calls took
+#                         a whole 90 s cap before any section finished
 #          QUICK_CAP=60   bench/run.py --quick (the sections it finishes)
 # Without a GPU the same stages run minus the GPU ones. GPU_CHECK_FAST=1 (CI) runs a handful of
 # tests and a smoke bench of one op (cap QUICK_CAP_FAST=240). What finished is written even when a
@@ -31,7 +32,7 @@ TESTS_CAP=${TESTS_CAP:-240}
 TEST_TIMEOUT=${TEST_TIMEOUT:-120}
 QUICK_CAP=${QUICK_CAP:-60}
 [ "$FAST" = 1 ] && QUICK_CAP=${QUICK_CAP_FAST:-240}   # the smoke bench on a busy 2-core CI machine
-SIZES_CAP=${SIZES_CAP:-150}
+SIZES_CAP=${SIZES_CAP:-90}
 CORES=$(nproc)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gmkernels-gpu-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -98,11 +99,11 @@ copy_bench() {
   done
 }
 if [ -n "$GPU" ]; then
-  # The sizes each op's issue sets its GPU target at, the sections in the order given and saved as
-  # each finishes: the quicker ones first (on the first H200 runs neither the mixture_sample
-  # section, first in 90 s, nor the log-likelihood one, first in 80 s, finished: their reference
-  # and compiled peers' first calls took it all).
-  stage bench-sizes "$SIZES_CAP" "$PYTHON" bench/run.py --backend cuda --backend triton \
+  # The sizes each op's issue sets its GPU target at, without the compiled peers (on the first H200
+  # runs neither the mixture_sample section, first in 90 s, nor the log-likelihood one, first in
+  # 80 s, finished: their compiled peers' first calls took it all), the sections in the order
+  # given and saved as each finishes, the quicker ones first.
+  stage bench-sizes "$SIZES_CAP" "$PYTHON" bench/run.py --no-compile --backend cuda --backend triton \
     --op minibatch_discrimination --sizes "N=1024 B=100 C=5" --op class_pairwise_kl --sizes "N=1000000" \
     --op mixture_sample --sizes "n=65536" --op mixture_log_likelihood --sizes "B=4096 C=10000 d=784" \
     --out "$WORK/bench-sizes"

@@ -283,9 +283,9 @@ def test_filters_keep_reference_variants_and_drop_compiling_ones_in_smoke_runs()
         Contender("gmkernels[cpp]", noop), Contender("gmkernels[triton]", noop), Contender("pykeops", noop),
         Contender("reference eager", noop), Contender("reference compile", noop),
         Contender("fused by hand", noop, jit=True)])
-    names = [contender.name for contender in run.select_contenders(case, ["cpp"], smoke=False)]
+    names = [contender.name for contender in run.select_contenders(case, ["cpp"], drop_compiling=False)]
     assert names == ["gmkernels[cpp]", "reference eager", "reference compile", "fused by hand"]
-    names = [contender.name for contender in run.select_contenders(case, None, smoke=True)]
+    names = [contender.name for contender in run.select_contenders(case, None, drop_compiling=True)]
     assert names == ["gmkernels[cpp]", "gmkernels[triton]", "reference eager"]
 
     other = Case("op", "N=8 n=128", "forward", [])
@@ -594,3 +594,20 @@ def test_sweep_grids_span_the_issue_sizes_and_never_take_the_reference_as_a_peer
     assert any("var (C,d) log_weights" in size for size in log_likelihood_sizes)
     assert {case.op for case in grids["second_order"]} == {"mixture_log_likelihood", "mixture_sample",
                                                            "class_pairwise_kl", "minibatch_discrimination"}
+
+
+def test_no_compile_leaves_the_compiling_contenders_out_and_says_so(monkeypatch, tmp_path):
+    def noop():
+        return torch.zeros(1)
+
+    def cases(op):
+        return [Case(op, "n=1", "forward", [Contender("gmkernels[cpp]", noop), Contender("reference eager", noop),
+                                            Contender("reference compile", noop)])]
+    monkeypatch.setattr(run, "load_cases", lambda op, kind, sweep=False: cases(op))
+    monkeypatch.setattr(run, "OPS", ("first",))
+    monkeypatch.setattr(run, "measure_limits", lambda limits: _limits())
+    assert run.main(["--quick", "--no-compile", "--out", str(tmp_path)]) == 0
+    result = json.loads(next(tmp_path.glob("*quick*.json")).read_text())
+    assert result["settings"]["no_compile"] is True
+    assert {row["variant"] for row in result["rows"]} == {"gmkernels[cpp]", "reference eager"}
+    assert "Run with `--no-compile`" in next(tmp_path.glob("*quick*.md")).read_text()
