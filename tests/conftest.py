@@ -5,14 +5,38 @@ truth is the float64 reference; a float32 result passes when its error against t
 most ~2x the error of the plain float32 PyTorch computation of the same thing (flash-attention's
 rule), so tolerances follow the math instead of being tuned until green.
 """
+import importlib.metadata
 import os
 
+import numpy
 import torch
+
+from gmkernels._version import release
+
+
+def triton_interpreter_problem():
+    """Why Triton's interpreter cannot run the kernels with this numpy, or None. Triton 3.6 (torch
+    2.11's) takes int() of one-element arrays, an error from numpy 2.4 on: every interpreted
+    kernel with a loop bound or index from a tensor failed. 3.9 runs them (3.7 and 3.8 untried)."""
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if release(triton) < (3, 9) and release(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton}'s interpreter fails with numpy {numpy.__version__}: the triton "
+                "backend is left out on the CPU (numpy<2.4 or Triton >= 3.9 runs it)")
+    return None
+
 
 # Triton runs on CPU tensors only through its interpreter, which must be switched on before
 # gmkernels (and so triton.jit) is imported.
-if not torch.cuda.is_available():
+TRITON_INTERPRETER_PROBLEM = None if torch.cuda.is_available() else triton_interpreter_problem()
+if not torch.cuda.is_available() and TRITON_INTERPRETER_PROBLEM is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_report_header(config):
+    return TRITON_INTERPRETER_PROBLEM
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
