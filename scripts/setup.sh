@@ -16,7 +16,8 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   say "torch not found: installing torch==2.13.0"
   "$PYTHON" -m pip install "torch==2.13.0"
 fi
-say "$("$PYTHON" - <<'EOF'
+# -W: torch warns at import that numpy is missing, which is what the next step installs.
+say "$("$PYTHON" -W "ignore:Failed to initialize NumPy" - <<'EOF'
 import runpy
 
 import torch
@@ -32,7 +33,7 @@ EOF
 # What to pip-install: the modules that do not import, by their package names. Triton's pin comes
 # from the torch in place: a CUDA torch names the triton it was built with (Requires-Dist); a CPU
 # torch names none, and gets the triton tested with it here.
-MISSING=$("$PYTHON" - <<'EOF'
+MISSING=$("$PYTHON" -W "ignore:Failed to initialize NumPy" - <<'EOF'
 import importlib.metadata
 import importlib.util
 import re
