@@ -14,6 +14,7 @@
 #   bench  SIZES_CAP=90   each op at its issue's sizes on cuda and triton (GPU only), first, with
 #                         --no-compile: on the first H200 runs the compiled peers' first calls took
 #                         a whole 90 s cap before any section finished
+#          CHECKS_CAP=30  bench/value_checks.py: each op with its value checks on and off (GPU only)
 #          QUICK_CAP=60   bench/run.py --quick (the sections it finishes)
 # Without a GPU the same stages run minus the GPU ones. GPU_CHECK_FAST=1 (CI) runs a handful of
 # tests and a smoke bench of one op (cap QUICK_CAP_FAST=240). What finished is written even when a
@@ -33,6 +34,7 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-120}
 QUICK_CAP=${QUICK_CAP:-60}
 [ "$FAST" = 1 ] && QUICK_CAP=${QUICK_CAP_FAST:-240}   # the smoke bench on a busy 2-core CI machine
 SIZES_CAP=${SIZES_CAP:-90}
+CHECKS_CAP=${CHECKS_CAP:-30}
 CORES=$(nproc)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gmkernels-gpu-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -111,6 +113,10 @@ if [ -n "$GPU" ]; then
 else
   printf '%s\t%s\t%s\n' bench-sizes 0 "not run (no GPU)" >> "$STAGES"
 fi
+if [ -n "$GPU" ]; then
+  # What the value checks' synchronization costs a call on this GPU (the table lands in summary.md).
+  stage value-checks "$CHECKS_CAP" "$PYTHON" bench/value_checks.py
+fi
 if [ "$FAST" = 1 ]; then
   stage bench-quick "$QUICK_CAP" "$PYTHON" bench/run.py --smoke --op mixture_sample --out "$WORK/bench-quick"
 else
@@ -165,6 +171,9 @@ for name in ("bench-quick", "bench-sizes"):
     log = os.path.join(work, name + ".log")
     if os.path.exists(log):
         lines += ["", "```"] + open(log).read().splitlines()[-15:] + ["```", ""]
+checks_log = os.path.join(work, "value-checks.log")
+if os.path.exists(checks_log):
+    lines += ["", "## Value checks on and off", ""] + open(checks_log).read().splitlines()[-15:]
 open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
 EOF
 say "summary: $OUT/summary.md ($(ls "$OUT" | wc -l) files in $OUT)"
