@@ -37,7 +37,8 @@ def make_call(op: str, size: tuple, device: torch.device):
         return lambda: gmkernels.class_pairwise_kl(probs, labels)
     if op == "mixture_log_likelihood":
         batch, components, dim = size
-        x, means = torch.randn(batch, dim, generator=gen).to(device), torch.randn(components, dim, generator=gen).to(device)
+        x = torch.randn(batch, dim, generator=gen).to(device)
+        means = torch.randn(components, dim, generator=gen).to(device)
         var = (torch.rand(components, generator=gen) + 0.5).to(device)
         return lambda: gmkernels.mixture_log_likelihood(x, means, var)
     if op == "mixture_sample":

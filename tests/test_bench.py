@@ -619,13 +619,13 @@ def test_value_check_cost_times_every_op_with_the_checks_on_and_off(monkeypatch)
     switch = gmkernels.value_checks
 
     def spy(enabled):
-        seen.append((enabled, gmkernels.value_checks_enabled()))
+        seen.append(enabled)
         return switch(enabled)
     monkeypatch.setattr(gmkernels, "value_checks", spy)
     rows = value_checks.measure(torch.device("cpu"), smoke=True)
     assert [row["op"] for row in rows] == list(value_checks.SIZES)
     assert all(row["checked_s"] > 0 and row["unchecked_s"] > 0 for row in rows)
-    assert {enabled for enabled, _ in seen} == {True, False}
+    assert set(seen) == {True, False}
     assert gmkernels.value_checks_enabled()
     table = value_checks.markdown(rows).splitlines()
     assert len(table) == 2 + len(rows) and all(line.count("|") == 7 for line in table)
