@@ -26,6 +26,8 @@ def test_triton_runs_here_wherever_it_can():
     from conftest import TRITON_INTERPRETER_PROBLEM
     if importlib.util.find_spec("triton") is None or TRITON_INTERPRETER_PROBLEM is not None:
         pytest.skip(TRITON_INTERPRETER_PROBLEM or "triton is not installed")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "0":
+        pytest.skip("TRITON_INTERPRET=0 was set for this run (scripts/mutate.py sets it)")
     assert "triton" in gmkernels.backends()
 
 
@@ -163,3 +165,90 @@ def test_calls_that_record_nothing_skip_the_autograd_kernel_with_the_same_result
                                           grad_out, create_graph=True)
     (ref_second,) = torch.autograd.grad(ref_grad.pow(2).sum(), ref_leaf)
     assert torch.allclose(second, ref_second, rtol=1e-10, atol=1e-12)
+
+
+def _likelihood_inputs():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    means = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    var = torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.5
+    log_weights = torch.log_softmax(torch.randn(4, generator=gen, dtype=torch.float64), 0)
+    return [t.requires_grad_() for t in (x, means, var, log_weights)]
+
+
+def _sample_inputs():
+    gen = torch.Generator().manual_seed(6)
+    mu = torch.randn(3, 2, generator=gen, dtype=torch.float64).requires_grad_()
+    scale = (torch.rand(3, 2, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
+    component = torch.randint(3, (9,), generator=gen)
+
+    def op(mu, scale):
+        z, _ = gmkernels.mixture_sample(mu, scale, 9, component=component,
+                                        generator=torch.Generator().manual_seed(7))
+        return z
+    return op, [mu, scale]
+
+
+@pytest.mark.parametrize("case", ["mixture_log_likelihood", "mixture_sample"])
+def test_a_backward_pass_gets_the_gradients_it_asks_for_and_only_those(case):
+    """A first-order backward computes only the gradients the pass uses (autograd.grad(loss, x)
+    with the means requiring grad too: a gradient penalty's first gradient); a graph kept for a
+    second pass that asks for other inputs gives those, and every result equals the reference
+    backend's."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    if case == "mixture_log_likelihood":
+        op, inputs = gmkernels.mixture_log_likelihood, _likelihood_inputs()
+        tolerance = 1e-9
+    else:
+        op, inputs = _sample_inputs()
+        tolerance = 1e-5   # its eps are float32 normals, a few ulp apart between backends
+
+    def passes():
+        out = op(*inputs)
+        weights = torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view(out.shape)
+        loss = (weights * out).sum()
+        first = torch.autograd.grad(loss, inputs[0], retain_graph=True)
+        rest = torch.autograd.grad(loss, inputs[1:], retain_graph=True)
+        for t in inputs:
+            t.grad = None
+        loss.backward(inputs=[inputs[-1]], retain_graph=True)
+        last_only = [t.grad for t in inputs]
+        loss.backward(inputs=inputs)
+        every = [t.grad for t in inputs]
+        for t in inputs:
+            t.grad = None
+        return first, rest, last_only, every
+    with gmkernels.use_backend("cpp"):
+        got = passes()
+    with gmkernels.use_backend("reference"):
+        want = passes()
+    first, rest, last_only, every = got
+    assert all(g is None for g in last_only[:-1])
+    for g, w in zip(first + rest + (last_only[-1],) + tuple(every),
+                    want[0] + want[1] + (want[2][-1],) + tuple(want[3])):
+        assert torch.allclose(g, w, rtol=tolerance, atol=tolerance * 1e-3)
+
+
+def test_a_gradient_in_x_alone_skips_the_component_gradients(monkeypatch):
+    """The log-likelihood's backward op is asked for the gradient in x only when a pass wants x
+    only, though the means, var and log_weights require grad; with a pass that wants every
+    input, for all of them."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    from gmkernels.ops import _registry
+    ops = _registry.compiled_ops()
+    backward = ops.mixture_log_likelihood_backward
+    flags = []
+
+    def spy(*args):
+        flags.append(args[6:9])   # x_grad, component_grads, var_grad
+        return backward(*args)
+    monkeypatch.setattr(ops, "mixture_log_likelihood_backward", spy)
+    inputs = _likelihood_inputs()
+    with gmkernels.use_backend("cpp"):
+        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0])
+        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0],
+                            create_graph=True)
+        gmkernels.mixture_log_likelihood(*inputs).sum().backward()
+    assert flags == [(True, False, False), (True, False, False), (True, True, True)]

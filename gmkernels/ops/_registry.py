@@ -244,6 +244,45 @@ def _any_requires_grad(args) -> bool:
     return any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args)
 
 
+def wanted_input_grads(needs_input_grad: tuple) -> tuple:
+    """``needs_input_grad`` of the autograd node now running its backward, narrowed to the inputs
+    whose gradient this backward pass will use.
+
+    ``needs_input_grad`` says which inputs require grad, not which gradients the pass asked for:
+    ``torch.autograd.grad(loss, x)`` (a gradient penalty's first gradient, R1) still marks the
+    means or the mixture's parameters, and a backward would compute their gradients only for the
+    engine to drop them (half of the log-likelihood's first backward at B = C = 256, d = 16). The
+    engine knows: an input's edge leads to a node it will execute, to a leaf it captures for
+    ``autograd.grad`` (the check raises for those), or to neither. Anything unexpected (no node
+    running, an API change) keeps ``needs_input_grad`` as it is."""
+    try:
+        node = torch._C._current_autograd_node()
+        edges = node.next_functions
+    except Exception:   # noqa: BLE001 - an optimisation only: never fail a backward over it
+        return needs_input_grad
+    # The edges are the tensor inputs' in order (non-tensor inputs have none), those of inputs
+    # not requiring grad without a node: the inputs needing grad meet the edges with a node in
+    # the same order. If the counts differ, the layout is not the one assumed: narrow nothing.
+    nodes = [node for node, _ in edges if node is not None]
+    needing = [i for i, need in enumerate(needs_input_grad) if need]
+    if len(nodes) != len(needing):
+        return needs_input_grad
+    wanted = list(needs_input_grad)
+    for i, node in zip(needing, nodes):
+        wanted[i] = _engine_uses(node)
+    return tuple(wanted)
+
+
+def _engine_uses(node) -> bool:
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:
+        # Raised for a leaf that autograd.grad captures: its gradient is one of the results.
+        return True
+    except Exception:   # noqa: BLE001
+        return True
+
+
 def _recorded_call(name: str, overload: Callable, setup_context: Callable,
                    backward: Callable) -> Callable:
     """An op (``name``: the op or its backward op) in eager mode with its autograd recorded by an
@@ -262,7 +301,15 @@ def _recorded_call(name: str, overload: Callable, setup_context: Callable,
 
         @staticmethod
         def backward(ctx, *grads):
-            return backward(ctx, *grads)
+            requiring = ctx.needs_input_grad
+            if sum(requiring) < 2:
+                return backward(ctx, *grads)
+            # For this pass only: a retained graph's next pass may want other gradients.
+            ctx.needs_input_grad = wanted_input_grads(requiring)
+            try:
+                return backward(ctx, *grads)
+            finally:
+                ctx.needs_input_grad = requiring
 
     Recorded.__name__ = Recorded.__qualname__ = f"{name}_autograd"
     return Recorded.apply
