@@ -2,6 +2,7 @@
 bad sizes are RuntimeErrors naming the argument, never a crash; the tiled log-likelihood path
 computes its products at full float32 precision whatever torch.set_float32_matmul_precision says,
 and leaves that setting as it found it; CUDA ops run on the device of their inputs."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -242,3 +243,63 @@ def test_cuda_ops_run_on_the_device_of_their_inputs():
     for name, result in on_second.items():
         assert result.device == torch.device("cuda:1"), name
         torch.testing.assert_close(result.cpu(), on_first[name].cpu(), msg=name)
+
+
+def _advised_huge(tensor: torch.Tensor) -> bool:
+    """Whether the mapping holding the middle of tensor's memory carries MADV_HUGEPAGE ("hg" in
+    its VmFlags, /proc/self/smaps)."""
+    address = tensor.data_ptr() + tensor.numel() * tensor.element_size() // 2
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                begin, end = (int(part, 16) for part in head.split("-"))
+                inside = begin <= address < end
+            elif inside and head == "VmFlags:":
+                return "hg" in line.split()[1:]
+    raise AssertionError("no mapping holds the tensor")
+
+
+def _large_outputs():
+    """Each CPU op output that gets the advice, over 8 MiB: mixture_sample's z, class_pairwise_kl's
+    gradient and double-backward gradient, the log-likelihood's gradient in x."""
+    gen = torch.Generator().manual_seed(0)
+    mu, scale = torch.randn(4, 64, generator=gen), torch.rand(4, 64, generator=gen)
+    component = torch.randint(4, (40000,), generator=gen)
+    z = torch.ops.gmkernels.mixture_sample(mu, scale, component, torch.tensor(5))
+    probs = torch.softmax(torch.randn(30000, 100, generator=gen), 1)
+    labels = probs.argmax(1)
+    _, class_mean_log, rows = torch.ops.gmkernels.class_pairwise_kl(probs, labels, 1e-12, 100)
+    grad_kl = torch.ones(30000)
+    kl_grad = torch.ops.gmkernels.class_pairwise_kl_backward(grad_kl, probs, rows, class_mean_log, 1e-12)
+    _, kl_second = torch.ops.gmkernels.class_pairwise_kl_double_backward(
+        torch.ones_like(probs), grad_kl, probs, rows, class_mean_log, 1e-12, False, True)
+    x, means = torch.randn(40000, 64, generator=gen), torch.randn(8, 64, generator=gen)
+    var, log_weights = torch.ones(8), torch.full((8,), -2.0794)
+    log_likelihood = torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    x_grad = torch.ops.gmkernels.mixture_log_likelihood_backward(
+        torch.ones(40000), x, means, var, log_weights, log_likelihood, True, False, False)[0]
+    return {"z": z, "class_pairwise_kl grad": kl_grad, "class_pairwise_kl second": kl_second,
+            "log-likelihood x grad": x_grad}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_HUGEPAGE is Linux's")
+def test_large_cpu_outputs_ask_for_huge_pages_unless_switched_off(monkeypatch):
+    """Large outputs are fresh memory on every call, faulted in 4 KiB at a time: the ops ask for
+    transparent huge pages over them (csrc/binding/output_memory.cpp), and GMKERNELS_HUGE_PAGES=0
+    (read on every call) leaves them plain."""
+    for name, tensor in _large_outputs().items():
+        assert tensor.numel() * tensor.element_size() >= 8 << 20, name
+        assert _advised_huge(tensor), f"{name}: no MADV_HUGEPAGE on its memory"
+    # Switched off, in a fresh process: glibc hands freed blocks out again, advice and all.
+    monkeypatch.setenv("GMKERNELS_HUGE_PAGES", "0")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
+    result = run_isolated("""
+        import test_bindings
+        print(sorted(name for name, tensor in test_bindings._large_outputs().items()
+                     if test_bindings._advised_huge(tensor)))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout

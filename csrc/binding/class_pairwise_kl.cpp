@@ -12,6 +12,7 @@
 
 #include "../kernels/class_pairwise_kl.h"
 #include "checks.h"
+#include "output_memory.h"
 
 #ifdef GMKERNELS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -150,7 +151,7 @@ at::Tensor cpu_class_pairwise_kl_backward(const at::Tensor& grad_kl, const at::T
   const at::Tensor grad_c = grad_kl.contiguous(), probs_c = probs.contiguous();
   const at::Tensor labels_c = labels.contiguous(), mean_c = class_mean_log.contiguous();
   check_labels_in_range_cpu(labels_c, class_mean_log.size(0));
-  at::Tensor grad_probs = at::empty_like(probs_c);
+  at::Tensor grad_probs = empty_output_like(probs_c);
   if (probs.size(0) == 0) return grad_probs;
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_backward_cpu", [&] {
     class_pairwise_kl_backward_cpu(backward_params<scalar_t>(grad_c, probs_c, labels_c, mean_c,
@@ -176,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> cpu_class_pairwise_kl_double_backward(
   const at::Tensor mean_c = class_mean_log.contiguous();
   check_labels_in_range_cpu(labels_c, class_mean_log.size(0));
   at::Tensor grad_grad_kl = at::empty({need_grad_kl ? probs.size(0) : 0}, probs.options());
-  at::Tensor grad_probs = need_probs ? at::empty_like(probs_c) : at::empty({0}, probs.options());
+  at::Tensor grad_probs = need_probs ? empty_output_like(probs_c) : at::empty({0}, probs.options());
   if (probs.size(0) == 0 || !(need_grad_kl || need_probs)) return {grad_grad_kl, grad_probs};
   AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "class_pairwise_kl_double_backward_cpu", [&] {
     ClassPairwiseKlDoubleBackwardParams<scalar_t> p;

@@ -7,6 +7,8 @@
 
 #include <tuple>
 
+#include "output_memory.h"
+
 namespace gmk {
 
 // The four gradients of mixture_log_likelihood_backward: the requested ones allocated zero (a
@@ -33,7 +35,7 @@ struct MixtureGradients {
 
  private:
   static at::Tensor wanted(const at::Tensor& like, bool want) {
-    return want ? at::zeros_like(like) : at::empty({0}, like.options());
+    return want ? empty_output_like(like).zero_() : at::empty({0}, like.options());
   }
 };
 
@@ -66,7 +68,7 @@ struct MixturePenaltyGradients {
 
  private:
   static at::Tensor wanted(const at::Tensor& like, bool want) {
-    return want ? at::zeros_like(like) : at::empty({0}, like.options());
+    return want ? empty_output_like(like).zero_() : at::empty({0}, like.options());
   }
 };
 

@@ -8,6 +8,7 @@
 
 #include "../kernels/mixture_sample.h"
 #include "checks.h"
+#include "output_memory.h"
 
 #ifdef GMKERNELS_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -132,7 +133,7 @@ at::Tensor cpu_mixture_sample(const at::Tensor& mu, const at::Tensor& scale,
   const uint64_t seed_bits = read_seed(seed);
   const at::Tensor mu_c = mu.contiguous(), scale_c = scale.contiguous();
   const at::Tensor component_c = component.contiguous();
-  at::Tensor z = at::empty({component.size(0), mu.size(1)}, mu.options());
+  at::Tensor z = empty_output({component.size(0), mu.size(1)}, mu.options());
   if (z.numel() == 0) return z;
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "mixture_sample_cpu", [&] {
     mixture_sample_forward_cpu(forward_params<scalar_t>(mu_c, scale_c, component_c, z, seed_bits));

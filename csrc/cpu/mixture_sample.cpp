@@ -29,10 +29,6 @@
 #include "philox_simd.h"
 #include "team_size.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace gmk {
 namespace {
 
@@ -665,23 +661,6 @@ void backward_full_small(const MixtureSampleBackwardParams<scalar_t>& p) {
   }
 }
 
-// z is a fresh allocation written once in full: first-touch page faults (one per 4 KiB, the
-// kernel zeroing each page) cost more than generating the normals. Where transparent huge pages
-// are in "madvise" mode, asking for them on the output makes those faults 512 times fewer. A
-// hint only: nothing changes where it is refused or not available.
-void prefer_huge_pages(void* data, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
-  if (bytes < int64_t(4 * kHugePage)) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
-
 // Runs run(std::integral_constant<int, vectors>) and returns true where the small-dimension
 // full-scale path applies: dim <= kSmallDimMax in at most 4 vectors of scalar_t.
 template <typename scalar_t, typename Run>
@@ -701,7 +680,6 @@ bool small_full_dispatch(int64_t dim, Run&& run, scalar_t*) {
 
 template <typename scalar_t>
 void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& p) {
-  prefer_huge_pages(p.z, p.num_samples * p.dim * sizeof(scalar_t));
   if (p.full_scale) {
     if (!small_full_dispatch(p.dim, [&](auto vectors) { forward_full_small<scalar_t, vectors()>(p); },
                              static_cast<scalar_t*>(nullptr)))
