@@ -280,26 +280,32 @@ def _large_outputs():
     log_likelihood = torch.ops.gmkernels.mixture_log_likelihood(x, means, var, log_weights)
     x_grad = torch.ops.gmkernels.mixture_log_likelihood_backward(
         torch.ones(40000), x, means, var, log_weights, log_likelihood, True, False, False)[0]
-    return {"z": z, "class_pairwise_kl grad": kl_grad, "class_pairwise_kl second": kl_second,
-            "log-likelihood x grad": x_grad}
+    return dict(zip(_LARGE_OUTPUTS, (z, kl_grad, kl_second, x_grad)))
+
+
+_LARGE_OUTPUTS = ("z", "class_pairwise_kl grad", "class_pairwise_kl second", "log-likelihood x grad")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_HUGEPAGE is Linux's")
-def test_large_cpu_outputs_ask_for_huge_pages_unless_switched_off(monkeypatch):
-    """Large outputs are fresh memory on every call, faulted in 4 KiB at a time: the ops ask for
-    transparent huge pages over them (csrc/binding/output_memory.cpp), and GMKERNELS_HUGE_PAGES=0
-    (read on every call) leaves them plain."""
-    for name, tensor in _large_outputs().items():
-        assert tensor.numel() * tensor.element_size() >= 8 << 20, name
-        assert _advised_huge(tensor), f"{name}: no MADV_HUGEPAGE on its memory"
-    # Switched off, in a fresh process: glibc hands freed blocks out again, advice and all.
-    monkeypatch.setenv("GMKERNELS_HUGE_PAGES", "0")
+def test_large_cpu_outputs_ask_for_huge_pages_only_when_switched_on(monkeypatch):
+    """Large outputs are fresh memory on every call, faulted in 4 KiB at a time: with
+    GMKERNELS_HUGE_PAGES=1 (read on every call) the ops ask for transparent huge pages over
+    them (csrc/binding/output_memory.cpp); by default, or with any other value, they do not.
+    Each setting in a fresh process: glibc hands freed blocks out again, advice and all."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
-    result = run_isolated("""
-        import test_bindings
-        print(sorted(name for name, tensor in test_bindings._large_outputs().items()
-                     if test_bindings._advised_huge(tensor)))
-    """)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]", result.stdout
+    names = sorted(_LARGE_OUTPUTS)
+    for setting, advised in ((None, []), ("0", []), ("yes", []), ("1", names)):
+        if setting is None:
+            monkeypatch.delenv("GMKERNELS_HUGE_PAGES", raising=False)
+        else:
+            monkeypatch.setenv("GMKERNELS_HUGE_PAGES", setting)
+        result = run_isolated("""
+            import test_bindings
+            outputs = test_bindings._large_outputs()
+            assert all(t.numel() * t.element_size() >= 8 << 20 for t in outputs.values())
+            print(sorted(name for name, tensor in outputs.items()
+                         if test_bindings._advised_huge(tensor)))
+        """)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == str(advised), (setting, result.stdout)
