@@ -263,13 +263,13 @@ def wanted_input_grads(needs_input_grad: tuple) -> tuple:
     # The edges are the tensor inputs' in order (non-tensor inputs have none), those of inputs
     # not requiring grad without a node: the inputs needing grad meet the edges with a node in
     # the same order. If the counts differ, the layout is not the one assumed: narrow nothing.
-    nodes = [node for node, _ in edges if node is not None]
+    next_nodes = [next_node for next_node, _ in edges if next_node is not None]
     needing = [i for i, need in enumerate(needs_input_grad) if need]
-    if len(nodes) != len(needing):
+    if len(next_nodes) != len(needing):
         return needs_input_grad
     wanted = list(needs_input_grad)
-    for i, node in zip(needing, nodes):
-        wanted[i] = _engine_uses(node)
+    for i, next_node in zip(needing, next_nodes):
+        wanted[i] = _engine_uses(next_node)
     return tuple(wanted)
 
 
