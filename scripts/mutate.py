@@ -205,16 +205,14 @@ MUTANTS = [
            "a pass that wants fewer gradients narrows the node for good: a second pass over the kept "
            "graph loses the others"),
     Mutant("backward-captured-leaf-dropped", "gmkernels/ops/_registry.py",
-           "        # Raised for a leaf that autograd.grad captures: its gradient is one of the results.\n"
-           "        return True",
-           "        # Raised for a leaf that autograd.grad captures: its gradient is one of the results.\n"
-           "        return False",
+           "        # the results; anything else unexpected keeps the gradient too.\n        return True",
+           "        # the results; anything else unexpected keeps the gradient too.\n        return False",
            ("tests/test_backend.py",),
            "autograd.grad(loss, x) with x a leaf gets no gradient for x"),
     Mutant("backward-narrowing-off", "gmkernels/ops/_registry.py",
            "            if sum(requiring) < 2:",
            "            if True:",
-           ("tests/test_backend.py",),
+           ("tests/test_mixture_log_likelihood.py", "-k", "alone_skips"),
            "a gradient penalty's first gradient computes the means' gradient too (work the pass drops)"),
     Mutant("summary-reads-wrapped", "gmkernels/ops/_checks.py",
            "            and not torch._C._functorch.is_functorch_wrapped_tensor(data)):",

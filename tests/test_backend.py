@@ -167,27 +167,6 @@ def test_calls_that_record_nothing_skip_the_autograd_kernel_with_the_same_result
     assert torch.allclose(second, ref_second, rtol=1e-10, atol=1e-12)
 
 
-def _likelihood_inputs():
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
-    means = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-    var = torch.rand(4, 3, generator=gen, dtype=torch.float64) + 0.5
-    log_weights = torch.log_softmax(torch.randn(4, generator=gen, dtype=torch.float64), 0)
-    return [t.requires_grad_() for t in (x, means, var, log_weights)]
-
-
-def _sample_inputs():
-    gen = torch.Generator().manual_seed(6)
-    mu = torch.randn(3, 2, generator=gen, dtype=torch.float64).requires_grad_()
-    scale = (torch.rand(3, 2, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
-    component = torch.randint(3, (9,), generator=gen)
-
-    def op(mu, scale):
-        z, _ = gmkernels.mixture_sample(mu, scale, 9, component=component,
-                                        generator=torch.Generator().manual_seed(7))
-        return z
-    return op, [mu, scale]
-
 
 @pytest.mark.parametrize("case", ["mixture_log_likelihood", "mixture_sample"])
 def test_a_backward_pass_gets_the_gradients_it_asks_for_and_only_those(case):
@@ -198,10 +177,19 @@ def test_a_backward_pass_gets_the_gradients_it_asks_for_and_only_those(case):
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     if case == "mixture_log_likelihood":
-        op, inputs = gmkernels.mixture_log_likelihood, _likelihood_inputs()
+        from test_mixture_log_likelihood import make_inputs
+        op = gmkernels.mixture_log_likelihood
+        inputs = [t.requires_grad_() for t in make_inputs(7, 4, 3, "(C,d)", seed=5)]
         tolerance = 1e-9
     else:
-        op, inputs = _sample_inputs()
+        from test_mixture_sample import make_inputs
+        inputs = list(make_inputs(3, 2, full=False, seed=6))
+        component = torch.randint(3, (9,), generator=torch.Generator().manual_seed(6))
+
+        def op(mu, scale):
+            z, _ = gmkernels.mixture_sample(mu, scale, 9, component=component,
+                                            generator=torch.Generator().manual_seed(7))
+            return z
         tolerance = 1e-5   # its eps are float32 normals, a few ulp apart between backends
 
     def passes():
@@ -229,26 +217,3 @@ def test_a_backward_pass_gets_the_gradients_it_asks_for_and_only_those(case):
                     want[0] + want[1] + (want[2][-1],) + tuple(want[3])):
         assert torch.allclose(g, w, rtol=tolerance, atol=tolerance * 1e-3)
 
-
-def test_a_gradient_in_x_alone_skips_the_component_gradients(monkeypatch):
-    """The log-likelihood's backward op is asked for the gradient in x only when a pass wants x
-    only, though the means, var and log_weights require grad; with a pass that wants every
-    input, for all of them."""
-    if "cpp" not in gmkernels.backends():
-        pytest.skip("compiled ops not built")
-    from gmkernels.ops import _registry
-    ops = _registry.compiled_ops()
-    backward = ops.mixture_log_likelihood_backward
-    flags = []
-
-    def spy(*args):
-        flags.append(args[6:9])   # x_grad, component_grads, var_grad
-        return backward(*args)
-    monkeypatch.setattr(ops, "mixture_log_likelihood_backward", spy)
-    inputs = _likelihood_inputs()
-    with gmkernels.use_backend("cpp"):
-        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0])
-        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0],
-                            create_graph=True)
-        gmkernels.mixture_log_likelihood(*inputs).sum().backward()
-    assert flags == [(True, False, False), (True, False, False), (True, True, True)]

@@ -811,6 +811,28 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
             assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
 
 
+def test_a_gradient_in_x_alone_skips_the_component_gradients(monkeypatch):
+    """The log-likelihood's backward op is asked for the gradient in x only when a pass wants x
+    only, though the means, var and log_weights require grad; with a pass that wants every
+    input, for all of them."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    ops = _registry.compiled_ops()
+    backward = ops.mixture_log_likelihood_backward
+    flags = []
+
+    def spy(*args):
+        flags.append(args[6:9])   # x_grad, component_grads, var_grad
+        return backward(*args)
+    monkeypatch.setattr(ops, "mixture_log_likelihood_backward", spy)
+    inputs = [t.requires_grad_() for t in make_inputs(7, 4, 3, "(C,d)", seed=5)]
+    with gmkernels.use_backend("cpp"):
+        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0])
+        torch.autograd.grad(gmkernels.mixture_log_likelihood(*inputs).sum(), inputs[0],
+                            create_graph=True)
+        gmkernels.mixture_log_likelihood(*inputs).sum().backward()
+    assert flags == [(True, False, False), (True, False, False), (True, True, True)]
+
 @pytest.mark.parametrize("components", [10, 70], ids=["direct", "tiled"])
 def test_gradient_penalty_runs_the_first_order_backward_once(monkeypatch, components):
     """A penalty step runs the backward op once (the first gradient, with create_graph): the

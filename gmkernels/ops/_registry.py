@@ -276,10 +276,9 @@ def wanted_input_grads(needs_input_grad: tuple) -> tuple:
 def _engine_uses(node) -> bool:
     try:
         return bool(torch._C._will_engine_execute_node(node))
-    except RuntimeError:
-        # Raised for a leaf that autograd.grad captures: its gradient is one of the results.
-        return True
     except Exception:   # noqa: BLE001
+        # Raised (a RuntimeError) for a leaf that autograd.grad captures: its gradient is one of
+        # the results; anything else unexpected keeps the gradient too.
         return True
 
 
