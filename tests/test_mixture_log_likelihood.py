@@ -765,6 +765,54 @@ def test_cpp_fused_penalty_double_backward_over_several_tiles_and_in_float32(var
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("needs", [(True,) * 5, (False, True, True, False, False),
+                                   (False, True, False, False, False), (True, False, False, True, True)])
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_fused_penalty_double_backward_with_peaked_responsibilities(var_kind, needs):
+    """Each row of x next to one of C = 7000 means, small variances: a handful of nonzero
+    responsibilities per row (checked below), so every tile takes the sparse form, which visits
+    the nonzeros only (a Parzen window's usual case). float64 against the torch form
+    (penalty_in_x), float32 against the float64 kernel on the same inputs; a row with a zero
+    upstream gradient and a switched-off component."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    _, means, var, log_weights = make_inputs(700, 7000, 3, var_kind, seed=9)
+    gen = torch.Generator().manual_seed(10)
+    x = means[torch.randint(7000, (700,), generator=gen)] + 0.01 * torch.randn(700, 3, generator=gen,
+                                                                                dtype=torch.float64)
+    var = 1e-4 * var
+    log_weights = log_weights.clone()
+    log_weights[1] = -math.inf
+    grad = torch.rand(700, dtype=torch.float64, generator=gen)
+    grad[4] = 0
+    upstream = torch.randn(700, 3, dtype=torch.float64, generator=gen)
+    for dtype in (torch.float64, torch.float32):   # the premise, at each precision's cut-off
+        responsibilities = torch.softmax(op.exponents(x, means, var, log_weights).to(dtype), 1)
+        nonzero = (responsibilities > torch.finfo(dtype).eps / 7000).double().mean().item()
+        assert nonzero * 32 <= 1, nonzero
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
+        want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
+        for index, (g, w, need) in enumerate(zip(got, want, needs)):
+            if not need:
+                assert g.numel() == 0, index
+                continue
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
+                (index, (g - w).abs().max().item())
+        inputs32 = [t.float() for t in (x, means, var, log_weights, grad, upstream)]
+        got32 = fused_penalty(*inputs32, needs)
+        exact = fused_penalty(*[t.double() for t in inputs32], needs)
+        for index, (g, w, need) in enumerate(zip(got32, exact, needs)):
+            if need:
+                assert g.dtype == torch.float32
+                relative = (g.double() - w).abs().max() / (w.abs().max() + 1e-30)
+                assert relative <= 1e-3, (index, relative.item())
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("batch", [64, 256, 1024])   # direct, direct, tiled (B C d vs 2^16)
 @pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
 def test_cpp_fused_penalty_at_mdgan_sizes_matches_the_torch_form(batch, var_kind):

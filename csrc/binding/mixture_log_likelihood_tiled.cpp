@@ -682,7 +682,10 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
 // tiles from two products ([U | -(U xc)] against the backward's row factors [mc P | P]), the
 // epilogue kernels turn them into q and w, and four more products give the sums:
 // w [mc P | P] and q P per row, q^T [U | -(U xc)] and w^T [xc | 1 | xc^2] per component,
-// accumulated over the tiles. Memory O((B + C) d + tile), never B x C.
+// accumulated over the tiles. A tile where at most 1 / kSparseRatio of r is nonzero (peaked
+// responsibilities, as in the first backward) takes mixture_penalty_sparse_tile_cpu instead:
+// the slopes only there and no pass over the tile but the one finding them (q and w vanish
+// wherever r does). Memory O((B + C) d + tile), never B x C.
 template <typename scalar_t>
 void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& grad,
                                const at::Tensor& x, const at::Tensor& means,
@@ -739,17 +742,10 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
   }
   const scalar_t log_cutoff = static_cast<scalar_t>(
       std::log(std::numeric_limits<scalar_t>::epsilon() / double(components)));
-  for (int64_t row_begin = 0; row_begin < rows; row_begin += tile_rows) {
-    const int64_t n = std::min(tile_rows, rows - row_begin);
-    at::Tensor r = responsibilities.narrow(0, 0, n);
-    at::Tensor s = slopes.narrow(0, 0, n);
-    const at::Tensor left_rows = slope_left.narrow(0, row_begin, n);
-    at::mm_out(r, problem.left.narrow(0, row_begin, n), problem.right.t());
-    MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, r, row_begin, 0);
-    p.grad = ones.data_ptr<scalar_t>();
-    p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
-    p.log_cutoff = log_cutoff;
-    mixture_tile_backward_cpu(p);
+  // A tile's q and w, its mean slopes and its row sums (into the first n rows of row_sums and
+  // precision_sums) and column sums from dense products: s, the epilogue, four products.
+  const auto dense_penalty_tile = [&](at::Tensor& r, at::Tensor& s, const at::Tensor& left_rows,
+                                      int64_t row_begin, int64_t n) {
     at::mm_out(s, left_rows, row_factors.t());
     MixturePenaltyTileParams<scalar_t> penalty{};
     penalty.responsibilities = r.data_ptr<scalar_t>();
@@ -770,8 +766,54 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
       } else {
         at::mm_out(precision_sum, r, problem.precision.unsqueeze(1));
       }
-      const scalar_t* sums_p = sums.data_ptr<scalar_t>();
-      const scalar_t* qp = precision_sum.data_ptr<scalar_t>();
+    }
+    if (component_grads) {
+      slope_sums.addmm_(r.t(), left_rows);
+      weight_sums.addmm_(s.t(), col_factors.narrow(0, row_begin, n));
+    }
+  };
+  for (int64_t row_begin = 0; row_begin < rows; row_begin += tile_rows) {
+    const int64_t n = std::min(tile_rows, rows - row_begin);
+    at::Tensor r = responsibilities.narrow(0, 0, n);
+    at::Tensor s = slopes.narrow(0, 0, n);
+    const at::Tensor left_rows = slope_left.narrow(0, row_begin, n);
+    at::mm_out(r, problem.left.narrow(0, row_begin, n), problem.right.t());
+    MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, r, row_begin, 0);
+    p.grad = ones.data_ptr<scalar_t>();
+    p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
+    p.log_cutoff = log_cutoff;
+    const int64_t nonzeros = mixture_tile_backward_cpu(p);
+    if (nonzeros * kSparseRatio <= n * components) {
+      MixturePenaltySparseTileParams<scalar_t> sparse{};
+      sparse.responsibilities = r.data_ptr<scalar_t>();
+      sparse.grad = grad.data_ptr<scalar_t>() + row_begin;
+      sparse.slope_left = left_rows.data_ptr<scalar_t>();
+      sparse.row_factors = row_factors.data_ptr<scalar_t>();
+      sparse.precision = problem.precision.data_ptr<scalar_t>();
+      sparse.mean_slope = mean_slope.data_ptr<scalar_t>() + row_begin;
+      if (out.need_x) {
+        sparse.row_sums = row_sums.data_ptr<scalar_t>();
+        sparse.precision_sums = precision_sums.data_ptr<scalar_t>();
+      }
+      if (component_grads) {
+        sparse.col_factors = col_factors.data_ptr<scalar_t>() + row_begin * col_factors.size(1);
+        sparse.slope_sums = slope_sums.data_ptr<scalar_t>();
+        sparse.weight_sums = weight_sums.data_ptr<scalar_t>();
+        sparse.col_width = col_factors.size(1);
+      }
+      sparse.num_rows = n;
+      sparse.num_cols = components;
+      sparse.ld = components;
+      sparse.width = width;
+      sparse.precision_width = diagonal ? dim : 1;
+      sparse.num_threads = cpu_threads();
+      mixture_penalty_sparse_tile_cpu(sparse);
+    } else {
+      dense_penalty_tile(r, s, left_rows, row_begin, n);
+    }
+    if (out.need_x) {
+      const scalar_t* sums_p = row_sums.data_ptr<scalar_t>();
+      const scalar_t* qp = precision_sums.data_ptr<scalar_t>();
       const scalar_t* u = grad_grad_x.data_ptr<scalar_t>() + row_begin * dim;
       const scalar_t* xc = problem.xc.data_ptr<scalar_t>() + row_begin * dim;
       scalar_t* grad_x = out.x.data_ptr<scalar_t>() + row_begin * dim;
@@ -784,10 +826,6 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
           }
         }
       });
-    }
-    if (component_grads) {
-      slope_sums.addmm_(r.t(), left_rows);
-      weight_sums.addmm_(s.t(), col_factors.narrow(0, row_begin, n));
     }
   }
   if (!component_grads) return;

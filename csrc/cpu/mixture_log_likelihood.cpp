@@ -679,6 +679,83 @@ void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& p) {
 }
 
 template <typename scalar_t>
+void mixture_penalty_sparse_tile_cpu(const MixturePenaltySparseTileParams<scalar_t>& p) {
+  struct Nonzero {
+    int64_t col;
+    scalar_t q, w;   // r and s until the row's mean slope is known
+  };
+  const int64_t width = p.width, precision_width = p.precision_width, col_width = p.col_width;
+  std::vector<std::vector<Nonzero>> nonzeros(p.num_rows);
+  // At most 1 / 32 of r is nonzero; the scan of the tile for them is the rest.
+  const double scan_ns = 0.2 * static_cast<double>(p.num_rows) * static_cast<double>(p.num_cols);
+  const double nonzero_ns = 0.5 * scan_ns / 32 * static_cast<double>(2 * width + col_width);
+  const int threads = team_size(p.num_threads, p.num_rows, scan_ns + nonzero_ns);
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
+  for (int64_t b = 0; b < p.num_rows; ++b) {
+    const scalar_t* r = p.responsibilities + b * p.ld;
+    const scalar_t* left = p.slope_left + b * width;
+    std::vector<Nonzero>& row = nonzeros[b];
+    double total = 0;   // sum_c r s, in column order
+    for (int64_t c = 0; c < p.num_cols; ++c) {
+      if (r[c] == scalar_t(0)) continue;
+      const scalar_t* factor = p.row_factors + c * width;
+      scalar_t slope = 0;
+#pragma omp simd reduction(+ : slope)
+      for (int64_t j = 0; j < width; ++j) slope += left[j] * factor[j];
+      row.push_back({c, r[c], slope});
+      total += static_cast<double>(r[c]) * static_cast<double>(slope);
+    }
+    const scalar_t mean_slope = static_cast<scalar_t>(total);
+    const scalar_t grad = p.grad[b];
+    p.mean_slope[b] = mean_slope;
+    for (Nonzero& entry : row) {
+      const scalar_t q = grad * entry.q;
+      entry.w = q * (entry.w - mean_slope);
+      entry.q = q;
+    }
+    if (p.row_sums == nullptr) continue;
+    scalar_t* sums = p.row_sums + b * width;
+    scalar_t* precision_sums = p.precision_sums + b * precision_width;
+    std::fill(sums, sums + width, scalar_t(0));
+    std::fill(precision_sums, precision_sums + precision_width, scalar_t(0));
+    for (const Nonzero& entry : row) {
+      const scalar_t* factor = p.row_factors + entry.col * width;
+      const scalar_t* precision = p.precision + entry.col * precision_width;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) sums[j] += entry.w * factor[j];
+#pragma omp simd
+      for (int64_t j = 0; j < precision_width; ++j) precision_sums[j] += entry.q * precision[j];
+    }
+  }
+  if (p.slope_sums == nullptr) return;
+  // Column sums: blocks of columns owned by one iteration each, every block taking the rows in
+  // order (each row's nonzeros are in column order), so the sums are the same for any thread
+  // count.
+  constexpr int64_t kColumnBlock = 64;
+  const int64_t blocks = (p.num_cols + kColumnBlock - 1) / kColumnBlock;
+  const int block_threads = team_size(p.num_threads, blocks, nonzero_ns);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(block_threads)
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t col_begin = block * kColumnBlock;
+    const int64_t col_end = std::min(p.num_cols, col_begin + kColumnBlock);
+    for (int64_t b = 0; b < p.num_rows; ++b) {
+      const scalar_t* left = p.slope_left + b * width;
+      const scalar_t* factor = p.col_factors + b * col_width;
+      for (const Nonzero& entry : nonzeros[b]) {
+        if (entry.col < col_begin) continue;
+        if (entry.col >= col_end) break;
+        scalar_t* slope_sums = p.slope_sums + entry.col * width;
+        scalar_t* weight_sums = p.weight_sums + entry.col * col_width;
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) slope_sums[j] += entry.q * left[j];
+#pragma omp simd
+        for (int64_t j = 0; j < col_width; ++j) weight_sums[j] += entry.w * factor[j];
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
 void mixture_penalty_direct_cpu(const MixturePenaltyDirectParams<scalar_t>& p) {
   // With diff = x_b - mu_c, P = 1 / var, r_bc = exp(E_bc - ll_b), s_bc = -sum_k U_bk diff_k P_k,
   // q = grad_b r, w = q (s - sum_c r s) (the tiled form's notation):
@@ -754,6 +831,10 @@ template int64_t mixture_tile_backward_cpu<double>(const MixtureTileParams<doubl
 template void mixture_sparse_products_cpu<float>(const MixtureSparseProductParams<float>&);
 template void mixture_sparse_products_cpu<double>(const MixtureSparseProductParams<double>&);
 template void mixture_penalty_tile_cpu<float>(const MixturePenaltyTileParams<float>&);
+template void mixture_penalty_sparse_tile_cpu<float>(
+    const MixturePenaltySparseTileParams<float>&);
+template void mixture_penalty_sparse_tile_cpu<double>(
+    const MixturePenaltySparseTileParams<double>&);
 template void mixture_penalty_tile_cpu<double>(const MixturePenaltyTileParams<double>&);
 
 }  // namespace gmk

@@ -127,6 +127,36 @@ struct MixturePenaltyTileParams {
   int num_threads;
 };
 
+// The same tile when its responsibilities are sparse (at most 1 / kSparseRatio of r nonzero,
+// the binding's rule): per row, in one pass over r, the nonzero r_bc, their slopes s_bc (row b's
+// slope operand . component c's row factors, what the dense tile's product gives there), the
+// mean slope, q and w there (both vanish where r does), and the row sums w R and q P; then
+// from those nonzeros the column sums q^T slope_left and w^T col_factors, accumulated. The
+// dense tile's results (mixture_penalty_tile_cpu and its four products) without their passes
+// over B x C. Null outputs are not wanted: row_sums with precision_sums, slope_sums with
+// weight_sums.
+template <typename scalar_t>
+struct MixturePenaltySparseTileParams {
+  const scalar_t* responsibilities;  // (num_rows, ld): r
+  const scalar_t* grad;              // (num_rows,)
+  const scalar_t* slope_left;        // (num_rows, width)
+  const scalar_t* row_factors;       // (num_cols, width): R
+  const scalar_t* precision;         // (num_cols, precision_width): P
+  const scalar_t* col_factors;       // (num_rows, col_width)
+  scalar_t* mean_slope;              // (num_rows,) out
+  scalar_t* row_sums;                // (num_rows, width) out
+  scalar_t* precision_sums;          // (num_rows, precision_width) out
+  scalar_t* slope_sums;              // (num_cols, width), accumulated
+  scalar_t* weight_sums;             // (num_cols, col_width), accumulated
+  int64_t num_rows;
+  int64_t num_cols;
+  int64_t ld;
+  int64_t width;
+  int64_t precision_width;
+  int64_t col_width;
+  int num_threads;
+};
+
 // The double backward of a gradient penalty in x for small problems (the binding's
 // kPenaltyDirectMaxWork: MD-GAN's simplex head under WGAN-GP), in one pass over the rows on one
 // thread, differences taken directly: the same results as the tiled form (the binding's
@@ -168,6 +198,8 @@ template <typename scalar_t>
 void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& params);
+template <typename scalar_t>
+void mixture_penalty_sparse_tile_cpu(const MixturePenaltySparseTileParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_penalty_direct_cpu(const MixturePenaltyDirectParams<scalar_t>& params);
 
