@@ -4,9 +4,10 @@
 // The integers and uniforms are bit-exact with philox.h. The Box-Muller log, sin and cos are
 // Cephes' single-precision polynomials (logf, sinf/cosf: ~1 ulp) instead of libm, so the normals
 // differ from the CUDA/Triton/reference ones by a few ulp (< 1e-6 absolute, as |eps| < 5.7).
-// Every CPU kernel draws its normals through randn4_lanes and nothing else: the forward and the
-// backward see bit-identical eps, whatever the thread count or tiling, because each lane's value
-// is a pure function of its counter (FMA contraction is off, nothing is reassociated).
+// Every CPU kernel draws its normals through randn4_lanes (or randn2_lanes, its first two
+// normals of each counter) and nothing else: the forward and the backward see bit-identical eps,
+// whatever the thread count or tiling, because each lane's value is a pure function of its
+// counter (FMA contraction is off, nothing is reassociated).
 //
 // GCC/Clang vector extensions do the arithmetic; the few operations they cannot express without
 // scalarizing (sqrt without errno, 32x32->64 multiplies, the 4 x kLanes transpose) use the ISA's
@@ -211,14 +212,16 @@ GMK_SIMD_INLINE void interleave4(f32v n0, f32v n1, f32v n2, f32v n3, float* out)
 #endif
 }
 
-// The 4 * kLanes normals of counters first .. first + kLanes - 1 (Triton's randn4x order) into
-// out[0 .. 4 kLanes). Same Philox rounds and Box-Muller as gmk::randn4.
-GMK_SIMD_INLINE void randn4_lanes(uint64_t seed, uint64_t first, float* out) {
+// Philox4x32-10 of counters first .. first + kLanes - 1 (one per lane) into c0 .. c3.
+GMK_SIMD_INLINE void philox_lanes(uint64_t seed, uint64_t first, u32v& c0, u32v& c1, u32v& c2,
+                                  u32v& c3) {
   const uint32_t first_lo = static_cast<uint32_t>(first);
   const u32v c0_start = (u32v)lane_index() + first_lo;
   // A lane whose low word wrapped past 2^32 carries into the high word.
-  u32v c1 = (u32v{} + static_cast<uint32_t>(first >> 32)) - (u32v)(c0_start < first_lo);
-  u32v c0 = c0_start, c2 = u32v{}, c3 = u32v{};
+  c1 = (u32v{} + static_cast<uint32_t>(first >> 32)) - (u32v)(c0_start < first_lo);
+  c0 = c0_start;
+  c2 = u32v{};
+  c3 = u32v{};
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
     u32v hi_b, lo_b, hi_a, lo_a;
@@ -231,14 +234,37 @@ GMK_SIMD_INLINE void randn4_lanes(uint64_t seed, uint64_t first, float* out) {
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
+}
+
+// Box-Muller radius of a uniform word, the uniform clamped away from 0.
+GMK_SIMD_INLINE f32v box_muller_radius(u32v word) {
   const f32v floor = f32v{} + 1.0e-7f;
-  const f32v u0 = uint_to_uniform(c0), u2 = uint_to_uniform(c2);
-  const f32v r01 = sqrt(-2.0f * log(select(u0 < floor, floor, u0)));
-  const f32v r23 = sqrt(-2.0f * log(select(u2 < floor, floor, u2)));
+  const f32v u = uint_to_uniform(word);
+  return sqrt(-2.0f * log(select(u < floor, floor, u)));
+}
+
+// The 4 * kLanes normals of counters first .. first + kLanes - 1 (Triton's randn4x order) into
+// out[0 .. 4 kLanes). Same Philox rounds and Box-Muller as gmk::randn4.
+GMK_SIMD_INLINE void randn4_lanes(uint64_t seed, uint64_t first, float* out) {
+  u32v c0, c1, c2, c3;
+  philox_lanes(seed, first, c0, c1, c2, c3);
+  const f32v r01 = box_muller_radius(c0), r23 = box_muller_radius(c2);
   f32v sin01, cos01, sin23, cos23;
   sincos(6.2831855f * uint_to_uniform(c1), sin01, cos01);
   sincos(6.2831855f * uint_to_uniform(c3), sin23, cos23);
   interleave4(r01 * cos01, r01 * sin01, r23 * cos23, r23 * sin23, out);
+}
+
+// randn4_lanes' first two normals of each counter, bit for bit (out[4 i], out[4 i + 1]; out[4 i
+// + 2] and out[4 i + 3] are 0), without the second pair's log, sqrt and sincos: half the cost,
+// for rows of at most two coordinates, which use only those.
+GMK_SIMD_INLINE void randn2_lanes(uint64_t seed, uint64_t first, float* out) {
+  u32v c0, c1, c2, c3;
+  philox_lanes(seed, first, c0, c1, c2, c3);
+  const f32v r01 = box_muller_radius(c0);
+  f32v sin01, cos01;
+  sincos(6.2831855f * uint_to_uniform(c1), sin01, cos01);
+  interleave4(r01 * cos01, r01 * sin01, f32v{}, f32v{}, out);
 }
 
 }  // namespace simd
