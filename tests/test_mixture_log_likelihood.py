@@ -733,6 +733,33 @@ def test_cpp_fused_penalty_double_backward_matches_float64_truth(batch, componen
             (index, (g - w).abs().max().item())
 
 
+def check_fused_penalty_on_two_threads(x, means, var, log_weights, grad, upstream, needs):
+    """On 2 threads, the fused kernel's wanted results: in float64 against the torch form
+    (penalty_in_x), in float32 against the float64 kernel on the same (float32) inputs; the
+    unwanted ones empty."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
+        want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
+        for index, (g, w, need) in enumerate(zip(got, want, needs)):
+            if not need:
+                assert g.numel() == 0, index
+                continue
+            assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
+                (index, (g - w).abs().max().item())
+        inputs32 = [t.float() for t in (x, means, var, log_weights, grad, upstream)]
+        got32 = fused_penalty(*inputs32, needs)
+        exact = fused_penalty(*[t.double() for t in inputs32], needs)
+        for index, (g, w, need) in enumerate(zip(got32, exact, needs)):
+            if need:
+                assert g.dtype == torch.float32
+                relative = (g.double() - w).abs().max() / (w.abs().max() + 1e-30)
+                assert relative <= 1e-3, (index, relative.item())
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
 def test_cpp_fused_penalty_double_backward_over_several_tiles_and_in_float32(var_kind):
     """Components enough for tiles of fewer rows than B (2^21 elements a tile: 300 rows at
@@ -745,24 +772,7 @@ def test_cpp_fused_penalty_double_backward_over_several_tiles_and_in_float32(var
     gen = torch.Generator().manual_seed(6)
     grad = torch.rand(700, dtype=torch.float64, generator=gen)
     upstream = torch.randn(700, 3, dtype=torch.float64, generator=gen)
-    needs = (True,) * 5
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
-        want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
-        for index, (g, w) in enumerate(zip(got, want)):
-            assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
-                (index, (g - w).abs().max().item())
-        inputs32 = [t.float() for t in (x, means, var, log_weights, grad, upstream)]
-        got32 = fused_penalty(*inputs32, needs)
-        exact = fused_penalty(*[t.double() for t in inputs32], needs)
-        for index, (g, w) in enumerate(zip(got32, exact)):
-            assert g.dtype == torch.float32
-            relative = (g.double() - w).abs().max() / (w.abs().max() + 1e-30)
-            assert relative <= 1e-3, (index, relative.item())
-    finally:
-        torch.set_num_threads(threads)
+    check_fused_penalty_on_two_threads(x, means, var, log_weights, grad, upstream, (True,) * 5)
 
 
 @pytest.mark.parametrize("needs", [(True,) * 5, (False, True, True, False, False),
@@ -790,27 +800,7 @@ def test_cpp_fused_penalty_double_backward_with_peaked_responsibilities(var_kind
         responsibilities = torch.softmax(op.exponents(x, means, var, log_weights).to(dtype), 1)
         nonzero = (responsibilities > torch.finfo(dtype).eps / 7000).double().mean().item()
         assert nonzero * 32 <= 1, nonzero
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        got = fused_penalty(x, means, var, log_weights, grad, upstream, needs)
-        want = op.penalty_in_x(upstream, grad, x, means, var, log_weights, needs)
-        for index, (g, w, need) in enumerate(zip(got, want, needs)):
-            if not need:
-                assert g.numel() == 0, index
-                continue
-            assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item())), \
-                (index, (g - w).abs().max().item())
-        inputs32 = [t.float() for t in (x, means, var, log_weights, grad, upstream)]
-        got32 = fused_penalty(*inputs32, needs)
-        exact = fused_penalty(*[t.double() for t in inputs32], needs)
-        for index, (g, w, need) in enumerate(zip(got32, exact, needs)):
-            if need:
-                assert g.dtype == torch.float32
-                relative = (g.double() - w).abs().max() / (w.abs().max() + 1e-30)
-                assert relative <= 1e-3, (index, relative.item())
-    finally:
-        torch.set_num_threads(threads)
+    check_fused_penalty_on_two_threads(x, means, var, log_weights, grad, upstream, needs)
 
 
 @pytest.mark.parametrize("batch", [64, 256, 1024])   # direct, direct, tiled (B C d vs 2^16)
