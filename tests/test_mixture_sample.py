@@ -513,11 +513,13 @@ def nan_above_diagonal(scale):
         scale[:, upper] = float("nan")
 
 
-def check_cpp_full_against_reference(mu, scale, component, seed, tolerance):
-    """The cpp full-scale kernels against the reference given the same eps (values and
-    gradients, finite), and the same bits for 1, 2 and 3 threads."""
-    grad_z = torch.randn(component.shape[0], mu.shape[1], dtype=mu.dtype,
-                         generator=torch.Generator().manual_seed(component.shape[0]))
+def check_cpp_against_reference(mu, scale, component, seed, tolerance, grad_z=None):
+    """The cpp kernels against the reference given the same eps (values and gradients of
+    ``grad_z``, a dense random one by default, finite), and the same bits for 1, 2 and 3
+    threads."""
+    if grad_z is None:
+        grad_z = torch.randn(component.shape[0], mu.shape[1], dtype=mu.dtype,
+                             generator=torch.Generator().manual_seed(component.shape[0]))
     results = [cpp_values_and_gradients(mu, scale, component, seed, grad_z, threads)
                for threads in (1, 2, 3)]
     for other in results[1:]:
@@ -528,6 +530,28 @@ def check_cpp_full_against_reference(mu, scale, component, seed, tolerance):
     for got, want in zip(results[0], expected):
         assert torch.isfinite(got).all()
         assert (got - want).abs().max() <= tolerance * (1 + want.abs().max())
+
+
+@pytest.mark.parametrize("upstream", ["dense", "z.sum()"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# The diagonal backward's two schedules: threads over chunks of samples, or over bands of a row's
+# columns when there are fewer chunks than threads (one chunk: n <= 16 N; two: N = 5, n = 4000,
+# three threads) and a row holds two bands (dim >= 128 on AVX-512, 64 on AVX2); 1 thread runs the
+# chunks, 2 and 3 the bands here, with the same bits. dim 130 and 257 end in a partial band.
+@pytest.mark.parametrize("num_components, dim, num_samples",
+                         [(300, 130, 4000), (5, 257, 4000), (200, 256, 1500), (3, 12, 4500)])
+def test_cpp_diagonal_backward_by_chunks_or_by_columns_matches_reference(
+        num_components, dim, num_samples, dtype, upstream):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(num_components, dim, False, dtype, seed=dim)
+    generator = torch.Generator().manual_seed(3)
+    component = torch.randint(num_components, (num_samples,), generator=generator)
+    grad_z = None
+    if upstream == "z.sum()":   # a stride-0 upstream gradient, one row read for all
+        grad_z = torch.randn(1, dim, dtype=dtype, generator=generator).expand(num_samples, dim)
+    check_cpp_against_reference(mu, scale, component, torch.tensor(2**40 + dim),
+                                2e-12 if dtype == torch.float64 else 2e-5, grad_z)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -541,7 +565,7 @@ def test_cpp_full_small_dimension_walk_matches_reference_for_any_thread_count(
     mu, scale = make_inputs(num_components, dim, True, dtype, seed=dim)
     nan_above_diagonal(scale)
     component = torch.randint(num_components, (5000,), generator=torch.Generator().manual_seed(1))
-    check_cpp_full_against_reference(mu, scale, component, torch.tensor(2**33 + dim),
+    check_cpp_against_reference(mu, scale, component, torch.tensor(2**33 + dim),
                                      2e-12 if dtype == torch.float64 else 2e-5)
 
 
@@ -558,5 +582,5 @@ def test_cpp_full_direct_product_for_few_samples_per_component_matches_reference
     nan_above_diagonal(scale)
     component = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     component = component[torch.randperm(component.numel(), generator=torch.Generator().manual_seed(2))]
-    check_cpp_full_against_reference(mu, scale, component, torch.tensor(77),
+    check_cpp_against_reference(mu, scale, component, torch.tensor(77),
                                      2e-12 if dtype == torch.float64 else 2e-5)

@@ -14,7 +14,8 @@
 // Backward: every gradient entry is a sum over its component's samples in sample order,
 //   accumulated by one writer: the bits are the same run to run and for any thread count, without
 //   atomics. Diagonal and full with dim <= 16: the forward's walk over the counter stream, in
-//   chunks of consecutive samples whose per-component sums are added in chunk order. Full: samples
+//   chunks of consecutive samples whose per-component sums are added in chunk order (diagonal,
+//   fewer chunks than threads: the same chunks, threads over bands of columns). Full: samples
 //   grouped by component with a stable counting sort. torch.are_deterministic_algorithms_enabled()
 //   thus needs no special path on the CPU.
 #include "../kernels/mixture_sample.h"
@@ -28,6 +29,8 @@
 #include "../kernels/philox.h"
 #include "philox_simd.h"
 #include "team_size.h"
+
+#include <omp.h>
 
 namespace gmk {
 namespace {
@@ -417,12 +420,12 @@ void forward_full_small(const MixtureSampleParams<scalar_t>& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Diagonal backward, in sample order: the flat counter stream is walked as the forward walks it
-// (no normal is drawn twice, grad_z is read front to back), cut into chunks of consecutive
-// samples. A chunk sums its samples, in order, into per-component accumulators of its thread;
-// chunks then add their sums to the gradients one after another, in chunk order (an ordered
-// loop). The chunk length depends on the problem only, so every entry is summed in the same
-// order for any thread count: the same bits, without atomics.
+// Diagonal backward, in sample order: the samples are cut into chunks of consecutive samples;
+// each entry's terms are summed, in sample order, over a chunk into a per-component accumulator,
+// and the chunks' sums are added to the gradients one after another, in chunk order. The chunk
+// length depends on the problem only, so every entry is summed in the same order for any thread
+// count: the same bits, without atomics, whichever of the two schedules below runs (threads over
+// chunks, or over bands of columns when there are too few chunks).
 constexpr int64_t kChunkSamples = 2048;
 
 // Samples per chunk: at least 16 per component, so that the ordered additions (at most one
@@ -431,22 +434,75 @@ int64_t chunk_samples(int64_t num_components) {
   return std::max<int64_t>(kChunkSamples, 16 * num_components);
 }
 
+// One row piece's terms added to its component's chunk sums, in coordinate order (both diagonal
+// paths below call this, so that their additions are the same).
 template <typename scalar_t>
-void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
+inline void add_piece(const scalar_t* grad, const float* piece_eps, int64_t count, scalar_t* sum,
+                      scalar_t* sum_eps) {
+  for (int64_t k = 0; k < count; ++k) {
+    sum[k] += grad[k];
+    sum_eps[k] += grad[k] * static_cast<scalar_t>(piece_eps[k]);
+  }
+}
+
+// Per-thread chunk sums of columns [k_begin, k_end) of every component: sums[c * 2 width + j] of
+// grad_z, sums[c * 2 width + width + j] of grad_z * eps (j = k - k_begin). `touched` lists the
+// components the chunk met, whose rows are zeroed when first met (untouched rows are never read,
+// so never cleared); flush() adds them to the gradients.
+template <typename scalar_t>
+struct ChunkSums {
+  const MixtureSampleBackwardParams<scalar_t>& p;
+  int64_t k_begin, width;
+  std::unique_ptr<scalar_t[]> sums;
+  std::vector<char> met;
+  std::vector<int64_t> touched;
+
+  ChunkSums(const MixtureSampleBackwardParams<scalar_t>& params, int64_t begin, int64_t end)
+      : p(params), k_begin(begin), width(end - begin),
+        sums(new scalar_t[params.num_components * 2 * (end - begin)]),
+        met(params.num_components, 0) {}
+
+  // The sums of component c, zeroed the first time the chunk meets it.
+  scalar_t* row(int64_t c) {
+    scalar_t* sum = sums.get() + c * 2 * width;
+    if (!met[c]) {
+      met[c] = 1;
+      touched.push_back(c);
+      std::fill(sum, sum + 2 * width, scalar_t(0));
+    }
+    return sum;
+  }
+
+  void flush() {
+    for (const int64_t c : touched) {
+      const scalar_t* sum = sums.get() + c * 2 * width;
+      scalar_t* grad_mu = p.grad_mu + c * p.dim + k_begin;
+      scalar_t* grad_sigma = p.grad_scale + c * p.dim + k_begin;
+      for (int64_t j = 0; j < width; ++j) {
+        grad_mu[j] += sum[j];
+        grad_sigma[j] += sum[width + j];
+      }
+      met[c] = 0;
+    }
+    touched.clear();
+  }
+};
+
+// Diagonal backward, by chunks of samples (one thread per chunk): the flat counter stream is
+// walked as the forward walks it (no normal is drawn twice, grad_z is read front to back), cut
+// into chunks of consecutive samples. A chunk sums its samples, in order, into per-component
+// accumulators of its thread; chunks then add their sums to the gradients one after another, in
+// chunk order (an ordered loop).
+template <typename scalar_t>
+void backward_diagonal_by_chunks(const MixtureSampleBackwardParams<scalar_t>& p, int threads) {
   const int64_t dim = p.dim;
   const auto draw_block = block_normals(dim);
   const int64_t groups = philox_groups_per_row(dim);
   const int64_t chunk = chunk_samples(p.num_components);
   const int64_t chunks = (p.num_samples + chunk - 1) / chunk;
-  const int threads = team_size(p.num_threads, chunks, normals_ns(p.num_samples * dim));
 #pragma omp parallel num_threads(threads)
   {
-    // sums[c * 2 dim + k] = sum of grad_z, sums[c * 2 dim + dim + k] = sum of grad_z * eps over
-    // the chunk's samples of component c; `touched` lists the components the chunk met, whose
-    // rows are zeroed when first met (untouched rows are never read, so never cleared).
-    std::unique_ptr<scalar_t[]> sums(new scalar_t[p.num_components * 2 * dim]);
-    std::vector<char> met(p.num_components, 0);
-    std::vector<int64_t> touched;
+    ChunkSums<scalar_t> sums(p, 0, dim);
 #pragma omp for ordered schedule(static, 1)
     for (int64_t chunk_index = 0; chunk_index < chunks; ++chunk_index) {
       const int64_t first_sample = chunk_index * chunk;
@@ -458,36 +514,72 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
         const int64_t last = std::min(end_counter, first + kLanes);
         for_each_row_piece(first, last, groups, dim, eps, [&](int64_t s, int64_t k_begin, int64_t k_end,
                                                           const float* piece_eps) {
-          const int64_t c = p.component[s];
-          if (!met[c]) {
-            met[c] = 1;
-            touched.push_back(c);
-            std::fill(sums.get() + c * 2 * dim, sums.get() + (c + 1) * 2 * dim, scalar_t(0));
-          }
-          const scalar_t* grad = p.grad_z + s * p.grad_row_stride + k_begin;
-          scalar_t* sum = sums.get() + c * 2 * dim + k_begin;
-          scalar_t* sum_eps = sum + dim;
-          for (int64_t k = 0; k < k_end - k_begin; ++k) {
-            sum[k] += grad[k];
-            sum_eps[k] += grad[k] * static_cast<scalar_t>(piece_eps[k]);
-          }
+          scalar_t* sum = sums.row(p.component[s]) + k_begin;
+          add_piece(p.grad_z + s * p.grad_row_stride + k_begin, piece_eps, k_end - k_begin, sum,
+                    sum + dim);
         });
       }
 #pragma omp ordered
-      {
-        for (const int64_t c : touched) {
-          scalar_t* sum = sums.get() + c * 2 * dim;
-          scalar_t* grad_mu = p.grad_mu + c * dim;
-          scalar_t* grad_sigma = p.grad_scale + c * dim;
-          for (int64_t k = 0; k < dim; ++k) {
-            grad_mu[k] += sum[k];
-            grad_sigma[k] += sum[dim + k];
+      sums.flush();
+    }
+  }
+}
+
+// Diagonal backward, by columns (one thread per band of columns, every chunk): each thread walks
+// all the samples, drawing only its band's counters of each row (whole SIMD blocks of a row, so
+// a band is a multiple of kLanes counters), with the same chunks and the same additions in the
+// same order as the chunked path: the same bits. Taken when the chunks cannot keep the threads
+// busy (fewer chunks than threads: n <= 16 N samples make one chunk, as with N = 1000
+// components and n = 10^4 samples, where the chunked path ran on one thread) and a row has room
+// for two bands (dim >= 8 kLanes: 128 with AVX-512).
+template <typename scalar_t>
+void backward_diagonal_by_columns(const MixtureSampleBackwardParams<scalar_t>& p, int threads,
+                                  int64_t bands) {
+  const int64_t dim = p.dim;
+  const int64_t groups = philox_groups_per_row(dim);
+  const int64_t chunk = chunk_samples(p.num_components);
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t team = omp_get_num_threads(), thread = omp_get_thread_num();
+    const int64_t group_begin = bands * thread / team * kLanes;
+    // The last band also takes the row's counters past the last whole block.
+    const int64_t group_end = thread + 1 == team ? groups : bands * (thread + 1) / team * kLanes;
+    const int64_t k_begin = 4 * group_begin, k_end = std::min(dim, 4 * group_end);
+    if (k_begin < k_end) {
+      ChunkSums<scalar_t> sums(p, k_begin, k_end);
+      const int64_t width = k_end - k_begin;
+      alignas(64) float eps[kBlockFloats];
+      for (int64_t first_sample = 0; first_sample < p.num_samples; first_sample += chunk) {
+        const int64_t end_sample = std::min(p.num_samples, first_sample + chunk);
+        for (int64_t s = first_sample; s < end_sample; ++s) {
+          scalar_t* sum = sums.row(p.component[s]);
+          const scalar_t* grad = p.grad_z + s * p.grad_row_stride;
+          for (int64_t g = group_begin; g < group_end; g += kLanes) {
+            simd::randn4_lanes(p.seed, static_cast<uint64_t>(s * groups + g), eps);
+            const int64_t k = 4 * g;
+            add_piece(grad + k, eps, std::min(k_end, k + kBlockFloats) - k, sum + (k - k_begin),
+                      sum + width + (k - k_begin));
           }
-          met[c] = 0;
         }
-        touched.clear();
+        sums.flush();
       }
     }
+  }
+}
+
+template <typename scalar_t>
+void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
+  const int64_t chunks = (p.num_samples + chunk_samples(p.num_components) - 1) /
+                         chunk_samples(p.num_components);
+  const double work = normals_ns(p.num_samples * p.dim);
+  const int by_chunks = team_size(p.num_threads, chunks, work);
+  // Bands of whole SIMD blocks of a row's counters; rows of dim <= 2 draw half blocks.
+  const int64_t bands = p.dim > 2 ? philox_groups_per_row(p.dim) / kLanes : 0;
+  const int by_columns = team_size(p.num_threads, bands, work);
+  if (bands >= 2 && by_columns > by_chunks) {
+    backward_diagonal_by_columns(p, by_columns, bands);
+  } else {
+    backward_diagonal_by_chunks(p, by_chunks);
   }
 }
 
