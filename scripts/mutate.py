@@ -194,6 +194,12 @@ MUTANTS = [
            ("tests/test_mixture_sample.py",),
            "the diagonal backward by columns reads every band's upstream gradient from the row's "
            "first columns"),
+    Mutant("mll-direct-sums-stride", "csrc/cpu/mixture_log_likelihood.cpp",
+           "    for (int64_t k = 0; k < dim; ++k) means_t[k * ld + c] = p.means[c * dim + k];",
+           "    for (int64_t k = 0; k < dim; ++k) means_t[k * padded + c] = p.means[c * dim + k];",
+           ("tests/test_mixture_log_likelihood.py",),
+           "the direct backward writes the transposed means with rows padded apart but reads them "
+           "ld apart (the stride that keeps the rows out of one cache set)"),
     Mutant("trainer-generator-sign", "python/gmgan/trainer.py",
            "        g_loss.backward()\n", "        (-g_loss).backward()\n",
            ("tests/test_train_learning.py", "-m", "not slow"),

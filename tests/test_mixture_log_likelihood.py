@@ -602,14 +602,18 @@ def _pass_uses_matrix_products(x, means, var, log_weights, wanted=None):
 
 
 @pytest.mark.parametrize("batch, dim, wanted, tiled", [
-    (300, 15, None, False),            # forward, d <= 32: direct whatever B C d (4.5e6 here)
-    (300, 40, None, False),            # forward, d > 32, B C d = 1.2e7 <= 2**25
-    (900, 40, None, True),             # forward, d > 32, B C d = 3.6e7 > 2**25
+    (300, 15, None, False),            # forward, d < 16: direct whatever B C d (4.5e6 here)
+    (600, 15, None, False),            # ... (9.0e6)
+    (500, 16, None, False),            # forward, d >= 16, B C d = 8.0e6 <= 2**23
+    (600, 16, None, True),             # forward, d >= 16, B C d = 9.6e6 > 2**23
+    (300, 40, None, True),             # forward, d >= 16, B C d = 1.2e7 > 2**23
     (60, 60, (True, False, False), False),   # backward x, B C d = 3.6e6 <= 2**22
-    (80, 60, (True, False, False), True),    # backward x, B C d = 4.8e6 > 2**22
+    (80, 60, (True, False, False), True),    # backward x, d > 16, B C d = 4.8e6 > 2**22
+    (300, 16, (True, False, False), False),  # backward x, d <= 16: direct whatever B C d (4.8e6)
     (60, 16, (True, True, True), False),     # backward with component gradients, d <= 16
     (60, 17, (False, True, True), True),     # ... d > 16, however small B C d (1.0e6)
-    (300, 15, (True, True, True), True),     # ... d <= 16 but B C d = 4.5e6 > 2**22
+    (300, 15, (True, True, True), True),     # ... 4 < d <= 16 but B C d = 4.5e6 > 2**22
+    (2000, 4, (True, True, True), False),    # ... d <= 4: direct whatever B C d (8.0e6)
 ])
 def test_cpp_path_rules_by_pass(batch, dim, wanted, tiled, monkeypatch):
     """C = 1000 > 65 on the CPU: which passes the direct kernel keeps (use_tiled in

@@ -130,17 +130,25 @@ struct CudaKernels {
 // the BLAS rate, but it has fixed costs (its operands, a BLAS call whose threads must all wake
 // up and meet, per tile; on a busy machine each meeting can cost a scheduler time slice) and its
 // epilogue and reductions cost about as much per pair as the direct kernel's whole work at small
-// d. Measured on a 2-core AVX-512 machine at 2 threads (tiled time / direct time):
-// - forward: 1.2-1.9 at d <= 16 from B = C = 316 to 3162, 1.03-1.1 at d = 32, 1.5-1.7 at d = 64
-//   and 128 for B C = 10^5, 0.98 at B = C = 1000, d = 64;
-// - backward, x alone: the direct kernel up to B C d ~ 2^22 (1.5 at B = C = 316, d = 16), then
-//   the tiled path's two products (0.6 at B = C = 1000, d = 64);
-// - backward with the component gradients: the direct kernel only for d <= 16 (1.07 at
-//   B = C = 316, d = 16; 0.35-0.7 at d = 64, B C = 10^5 to 10^6).
-constexpr int64_t kForwardDirectMaxDim = 32;
-constexpr int64_t kForwardDirectMaxWork = int64_t(1) << 25;
+// d. Measured on a 2-core AVX-512 machine at 2 threads (tiled time / direct time, medians of up
+// to 151 interleaved pairs, B = C):
+// - forward: 1.5-1.9 at d <= 4 from 316 to 3162 (1.02-1.15 at 1000); d = 9: 1.77 at 316,
+//   0.94-1.15 from 1000 to 3162; d = 16 and 32: 1.4-1.7 at 316, 0.79-0.95 from 1000; d = 64: 1.19
+//   at 316, 0.72 at 1000; d = 128: 0.96 at 316;
+// - backward, x alone: 1.1-2.2 at d <= 9 at every size; d = 16: 1.43 at 316, 0.98-1.02 at 1000
+//   and 2048; d = 32: 1.17 at 316, 0.78-0.90 from 1000; d = 64: 0.95 at 316;
+// - backward with the component gradients: d <= 4: 1.3-2.0 from 316 to 3162 (0.89-1.02 at 1000,
+//   d = 4); d = 9: 1.22 at 316, 0.73-0.89 at 1000 and 3162; d = 16: 1.07 at 316, 0.64-0.90 from
+//   1000; d = 32: 0.84 at 316.
+// Hence: the forward tiled for d >= 16 above B C d = 2^23; the backward into x alone for d > 16
+// above 2^22; the backward with component gradients for d > 16 at any size, and for d > 4 above
+// 2^22 (at d <= 4 the direct kernel whatever the size).
+constexpr int64_t kForwardTiledMinDim = 16;
+constexpr int64_t kForwardDirectMaxWork = int64_t(1) << 23;
+constexpr int64_t kBackwardXTiledMinDim = 17;
 constexpr int64_t kBackwardDirectMaxWork = int64_t(1) << 22;
 constexpr int64_t kComponentsDirectMaxDim = 16;
+constexpr int64_t kComponentsAlwaysDirectMaxDim = 4;
 
 enum class Pass { kForward, kBackwardX, kBackwardComponents };
 
@@ -167,11 +175,12 @@ bool use_tiled(const at::Tensor& x, const at::Tensor& means, Pass pass) {
   if (setting >= 0) return work > setting;
   switch (pass) {
     case Pass::kForward:
-      return dim > kForwardDirectMaxDim && work > kForwardDirectMaxWork;
+      return dim >= kForwardTiledMinDim && work > kForwardDirectMaxWork;
     case Pass::kBackwardX:
-      return work > kBackwardDirectMaxWork;
+      return dim >= kBackwardXTiledMinDim && work > kBackwardDirectMaxWork;
     case Pass::kBackwardComponents:
-      return dim > kComponentsDirectMaxDim || work > kBackwardDirectMaxWork;
+      return dim > kComponentsDirectMaxDim ||
+             (dim > kComponentsAlwaysDirectMaxDim && work > kBackwardDirectMaxWork);
   }
   return true;
 }

@@ -95,11 +95,11 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     simplex) runs a direct kernel; larger C (Parzen windows) tiles the components, computes each
     tile's inner products with a matrix product on data shifted by the centre of the means, and
     folds them into an online logsumexp; the backward recomputes the tiles from the saved
-    log-likelihood. On the CPU the direct kernel also takes, whatever C, the forward for d <= 32
-    or B * C * d <= 2**25, and the backward for B * C * d <= 2**22 (with gradients into means,
-    var or log_weights: and d <= 16), where it was measured faster than the tiled path (lower
-    fixed costs; at small d the tiled path's per-pair epilogue costs as much as the direct
-    kernel's whole work). The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on
+    log-likelihood. On the CPU the direct kernel also takes, whatever C, the forward for d < 16
+    or B * C * d <= 2**23, the backward into x alone for d <= 16 or B * C * d <= 2**22, and the
+    backward with gradients into means, var or log_weights for d <= 4, or d <= 16 and
+    B * C * d <= 2**22, where it was measured faster than the tiled path (lower fixed costs; at
+    small d the tiled path's per-pair epilogue costs as much as the direct kernel's whole work). The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on
     every call) replaces these rules by one limit on B * C * d, 0 sending every C > 65 to the
     tiled path.
 
