@@ -536,7 +536,7 @@ def check_cpp_against_reference(mu, scale, component, seed, tolerance, grad_z=No
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # The diagonal backward's two schedules: threads over chunks of samples, or over bands of a row's
 # columns when there are fewer chunks than threads (one chunk: n <= 16 N; two: N = 5, n = 4000,
-# three threads) and a row holds two bands (dim >= 128 on AVX-512, 64 on AVX2); 1 thread runs the
+# three threads) and a row holds two bands (dim >= 125 on AVX-512, 61 on AVX2); 1 thread runs the
 # chunks, 2 and 3 the bands here, with the same bits. dim 130 and 257 end in a partial band.
 @pytest.mark.parametrize("num_components, dim, num_samples",
                          [(300, 130, 4000), (5, 257, 4000), (200, 256, 1500), (3, 12, 4500)])

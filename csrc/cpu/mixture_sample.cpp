@@ -531,7 +531,8 @@ void backward_diagonal_by_chunks(const MixtureSampleBackwardParams<scalar_t>& p,
 // same order as the chunked path: the same bits. Taken when the chunks cannot keep the threads
 // busy (fewer chunks than threads: n <= 16 N samples make one chunk, as with N = 1000
 // components and n = 10^4 samples, where the chunked path ran on one thread) and a row has room
-// for two bands (dim >= 8 kLanes: 128 with AVX-512).
+// for two bands (at least 2 kLanes counters: dim >= 125 with AVX-512's 16 lanes, 61 with AVX2's
+// 8).
 template <typename scalar_t>
 void backward_diagonal_by_columns(const MixtureSampleBackwardParams<scalar_t>& p, int threads,
                                   int64_t bands) {
