@@ -327,11 +327,10 @@ constexpr int kSumRows = 4;
 
 // The direct backward's component sums over R consecutive rows (x: R rows of dim; weights: R
 // rows of `padded` weights, `ld` apart, the components of zero weight included), for every
-// dimension k:
-// first[k][c] += sum_r w_rc (x_rk - mu_ck) and, with `second` (a diagonal var), second[k][c] +=
-// sum_r w_rc (x_rk - mu_ck)^2, sums transposed (d rows of padded, ld apart). The loops are bound by L1 traffic
-// (three loads and a store per vector of products); R rows a pass load and store each sum once
-// instead of R times.
+// dimension k: first[k][c] += sum_r w_rc (x_rk - mu_ck) and, with `second` (a diagonal var),
+// second[k][c] += sum_r w_rc (x_rk - mu_ck)^2, sums transposed (d rows of `padded`, `ld` apart).
+// The loops are bound by L1 traffic (three loads and a store per vector of products); R rows a
+// pass load and store each sum once instead of R times.
 template <typename scalar_t, int R>
 void add_component_sums(const scalar_t* x, int64_t dim, const scalar_t* weights, int64_t padded,
                         int64_t ld, const scalar_t* means_t, scalar_t* first, scalar_t* second) {
@@ -504,8 +503,9 @@ void mixture_log_likelihood_direct_backward_cpu(
         scalar_t* second = diagonal ? second_t.data() : nullptr;
         int64_t r = 0;
         for (; r + kSumRows <= rows; r += kSumRows)
-          add_component_sums<scalar_t, kSumRows>(x_rows + r * dim, dim, weights_t.data() + r * ld,
-                                                 padded, ld, means_t.data(), first_t.data(), second);
+          add_component_sums<scalar_t, kSumRows>(x_rows + r * dim, dim,
+                                                 weights_t.data() + r * ld, padded, ld,
+                                                 means_t.data(), first_t.data(), second);
         for (; r < rows; ++r)
           add_component_sums<scalar_t, 1>(x_rows + r * dim, dim, weights_t.data() + r * ld,
                                           padded, ld, means_t.data(), first_t.data(), second);
