@@ -570,12 +570,13 @@ void backward_diagonal_by_columns(const MixtureSampleBackwardParams<scalar_t>& p
 
 template <typename scalar_t>
 void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
-  const int64_t chunks = (p.num_samples + chunk_samples(p.num_components) - 1) /
-                         chunk_samples(p.num_components);
+  const int64_t chunk = chunk_samples(p.num_components);
+  const int64_t chunks = (p.num_samples + chunk - 1) / chunk;
   const double work = normals_ns(p.num_samples * p.dim);
   const int by_chunks = team_size(p.num_threads, chunks, work);
-  // Bands of whole SIMD blocks of a row's counters; rows of dim <= 2 draw half blocks.
-  const int64_t bands = p.dim > 2 ? philox_groups_per_row(p.dim) / kLanes : 0;
+  // Bands of whole SIMD blocks of a row's counters (none for rows of less than one block, such
+  // as those of dim <= 2 that draw half blocks).
+  const int64_t bands = philox_groups_per_row(p.dim) / kLanes;
   const int by_columns = team_size(p.num_threads, bands, work);
   if (bands >= 2 && by_columns > by_chunks) {
     backward_diagonal_by_columns(p, by_columns, bands);

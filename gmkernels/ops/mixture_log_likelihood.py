@@ -99,9 +99,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     or B * C * d <= 2**23, the backward into x alone for d <= 16 or B * C * d <= 2**22, and the
     backward with gradients into means, var or log_weights for d <= 4, or d <= 16 and
     B * C * d <= 2**22, where it was measured faster than the tiled path (lower fixed costs; at
-    small d the tiled path's per-pair epilogue costs as much as the direct kernel's whole work). The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on
-    every call) replaces these rules by one limit on B * C * d, 0 sending every C > 65 to the
-    tiled path.
+    small d the tiled path's per-pair epilogue costs as much as the direct kernel's whole work).
+    The environment variable ``GMKERNELS_MLL_DIRECT_MAX_WORK`` (read on every call) replaces
+    these rules by one limit on B * C * d, 0 sending every C > 65 to the tiled path.
 
     Keeping the exponents (CPU, cpp backend, eager mode): when a gradient will be taken, C > 65,
     d > 32 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
