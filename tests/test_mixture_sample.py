@@ -584,3 +584,196 @@ def test_cpp_full_direct_product_for_few_samples_per_component_matches_reference
     component = component[torch.randperm(component.numel(), generator=torch.Generator().manual_seed(2))]
     check_cpp_against_reference(mu, scale, component, torch.tensor(77),
                                      2e-12 if dtype == torch.float64 else 2e-5)
+
+
+# The CPU backward that reads eps back from the forward's z, (z - mu_c) / scale_c (cpp, CPU,
+# eager, diagonal scale; see recovers_noise), instead of regenerating it from the seed.
+RECOVER_SWITCH = "GMKERNELS_SAMPLE_RECOVER_EPS"
+
+
+def cpp_gradients(mu, scale, component, seed, grad_z, recover=True, threads=None):
+    """The cpp backend's (grad_mu, grad_scale), eps recovered from z or (recover=False)
+    regenerated from the seed."""
+    previous = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, gmkernels.use_backend("cpp"):
+        patch.setenv(RECOVER_SWITCH, "1" if recover else "0")
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            z = mixture_sample_with_seed(mu, scale, component, seed)
+            return torch.autograd.grad(z, (mu, scale), grad_z)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def recovered_calls(patch):
+    """Spies on the op of the recovering backward; returns the list of its calls."""
+    kernel = torch.ops.gmkernels.mixture_sample_backward_from_samples
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return kernel(*args)
+    patch.setattr(torch.ops.gmkernels, "mixture_sample_backward_from_samples", spy)
+    return calls
+
+
+@pytest.mark.parametrize("upstream", ["dense", "z.sum()"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# Its two schedules: threads over chunks of samples (40 components, 20000 samples: 10 chunks), or
+# over bands of 16 columns when there are fewer chunks than threads (200 components, 3000
+# samples: one chunk of 3200; dim 130 ends in a partial band); one thread for small problems.
+@pytest.mark.parametrize("num_components, dim, num_samples",
+                         [(200, 256, 3000), (40, 64, 20000), (4, 130, 6000), (5, 7, 300)])
+def test_cpp_backward_from_samples_matches_reference_for_any_thread_count(
+        num_components, dim, num_samples, dtype, upstream):
+    """The same bits for 1, 2 and 3 threads and the reference's gradients given the same eps; the
+    recovering op ran, and its bits are not the regenerating path's (so it did recover)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(num_components, dim, False, dtype, seed=dim)
+    generator = torch.Generator().manual_seed(4)
+    component = torch.randint(num_components, (num_samples,), generator=generator)
+    grad_z = torch.randn(num_samples, dim, dtype=dtype, generator=generator)
+    if upstream == "z.sum()":
+        grad_z = grad_z[:1].expand(num_samples, dim)
+    seed = torch.tensor(2**41 + dim)
+    with pytest.MonkeyPatch.context() as patch:
+        calls = recovered_calls(patch)
+        check_cpp_against_reference(mu, scale, component, seed,
+                                    2e-12 if dtype == torch.float64 else 2e-5, grad_z)
+    assert len(calls) == 3
+    recovered = cpp_gradients(mu, scale, component, seed, grad_z)
+    regenerated = cpp_gradients(mu, scale, component, seed, grad_z, recover=False)
+    assert torch.equal(recovered[0], regenerated[0])   # grad_mu: sums of grad_z either way
+    assert not torch.equal(recovered[1], regenerated[1])
+
+
+def test_cpp_backward_from_samples_float32_error_near_the_ratio_limit():
+    """Every |mu| at 60 times its |scale| (the recovery's limit is 64): grad_scale's float32
+    error against the float64 truth stays within 4x the regenerating path's."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    generator = torch.Generator().manual_seed(6)
+    scale = (torch.rand(4, 33, generator=generator) + 0.1).requires_grad_()
+    signs = torch.randint(2, (4, 33), generator=generator) * 2 - 1
+    mu = (60 * scale.detach() * signs).requires_grad_()
+    component = torch.arange(8000) % 4
+    grad_z = torch.randn(8000, 33, generator=generator)
+    seed = torch.tensor(99)
+    eps = kernel_eps(component, 33, seed, torch.float64, "cpu")
+    mu64, scale64 = (t.detach().double().requires_grad_() for t in (mu, scale))
+    truth = torch.autograd.grad(mixture_sample_given_eps(mu64, scale64, component, eps),
+                                (mu64, scale64), grad_z.double())[1]
+    recovered = cpp_gradients(mu, scale, component, seed, grad_z)[1]
+    regenerated = cpp_gradients(mu, scale, component, seed, grad_z, recover=False)[1]
+    assert not torch.equal(recovered, regenerated)
+    assert_float_rounding(recovered, truth, regenerated, factor=4.0)
+
+
+@pytest.mark.parametrize("case", ["mu over 64 scale", "zero scale", "negative scale"])
+def test_cpp_backward_from_samples_regenerates_where_recovery_is_inexact(case):
+    """One |mu| above 64 times its |scale|, or a zero scale (eps = (z - mu) / 0): the
+    regenerating path's bits. A negative scale within the limit is recovered (|scale| is the
+    standard deviation), within the reference's tolerance."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(3, 20, False, torch.float32, seed=8)
+    with torch.no_grad():
+        if case == "mu over 64 scale":
+            mu[1, 5] = 65 * scale[1, 5]
+        elif case == "zero scale":
+            scale[2, 0] = 0
+        else:
+            scale[0] *= -1
+    component = torch.randint(3, (900,), generator=torch.Generator().manual_seed(9))
+    grad_z = torch.randn(900, 20, generator=torch.Generator().manual_seed(10))
+    seed = torch.tensor(31)
+    recovered = cpp_gradients(mu, scale, component, seed, grad_z)
+    regenerated = cpp_gradients(mu, scale, component, seed, grad_z, recover=False)
+    if case == "negative scale":
+        assert not torch.equal(recovered[1], regenerated[1])
+        assert torch.allclose(recovered[1], regenerated[1], rtol=1e-5, atol=1e-5)
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(recovered, regenerated))
+
+
+@pytest.mark.parametrize("change", ["z", "mu"])
+def test_cpp_backward_from_samples_regenerates_after_an_in_place_change(change):
+    """z changed in place after the forward (z / 2), or mu (an optimizer step before the
+    backward): no error, and the regenerating path's gradients (those of the forward's eps)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(3, 20, False, torch.float32, seed=11)
+    component = torch.randint(3, (500,), generator=torch.Generator().manual_seed(12))
+    grad_z = torch.randn(500, 20, generator=torch.Generator().manual_seed(13))
+    seed = torch.tensor(5)
+    regenerated = cpp_gradients(mu, scale, component, seed, grad_z, recover=False)
+    with gmkernels.use_backend("cpp"):
+        z = mixture_sample_with_seed(mu, scale, component, seed)
+        with torch.no_grad():
+            (z if change == "z" else mu).mul_(0.5)
+        got = torch.autograd.grad(z, (mu, scale), grad_z)
+    assert all(torch.equal(a, b) for a, b in zip(got, regenerated))
+
+
+def test_cpp_backward_from_samples_serves_plain_backwards_only(monkeypatch):
+    """retain_graph: both backwards recover; create_graph (a gradient penalty's first gradient):
+    the op's own backward (regenerating), whose double backward is exact, while the penalty's
+    backward through z's own node (z.square() makes the first gradient depend on z) recovers
+    again: three recovering calls, every result against the regenerating path's (float64: the
+    recovered eps within 1e-13)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = make_inputs(3, 6, False, torch.float64, seed=14)
+    component = torch.randint(3, (50,), generator=torch.Generator().manual_seed(15))
+    seed = torch.tensor(6)
+    calls = recovered_calls(monkeypatch)
+    results = []
+    for recover in ("1", "0"):
+        monkeypatch.setenv(RECOVER_SWITCH, recover)
+        with gmkernels.use_backend("cpp"):
+            z = mixture_sample_with_seed(mu, scale, component, seed)
+            first = torch.autograd.grad(z.square().sum(), (mu, scale), retain_graph=True)
+            second = torch.autograd.grad(z.square().sum(), (mu, scale))
+            z = mixture_sample_with_seed(mu, scale, component, seed)
+            (grad_scale,) = torch.autograd.grad(z.square().sum(), scale, create_graph=True)
+            penalty = torch.autograd.grad(grad_scale.square().sum(), (mu, scale))
+        results.append((*first, *second, *penalty))
+    assert len(calls) == 3
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_recovers_noise_rules(monkeypatch):
+    """Eager cpp on the CPU, a diagonal scale, a gradient to be taken, the switch not 0."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.delenv(RECOVER_SWITCH, raising=False)
+    mu, scale = make_inputs(3, 4, False, torch.float32)
+    _, full = make_inputs(3, 4, True, torch.float32)
+    with gmkernels.use_backend("cpp"):
+        assert op.recovers_noise(mu, scale)
+        assert op.recovers_noise(mu.detach(), scale)
+        assert not op.recovers_noise(mu.detach(), scale.detach())
+        assert not op.recovers_noise(mu, full)
+        with torch.no_grad():
+            assert not op.recovers_noise(mu, scale)
+        monkeypatch.setenv(RECOVER_SWITCH, "0")
+        assert not op.recovers_noise(mu, scale)
+    monkeypatch.delenv(RECOVER_SWITCH)
+    with gmkernels.use_backend("reference"):
+        assert not op.recovers_noise(mu, scale)
+
+
+@pytest.mark.parametrize("upstream", ["dense", "broadcast"])
+def test_opcheck_backward_from_samples(upstream):
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    mu, scale = (t.detach() for t in make_inputs(3, 5, False, torch.float32))
+    component = torch.randint(3, (17,))
+    seed = torch.tensor(5)
+    z = torch.ops.gmkernels.mixture_sample(mu, scale, component, seed)
+    grad_z = torch.randn(17, 5) if upstream == "dense" else torch.randn(5).expand(17, 5)
+    torch.library.opcheck(torch.ops.gmkernels.mixture_sample_backward_from_samples.default,
+                          (grad_z, z, mu, scale, component, seed))

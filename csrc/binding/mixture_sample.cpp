@@ -164,6 +164,47 @@ std::tuple<at::Tensor, at::Tensor> cpu_mixture_sample_backward(const at::Tensor&
   return {grad_mu, grad_scale};
 }
 
+// The CPU backward of the diagonal case from the forward's samples z (and mu) instead of the
+// seed: eps = (z - mu_c) / scale_c is read, not drawn. Where that recovery would be inaccurate
+// (mixture_sample_recoverable_cpu: some |mu| large against its |scale|, or a zero scale) and for a
+// full scale, it regenerates eps from the seed as mixture_sample_backward does. Eager CPU calls
+// only (gmkernels/ops/mixture_sample.py): the regenerating op stays the backward of every
+// backend and of the compiled graphs.
+std::tuple<at::Tensor, at::Tensor> cpu_mixture_sample_backward_from_samples(
+    const at::Tensor& grad_z, const at::Tensor& z, const at::Tensor& mu, const at::Tensor& scale,
+    const at::Tensor& component, const at::Tensor& seed) {
+  check_mixture_sample_backward_args(grad_z, scale, component);
+  check_same_dtype_device(grad_z, z, "grad_z", "z");
+  check_same_dtype_device(grad_z, mu, "grad_z", "mu");
+  TORCH_CHECK(z.sizes() == grad_z.sizes(), "z must have grad_z's shape ", grad_z.sizes(), ", got ",
+              z.sizes());
+  TORCH_CHECK(mu.dim() == 2 && mu.size(0) == scale.size(0) && mu.size(1) == scale.size(1),
+              "mu must be (N, K) = (", scale.size(0), ", ", scale.size(1), "), got shape ",
+              mu.sizes());
+  if (scale.dim() == 3) return cpu_mixture_sample_backward(grad_z, scale, component, seed);
+  const at::Tensor mu_c = mu.contiguous(), scale_c = scale.contiguous();
+  bool recoverable = false;
+  AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_recoverable_cpu", [&] {
+    recoverable = mixture_sample_recoverable_cpu(mu_c.data_ptr<scalar_t>(),
+                                                 scale_c.data_ptr<scalar_t>(), mu_c.numel());
+  });
+  if (!recoverable) return cpu_mixture_sample_backward(grad_z, scale, component, seed);
+  check_components_in_range_cpu(component, scale.size(0));
+  const std::pair<at::Tensor, int64_t> rows = grad_rows(grad_z);
+  const at::Tensor z_c = z.contiguous(), component_c = component.contiguous();
+  at::Tensor grad_mu = at::zeros({scale.size(0), scale.size(1)}, scale.options());
+  at::Tensor grad_scale = at::zeros_like(scale_c);
+  if (component.size(0) == 0 || scale.size(1) == 0) return {grad_mu, grad_scale};
+  AT_DISPATCH_FLOATING_TYPES(grad_z.scalar_type(), "mixture_sample_backward_from_samples_cpu", [&] {
+    auto params = backward_params<scalar_t>(rows.first, rows.second, scale_c, component_c, grad_mu,
+                                            grad_scale, 0);
+    params.z = z_c.data_ptr<scalar_t>();
+    params.mu = mu_c.data_ptr<scalar_t>();
+    mixture_sample_backward_from_samples_cpu(params);
+  });
+  return {grad_mu, grad_scale};
+}
+
 #ifdef GMKERNELS_WITH_CUDA
 // Samples grouped by component on the device (see ComponentGrouping): a stable sort keeps sample
 // order inside a component, which fixes the order of the deterministic backward's sums.
@@ -258,11 +299,15 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def(
       "mixture_sample_backward(Tensor grad_z, Tensor scale, Tensor component, Tensor seed)"
       " -> (Tensor, Tensor)");
+  m.def(
+      "mixture_sample_backward_from_samples(Tensor grad_z, Tensor z, Tensor mu, Tensor scale,"
+      " Tensor component, Tensor seed) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("mixture_sample", &cpu_mixture_sample);
   m.impl("mixture_sample_backward", &cpu_mixture_sample_backward);
+  m.impl("mixture_sample_backward_from_samples", &cpu_mixture_sample_backward_from_samples);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

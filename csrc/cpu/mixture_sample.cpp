@@ -18,6 +18,9 @@
 //   fewer chunks than threads: the same chunks, threads over bands of columns). Full: samples
 //   grouped by component with a stable counting sort. torch.are_deterministic_algorithms_enabled()
 //   thus needs no special path on the CPU.
+// Diagonal backward from the samples (mixture_sample_backward_from_samples): the same chunks and
+//   additions with grad_z (z - mu_c) for grad_z eps, no normal drawn, one division by scale at
+//   the end.
 #include "../kernels/mixture_sample.h"
 
 #include <algorithm>
@@ -586,6 +589,81 @@ void backward_diagonal(const MixtureSampleBackwardParams<scalar_t>& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Diagonal backward from the samples: the chunks and the chunk-ordered additions of the
+// regenerating backward, each term grad_z * (z - mu_c) instead of grad_z * eps (so grad_scale
+// holds sum grad_z (z - mu_c) until the last pass divides it by scale_c). It reads two (n, K)
+// streams instead of drawing n K normals: ~0.3 ns an entry against ~1.5 (the cost model below).
+double samples_ns(int64_t entries) { return 0.3 * static_cast<double>(entries); }
+
+// Columns per band when threads split the columns: a 64-byte line of floats.
+constexpr int64_t kBandColumns = 16;
+
+template <typename scalar_t>
+inline void add_sample_piece(const scalar_t* grad, const scalar_t* z, const scalar_t* mu,
+                             int64_t count, scalar_t* sum, scalar_t* sum_deviation) {
+  for (int64_t k = 0; k < count; ++k) {
+    sum[k] += grad[k];
+    sum_deviation[k] += grad[k] * (z[k] - mu[k]);
+  }
+}
+
+// Columns [k_begin, k_end) of every sample, chunk by chunk, into `sums` (flushed per chunk).
+template <typename scalar_t>
+void sum_sample_chunk(const MixtureSampleBackwardParams<scalar_t>& p, int64_t first_sample,
+                      int64_t end_sample, ChunkSums<scalar_t>& sums) {
+  const int64_t k_begin = sums.k_begin, width = sums.width;
+  for (int64_t s = first_sample; s < end_sample; ++s) {
+    const int64_t c = p.component[s];
+    scalar_t* sum = sums.row(c);
+    add_sample_piece(p.grad_z + s * p.grad_row_stride + k_begin, p.z + s * p.dim + k_begin,
+                     p.mu + c * p.dim + k_begin, width, sum, sum + width);
+  }
+}
+
+template <typename scalar_t>
+void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>& p) {
+  const int64_t dim = p.dim;
+  const int64_t chunk = chunk_samples(p.num_components);
+  const int64_t chunks = (p.num_samples + chunk - 1) / chunk;
+  const double work = samples_ns(p.num_samples * dim);
+  const int by_chunks = team_size(p.num_threads, chunks, work);
+  const int64_t bands = dim / kBandColumns;
+  const int by_columns = team_size(p.num_threads, bands, work);
+  if (bands >= 2 && by_columns > by_chunks) {
+    // Too few chunks for the threads: each thread takes a band of columns of every chunk.
+#pragma omp parallel num_threads(by_columns)
+    {
+      const int64_t team = omp_get_num_threads(), thread = omp_get_thread_num();
+      const int64_t k_begin = bands * thread / team * kBandColumns;
+      const int64_t k_end = thread + 1 == team ? dim : bands * (thread + 1) / team * kBandColumns;
+      if (k_begin < k_end) {
+        ChunkSums<scalar_t> sums(p, k_begin, k_end);
+        for (int64_t first = 0; first < p.num_samples; first += chunk) {
+          sum_sample_chunk(p, first, std::min(p.num_samples, first + chunk), sums);
+          sums.flush();
+        }
+      }
+    }
+  } else {
+#pragma omp parallel num_threads(by_chunks)
+    {
+      ChunkSums<scalar_t> sums(p, 0, dim);
+#pragma omp for ordered schedule(static, 1)
+      for (int64_t chunk_index = 0; chunk_index < chunks; ++chunk_index) {
+        const int64_t first = chunk_index * chunk;
+        sum_sample_chunk(p, first, std::min(p.num_samples, first + chunk), sums);
+#pragma omp ordered
+        sums.flush();
+      }
+    }
+  }
+  const int64_t entries = p.num_components * dim;
+  scalar_t* grad_scale = p.grad_scale;
+  const scalar_t* scale = p.scale;
+  for (int64_t j = 0; j < entries; ++j) grad_scale[j] /= scale[j];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Full backward: grad_L[c] = tril(G^T E) over the component's samples, grad_mu[c] = G^T 1.
 // Work item = (component, block of output rows [i0, i1)); it regenerates eps[:, :i1] for every
 // sample of the component, kBackwardSamples at a time, and adds each sample's outer product to a
@@ -809,6 +887,28 @@ void mixture_sample_backward_cpu(const MixtureSampleBackwardParams<scalar_t>& p)
   }
 }
 
+template <typename scalar_t>
+void mixture_sample_backward_from_samples_cpu(const MixtureSampleBackwardParams<scalar_t>& p) {
+  backward_diagonal_from_samples(p);
+}
+
+template <typename scalar_t>
+bool mixture_sample_recoverable_cpu(const scalar_t* mu, const scalar_t* scale, int64_t entries) {
+  const scalar_t limit = static_cast<scalar_t>(kRecoverMaxRatio);
+  bool recoverable = true;   // no early exit: the loop vectorizes
+  for (int64_t j = 0; j < entries; ++j) {
+    const scalar_t size = std::abs(scale[j]);
+    recoverable &= (size > 0) & (std::abs(mu[j]) <= limit * size);
+  }
+  return recoverable;
+}
+
+template bool mixture_sample_recoverable_cpu<float>(const float*, const float*, int64_t);
+template bool mixture_sample_recoverable_cpu<double>(const double*, const double*, int64_t);
+template void mixture_sample_backward_from_samples_cpu<float>(
+    const MixtureSampleBackwardParams<float>&);
+template void mixture_sample_backward_from_samples_cpu<double>(
+    const MixtureSampleBackwardParams<double>&);
 template void mixture_sample_forward_cpu<float>(const MixtureSampleParams<float>&);
 template void mixture_sample_forward_cpu<double>(const MixtureSampleParams<double>&);
 template void mixture_sample_backward_cpu<float>(const MixtureSampleBackwardParams<float>&);

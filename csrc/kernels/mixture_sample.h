@@ -1,7 +1,8 @@
 // mixture_sample: z[s] = mu[c_s] + S[c_s] eps[s], eps[s] ~ N(0, I) from the Philox stream
 // (philox.h).
 // S is diag(scale[c]) (scale (N, K)) or the lower triangle of scale[c] (scale (N, K, K)).
-// Backward regenerates eps instead of storing it:
+// Backward regenerates eps instead of storing it (or, on the CPU, reads it back from z where
+// that is accurate: mixture_sample_backward_from_samples_cpu):
 //   grad_mu[c]    = sum_{s: c_s = c} grad_z[s]
 //   grad_scale[c] = sum_{s: c_s = c} grad_z[s] * eps[s]            (diagonal)
 //                 = tril(sum_{s: c_s = c} grad_z[s] eps[s]^T)      (full)
@@ -62,12 +63,31 @@ struct MixtureSampleBackwardParams {
   bool deterministic;
   int splits;
   ComponentGrouping grouping; // CUDA: both paths of the full case and the deterministic diagonal
+  // CPU, diagonal only (mixture_sample_backward_from_samples_cpu): the forward's z (num_samples,
+  // dim) and mu, from which eps is recovered instead of regenerated.
+  const scalar_t* z = nullptr;
+  const scalar_t* mu = nullptr;
 };
 
 template <typename scalar_t>
 void mixture_sample_forward_cpu(const MixtureSampleParams<scalar_t>& params);
 template <typename scalar_t>
 void mixture_sample_backward_cpu(const MixtureSampleBackwardParams<scalar_t>& params);
+// The diagonal backward from the forward's samples (params.z, params.mu set, full_scale false):
+// grad_scale[c] = sum_{s: c_s = c} grad_z[s] * (z[s] - mu[c]) / scale[c], no normal drawn. The
+// caller checks that eps = (z - mu) / scale is accurate enough (every |mu| small against its
+// |scale|); summed in the same chunk order as the other CPU backwards (the same bits for any
+// thread count).
+template <typename scalar_t>
+void mixture_sample_backward_from_samples_cpu(const MixtureSampleBackwardParams<scalar_t>& params);
+// Whether eps = (z - mu) / scale is accurate enough for that backward: every scale entry nonzero
+// and |mu| <= kRecoverMaxRatio |scale| entry by entry (a NaN or inf fails). z = mu + scale eps
+// is rounded to half an ulp of z, so the recovered eps is off by at most about
+// 2^-24 (|mu| / |scale| + 2 |eps|) in float32: ~4e-6 at the ratio limit, 2^-53 times that in
+// float64.
+constexpr double kRecoverMaxRatio = 64.0;
+template <typename scalar_t>
+bool mixture_sample_recoverable_cpu(const scalar_t* mu, const scalar_t* scale, int64_t entries);
 
 // CUDA launchers (csrc/cuda/mixture_sample.cu); `stream` is a cudaStream_t, the result says
 // whether every launch succeeded (cuda_status.h). A component value outside [0, num_components)
