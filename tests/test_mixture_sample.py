@@ -761,6 +761,11 @@ def test_recovers_noise_rules(monkeypatch):
             assert not op.recovers_noise(mu, scale)
         monkeypatch.setenv(RECOVER_SWITCH, "0")
         assert not op.recovers_noise(mu, scale)
+        monkeypatch.setenv(RECOVER_SWITCH, "1")
+        assert op.recovers_noise(mu, scale)
+        monkeypatch.setenv(RECOVER_SWITCH, "off")
+        with pytest.raises(ValueError, match="GMKERNELS_SAMPLE_RECOVER_EPS must be 0 or 1"):
+            op.recovers_noise(mu, scale)
     monkeypatch.delenv(RECOVER_SWITCH)
     with gmkernels.use_backend("reference"):
         assert not op.recovers_noise(mu, scale)

@@ -138,7 +138,10 @@ def recovers_noise(mu, scale) -> bool:
     backward that records a graph (a gradient penalty's), eps is regenerated from the seed as on
     every other path. The forward's z stays referenced by the autograd graph until its backward
     (a user's generator keeps it for its first layer's backward anyway)."""
-    if _registry.traced() or os.environ.get(RECOVER_SWITCH, "") == "0":
+    setting = os.environ.get(RECOVER_SWITCH, "1")
+    if setting not in ("0", "1"):
+        raise ValueError(f"{RECOVER_SWITCH} must be 0 or 1, got {setting!r}")
+    if setting == "0" or _registry.traced():
         return False
     if not (mu.device.type == "cpu" and scale.dim() == 2 and torch.is_grad_enabled()
             and (mu.requires_grad or scale.requires_grad)):
