@@ -347,16 +347,21 @@ def sweep_points(rows: list) -> list:
     return points
 
 
-# The sweep's target: at least this ratio against the best peer at every point.
+# The sweep's targets: at least this ratio against the best peer at every point, and this median.
 SWEEP_TARGET_RATIO = 1.2
+SWEEP_MEDIAN_TARGET = 2.0
 
 
 def beyond_the_limit(point: dict) -> bool:
     """Whether the target ratio is out of reach at a point: the best peer already runs at more
     than 1 / SWEEP_TARGET_RATIO of the machine limit, so beating it by the target would take
     gmkernels past the limit."""
+    return _peer_leaves_no_room(point, SWEEP_TARGET_RATIO)
+
+
+def _peer_leaves_no_room(point: dict, ratio: float) -> bool:
     fraction = point.get("peer_limit_fraction")
-    return fraction is not None and fraction * SWEEP_TARGET_RATIO > 1
+    return fraction is not None and fraction * ratio > 1
 
 
 def sweep_headline(points: list) -> list:
@@ -364,7 +369,9 @@ def sweep_headline(points: list) -> list:
     with its size and peer, the median ratio, how many points lose (ratio < 1), how many have
     no ratio, and gmkernels' fraction of the machine limit at the worst point and its median;
     how many points miss the target ratio, and of those how many have the best peer so near the
-    limit that the target is beyond it."""
+    limit that the target is beyond it; and how many points have the best peer over
+    1 / SWEEP_MEDIAN_TARGET of the limit (where SWEEP_MEDIAN_TARGET is out of reach: with more
+    than half the points so, so is the median target)."""
     lines = {}
     for point in points:
         lines.setdefault((point["op"], point["mode"], point["device"]), []).append(point)
@@ -383,6 +390,8 @@ def sweep_headline(points: list) -> list:
                 below_target=sum(point["ratio"] < SWEEP_TARGET_RATIO for point in rated),
                 below_target_beyond_limit=sum(point["ratio"] < SWEEP_TARGET_RATIO and beyond_the_limit(point)
                                               for point in rated),
+                median_target_beyond_limit=sum(_peer_leaves_no_room(point, SWEEP_MEDIAN_TARGET)
+                                               for point in rated),
                 worst_peer_limit_fraction=worst.get("peer_limit_fraction"),
                 worst_limit=worst["limit"], worst_limit_fraction=worst["limit_fraction"],
                 median_limit_fraction=statistics.median(fractions) if fractions else None)
@@ -406,6 +415,12 @@ def headline_lines(headline: list) -> list:
             limit += (f"; {entry['below_target']} below {SWEEP_TARGET_RATIO}x, of which "
                       f"{entry['below_target_beyond_limit']} with the peer over "
                       f"{_percent(1 / SWEEP_TARGET_RATIO)}% of the limit (the target beyond it)")
+        if entry["median_ratio"] < SWEEP_MEDIAN_TARGET and entry.get("median_target_beyond_limit"):
+            beyond = entry["median_target_beyond_limit"]
+            rated = entry["points"] - entry["without_ratio"]
+            limit += (f"; median below {SWEEP_MEDIAN_TARGET:g}x, the peer over "
+                      f"{_percent(1 / SWEEP_MEDIAN_TARGET)}% of the limit at {beyond} of {rated} points"
+                      + (" (the median target beyond it)" if 2 * beyond > rated else ""))
         missing = f", {entry['without_ratio']} without a peer" if entry["without_ratio"] else ""
         out.append(f"- {what}: worst **{entry['worst_ratio']:.2f}x** vs {entry['worst_peer']} at "
                    f"{entry['worst_size']}; median {entry['median_ratio']:.2f}x over {entry['points']} points "
@@ -482,7 +497,9 @@ def write_sweep_markdown(path: str, result: dict, plot_name: Optional[str]) -> N
         "the matmul time when both apply). `peer % of limit`: the best peer against the same roof. The "
         f"headline counts the points below the {SWEEP_TARGET_RATIO}x target and, of those, the points where "
         f"the peer is already over 1/{SWEEP_TARGET_RATIO} of the roof, so that the target would take "
-        "gmkernels past it.",
+        f"gmkernels past it; where the median is below {SWEEP_MEDIAN_TARGET:g}x, also the points where the "
+        f"peer is over 1/{SWEEP_MEDIAN_TARGET:g} of the roof (no {SWEEP_MEDIAN_TARGET:g}x possible there: "
+        "with more than half the points so, the median target is beyond the roof too).",
         f"- Peak memory, CPU: {CPU_MEMORY_METHOD}. GPU: {CUDA_MEMORY_METHOD}.",
         f"- Settings: {json.dumps({key: settings.get(key) for key in ('quick', 'smoke', 'no_compile', 'filters')})}.",
     ]

@@ -490,7 +490,35 @@ def test_sweep_headline_counts_the_misses_where_the_peer_leaves_no_room_for_the_
     assert line["worst_peer_limit_fraction"] == pytest.approx(0.9)
     (text,) = report.headline_lines([line])
     assert "(the peer at 90.0%)" in text
-    assert text.endswith("; 3 below 1.2x, of which 1 with the peer over 83.3% of the limit (the target beyond it)")
+    assert text.endswith("; 3 below 1.2x, of which 1 with the peer over 83.3% of the limit (the target beyond it)"
+                         "; median below 2x, the peer over 50.0% of the limit at 3 of 4 points "
+                         "(the median target beyond it)")
+
+
+def test_sweep_headline_counts_the_points_where_the_peer_leaves_no_room_for_the_median_target():
+    """A 2x median needs 2x at half the points; where the best peer already runs at over half of
+    the machine limit, 2x is out of reach. The headline counts those points when the median misses
+    2x, and says the median target is beyond the limit when they are more than half of the rated
+    points (with exactly half, the middle pair's upper value could still reach 2x); a median that
+    meets 2x gets no such clause."""
+    def line_for(fractions, ours_time):
+        rows = []
+        for index, fraction in enumerate(fractions):
+            size = f"n={index}"
+            rows += [_sweep_row(size, "gmkernels[cpp]", ours_time, min(1.0, fraction / ours_time)),
+                     _sweep_row(size, "plain eager", 1.0, fraction)]
+        (line,) = report.sweep_headline(report.sweep_points(rows))
+        return line, report.headline_lines([line])[0]
+    # 1.25x everywhere; the peer at 60% of the limit at 3 of 4 points (50% exactly is not beyond).
+    line, text = line_for([0.6, 0.6, 0.5, 0.6], 0.8)
+    assert line["median_target_beyond_limit"] == 3
+    assert text.endswith("; median below 2x, the peer over 50.0% of the limit at 3 of 4 points "
+                         "(the median target beyond it)")
+    line, text = line_for([0.6, 0.6, 0.5, 0.3], 0.8)
+    assert line["median_target_beyond_limit"] == 2
+    assert text.endswith("; median below 2x, the peer over 50.0% of the limit at 2 of 4 points")
+    line, text = line_for([0.6, 0.6, 0.6, 0.6], 0.4)   # 2.5x: the median target is met
+    assert line["median_target_beyond_limit"] == 4 and "median below" not in text
 
 
 def test_judge_adds_the_exp_time_to_the_matmul_time_for_exp_heavy_cases():
