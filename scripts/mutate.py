@@ -184,8 +184,8 @@ MUTANTS = [
            "the diagonal backward by columns drops the row's counters past its last whole band "
            "(dim not a multiple of 4 kLanes)"),
     Mutant("sample-band-chunks-merged", "csrc/cpu/mixture_sample.cpp",
-           "        sums.flush();\n      }\n",
-           "      }\n      sums.flush();\n",
+           "        }\n        sums.flush();\n      }\n",
+           "        }\n      }\n      sums.flush();\n",
            ("tests/test_mixture_sample.py",),
            "the diagonal backward by columns sums all the samples before adding them (not the "
            "chunked schedule's additions: other bits for another thread count)"),

@@ -1,5 +1,6 @@
 """mixture_sample on every backend: the Philox stream, values and gradients against the float64
 reference, gradcheck, opcheck, statistics, RNG rules, bad input, torch.compile."""
+import contextlib
 import math
 import os
 import subprocess
@@ -37,6 +38,21 @@ def kernel_eps(component, dim, seed, dtype, device):
     return mixture_sample_with_seed(zeros, torch.ones_like(zeros), component, seed)
 
 
+@contextlib.contextmanager
+def recovery(setting: str):
+    """GMKERNELS_SAMPLE_RECOVER_EPS for the block: "1" lets the cpp backend's diagonal backward
+    read eps back from z (the default), "0" makes it regenerate eps from the seed."""
+    previous = os.environ.get("GMKERNELS_SAMPLE_RECOVER_EPS")
+    os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"] = setting
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"]
+        else:
+            os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"] = previous
+
+
 def test_reference_philox_matches_the_published_check_vector():
     bits = philox4x32_10(torch.tensor(42), torch.arange(4))[0]
     assert [hex(b) for b in bits.tolist()] == ["0x9ceaf053", "0xfcdb2127", "0xd36c0225", "0xbac70475"]
@@ -67,12 +83,14 @@ def test_values_match_reference_within_float_rounding(backend, full, dtype):
 
 
 @given(num_components=st.integers(1, 5), dim=st.integers(1, 9), n=st.integers(0, 40),
-       full=st.booleans(), seed=st.integers(0, 2**62))
-def test_gradients_equal_reference_given_same_eps(num_components, dim, n, full, seed):
+       full=st.booleans(), seed=st.integers(0, 2**62), recover=st.sampled_from(["0", "1"]))
+def test_gradients_equal_reference_given_same_eps(num_components, dim, n, full, seed, recover):
+    """Every backend; the cpp backend's diagonal backward both reading eps back from z and
+    regenerating it."""
     for name in gmkernels.backends():
         if name not in op.IMPLEMENTED:
             continue
-        with gmkernels.use_backend(name):
+        with gmkernels.use_backend(name), recovery(recover):
             device = backend_device(name)
             mu, scale = make_inputs(num_components, dim, full, torch.float64, device)
             component = torch.randint(num_components, (n,), device=device)
@@ -229,11 +247,13 @@ def test_caller_given_components_are_used():
     assert torch.equal(z.round(), mu[component])
 
 
+@pytest.mark.parametrize("recover", ["0", "1"])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("num_components", [1, 5])
-def test_cpp_is_identical_across_runs_thread_counts_and_deterministic_mode(num_components, full):
+def test_cpp_is_identical_across_runs_thread_counts_and_deterministic_mode(num_components, full, recover):
     """The CPU kernels are deterministic by construction (one writer per gradient entry, sums
-    in sample order), so torch.use_deterministic_algorithms changes nothing there."""
+    in sample order), so torch.use_deterministic_algorithms changes nothing there; the diagonal
+    backward regenerating eps ("0") or reading it back from z ("1") alike."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     # 4500 samples: the diagonal backward cuts them into chunks of 2048 consecutive samples (added
@@ -249,7 +269,7 @@ def test_cpp_is_identical_across_runs_thread_counts_and_deterministic_mode(num_c
         for count, strict in ((1, False), (2, False), (3, True), (1, True)):
             torch.set_num_threads(count)
             torch.use_deterministic_algorithms(strict)
-            with gmkernels.use_backend("cpp"):
+            with gmkernels.use_backend("cpp"), recovery(recover):
                 z = mixture_sample_with_seed(mu, scale, component, seed)
                 results.append((z,) + torch.autograd.grad(z, (mu, scale), grad_z))
     finally:
@@ -534,10 +554,12 @@ def check_cpp_against_reference(mu, scale, component, seed, tolerance, grad_z=No
 
 @pytest.mark.parametrize("upstream", ["dense", "z.sum()"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# The diagonal backward's two schedules: threads over chunks of samples, or over bands of a row's
-# columns when there are fewer chunks than threads (one chunk: n <= 16 N; two: N = 5, n = 4000,
-# three threads) and a row holds two bands (dim >= 125 on AVX-512, 61 on AVX2); 1 thread runs the
-# chunks, 2 and 3 the bands here, with the same bits. dim 130 and 257 end in a partial band.
+# The regenerating diagonal backward's two schedules (GMKERNELS_SAMPLE_RECOVER_EPS=0; the backward
+# from the samples has its own test below): threads over chunks of samples, or over bands of a
+# row's columns when there are fewer chunks than threads (one chunk: n <= 16 N; two: N = 5,
+# n = 4000, three threads) and a row holds two bands (dim >= 125 on AVX-512, 61 on AVX2); 1 thread
+# runs the chunks, 2 and 3 the bands here, with the same bits. dim 130 and 257 end in a partial
+# band.
 @pytest.mark.parametrize("num_components, dim, num_samples",
                          [(300, 130, 4000), (5, 257, 4000), (200, 256, 1500), (3, 12, 4500)])
 def test_cpp_diagonal_backward_by_chunks_or_by_columns_matches_reference(
@@ -550,8 +572,9 @@ def test_cpp_diagonal_backward_by_chunks_or_by_columns_matches_reference(
     grad_z = None
     if upstream == "z.sum()":   # a stride-0 upstream gradient, one row read for all
         grad_z = torch.randn(1, dim, dtype=dtype, generator=generator).expand(num_samples, dim)
-    check_cpp_against_reference(mu, scale, component, torch.tensor(2**40 + dim),
-                                2e-12 if dtype == torch.float64 else 2e-5, grad_z)
+    with recovery("0"):
+        check_cpp_against_reference(mu, scale, component, torch.tensor(2**40 + dim),
+                                    2e-12 if dtype == torch.float64 else 2e-5, grad_z)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -595,8 +618,7 @@ def cpp_gradients(mu, scale, component, seed, grad_z, recover=True, threads=None
     """The cpp backend's (grad_mu, grad_scale), eps recovered from z or (recover=False)
     regenerated from the seed."""
     previous = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch, gmkernels.use_backend("cpp"):
-        patch.setenv(RECOVER_SWITCH, "1" if recover else "0")
+    with gmkernels.use_backend("cpp"), recovery("1" if recover else "0"):
         try:
             if threads:
                 torch.set_num_threads(threads)
@@ -622,9 +644,10 @@ def recovered_calls(patch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 # Its two schedules: threads over chunks of samples (40 components, 20000 samples: 10 chunks), or
 # over bands of 16 columns when there are fewer chunks than threads (200 components, 3000
-# samples: one chunk of 3200; dim 130 ends in a partial band); one thread for small problems.
+# samples: one chunk of 3200; 400 components, 6000 samples, dim 130: one chunk, the last band
+# partial); one thread for small problems.
 @pytest.mark.parametrize("num_components, dim, num_samples",
-                         [(200, 256, 3000), (40, 64, 20000), (4, 130, 6000), (5, 7, 300)])
+                         [(200, 256, 3000), (40, 64, 20000), (400, 130, 6000), (5, 7, 300)])
 def test_cpp_backward_from_samples_matches_reference_for_any_thread_count(
         num_components, dim, num_samples, dtype, upstream):
     """The same bits for 1, 2 and 3 threads and the reference's gradients given the same eps; the
