@@ -130,3 +130,16 @@ def assert_close_per_element(actual, truth, plain32=None, *, scale=None, factor:
             f"{what}: {int(bad.sum())} of {truth.numel()} elements off; worst at {index}: "
             f"got {actual[index].item():.9g}, truth {truth[index].item():.9g}, "
             f"error {error[index].item():.3g} > allowed {allowed[index].item():.3g}")
+
+
+def spy_on(patch, name, recorded):
+    """Replaces torch.ops.gmkernels.<name> through `patch` (a pytest MonkeyPatch) by a wrapper
+    that calls it; returns the list to which each call appends recorded(args)."""
+    kernel = getattr(torch.ops.gmkernels, name)
+    calls = []
+
+    def spy(*args):
+        calls.append(recorded(args))
+        return kernel(*args)
+    patch.setattr(torch.ops.gmkernels, name, spy)
+    return calls

@@ -17,7 +17,7 @@ from gmkernels.ops import _registry
 from gmkernels.ops import mixture_log_likelihood as op
 from gmkernels.reference.mixture_log_likelihood import mixture_log_likelihood as reference
 
-from conftest import assert_close_per_element, backend_device, require_backend
+from conftest import assert_close_per_element, backend_device, require_backend, spy_on
 
 DIRECT_MAX = 65          # csrc/kernels/mixture_log_likelihood.h kDirectMaxComponents
 PATHS = {"direct": 7, "tiled": 70}   # a component count that takes each path
@@ -672,19 +672,6 @@ def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
     for g, w in zip(grads, want_grads):
         assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
-
-
-def spy_on(patch, name, recorded):
-    """Replaces torch.ops.gmkernels.<name> through `patch` (a pytest MonkeyPatch) by a wrapper
-    that calls it; returns the list to which each call appends recorded(args)."""
-    kernel = getattr(torch.ops.gmkernels, name)
-    calls = []
-
-    def spy(*args):
-        calls.append(recorded(args))
-        return kernel(*args)
-    patch.setattr(torch.ops.gmkernels, name, spy)
-    return calls
 
 
 def penalty_in_x_truth(x, means, var, log_weights, grad, upstream):

@@ -17,7 +17,7 @@ from gmkernels.ops.mixture_sample import mixture_sample_with_seed
 from gmkernels.reference.mixture_sample import mixture_sample_given_eps
 from gmkernels.reference.philox import normal_rows, philox4x32_10
 
-from conftest import assert_float_rounding, backend_device, require_backend
+from conftest import assert_float_rounding, backend_device, require_backend, spy_on
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -629,15 +629,8 @@ def cpp_gradients(mu, scale, component, seed, grad_z, recover=True, threads=None
 
 
 def recovered_calls(patch):
-    """Spies on the op of the recovering backward; returns the list of its calls."""
-    kernel = torch.ops.gmkernels.mixture_sample_backward_from_samples
-    calls = []
-
-    def spy(*args):
-        calls.append(args)
-        return kernel(*args)
-    patch.setattr(torch.ops.gmkernels, "mixture_sample_backward_from_samples", spy)
-    return calls
+    """Spies on the op of the recovering backward; returns the list of its calls' arguments."""
+    return spy_on(patch, "mixture_sample_backward_from_samples", lambda args: args)
 
 
 @pytest.mark.parametrize("upstream", ["dense", "z.sum()"])

@@ -128,7 +128,7 @@ from the seed (see recovers_noise)."""
 def recovers_noise(mu, scale) -> bool:
     """Whether this call's first backward reads eps back from the samples instead of drawing it
     again: eps = (z - mu_c) / scale_c from the forward's z (no normal drawn: forward+backward
-    1.15-1.3x faster, measured at n K = 1.6 10^4 to 3 10^7 on 2 threads).
+    1.1-1.3x faster, measured at n K = 1.6 10^4 to 3 10^7 on 2 threads).
 
     Only in eager mode on the cpp backend with CPU tensors and a diagonal scale, when a gradient
     will be taken, and unless ``GMKERNELS_SAMPLE_RECOVER_EPS=0``. The backward then checks the
