@@ -42,15 +42,15 @@ def kernel_eps(component, dim, seed, dtype, device):
 def recovery(setting: str):
     """GMKERNELS_SAMPLE_RECOVER_EPS for the block: "1" lets the cpp backend's diagonal backward
     read eps back from z (the default), "0" makes it regenerate eps from the seed."""
-    previous = os.environ.get("GMKERNELS_SAMPLE_RECOVER_EPS")
-    os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"] = setting
+    previous = os.environ.get(op.RECOVER_SWITCH)
+    os.environ[op.RECOVER_SWITCH] = setting
     try:
         yield
     finally:
         if previous is None:
-            del os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"]
+            del os.environ[op.RECOVER_SWITCH]
         else:
-            os.environ["GMKERNELS_SAMPLE_RECOVER_EPS"] = previous
+            os.environ[op.RECOVER_SWITCH] = previous
 
 
 def test_reference_philox_matches_the_published_check_vector():
@@ -611,21 +611,12 @@ def test_cpp_full_direct_product_for_few_samples_per_component_matches_reference
 
 # The CPU backward that reads eps back from the forward's z, (z - mu_c) / scale_c (cpp, CPU,
 # eager, diagonal scale; see recovers_noise), instead of regenerating it from the seed.
-RECOVER_SWITCH = "GMKERNELS_SAMPLE_RECOVER_EPS"
-
-
-def cpp_gradients(mu, scale, component, seed, grad_z, recover=True, threads=None):
+def cpp_gradients(mu, scale, component, seed, grad_z, recover=True):
     """The cpp backend's (grad_mu, grad_scale), eps recovered from z or (recover=False)
     regenerated from the seed."""
-    previous = torch.get_num_threads()
-    with gmkernels.use_backend("cpp"), recovery("1" if recover else "0"):
-        try:
-            if threads:
-                torch.set_num_threads(threads)
-            z = mixture_sample_with_seed(mu, scale, component, seed)
-            return torch.autograd.grad(z, (mu, scale), grad_z)
-        finally:
-            torch.set_num_threads(previous)
+    with recovery("1" if recover else "0"):
+        return cpp_values_and_gradients(mu, scale, component, seed, grad_z,
+                                        torch.get_num_threads())[1:]
 
 
 def recovered_calls(patch):
@@ -747,8 +738,7 @@ def test_cpp_backward_from_samples_serves_plain_backwards_only(monkeypatch):
     calls = recovered_calls(monkeypatch)
     results = []
     for recover in ("1", "0"):
-        monkeypatch.setenv(RECOVER_SWITCH, recover)
-        with gmkernels.use_backend("cpp"):
+        with gmkernels.use_backend("cpp"), recovery(recover):
             z = mixture_sample_with_seed(mu, scale, component, seed)
             first = torch.autograd.grad(z.square().sum(), (mu, scale), retain_graph=True)
             second = torch.autograd.grad(z.square().sum(), (mu, scale))
@@ -765,7 +755,7 @@ def test_recovers_noise_rules(monkeypatch):
     """Eager cpp on the CPU, a diagonal scale, a gradient to be taken, the switch not 0."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    monkeypatch.delenv(RECOVER_SWITCH, raising=False)
+    monkeypatch.delenv(op.RECOVER_SWITCH, raising=False)
     mu, scale = make_inputs(3, 4, False, torch.float32)
     _, full = make_inputs(3, 4, True, torch.float32)
     with gmkernels.use_backend("cpp"):
@@ -775,14 +765,14 @@ def test_recovers_noise_rules(monkeypatch):
         assert not op.recovers_noise(mu, full)
         with torch.no_grad():
             assert not op.recovers_noise(mu, scale)
-        monkeypatch.setenv(RECOVER_SWITCH, "0")
+        monkeypatch.setenv(op.RECOVER_SWITCH, "0")
         assert not op.recovers_noise(mu, scale)
-        monkeypatch.setenv(RECOVER_SWITCH, "1")
+        monkeypatch.setenv(op.RECOVER_SWITCH, "1")
         assert op.recovers_noise(mu, scale)
-        monkeypatch.setenv(RECOVER_SWITCH, "off")
+        monkeypatch.setenv(op.RECOVER_SWITCH, "off")
         with pytest.raises(ValueError, match="GMKERNELS_SAMPLE_RECOVER_EPS must be 0 or 1"):
             op.recovers_noise(mu, scale)
-    monkeypatch.delenv(RECOVER_SWITCH)
+    monkeypatch.delenv(op.RECOVER_SWITCH)
     with gmkernels.use_backend("reference"):
         assert not op.recovers_noise(mu, scale)
 
