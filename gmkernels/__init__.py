@@ -7,6 +7,7 @@ from .ops.mixture_sample import mixture_sample
 from .ops.nearest_neighbors import nearest_neighbors
 from .ops._checks import set_value_checks, value_checks, value_checks_enabled
 
+from .memory import output_cache_bytes, release_output_cache
 from ._version import __version__
 
 
@@ -34,6 +35,8 @@ __all__ = [
     "mixture_sample",
     "nearest_neighbors",
     "nn",
+    "output_cache_bytes",
+    "release_output_cache",
     "set_backend",
     "simplex_vertices",
     "set_value_checks",

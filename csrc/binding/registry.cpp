@@ -5,6 +5,7 @@
 // wrappers' value checks (csrc/binding/value_summary.cpp).
 #include <torch/extension.h>
 
+#include "output_memory.h"
 #include "value_summary.h"
 
 #ifndef GMKERNELS_VERSION
@@ -54,4 +55,10 @@ PYBIND11_MODULE(_C, m) {
         pybind11::arg("row_sums") = false,
         "(min, max, total, min row total, max row total) of a CPU tensor in one pass, for the "
         "wrappers' value checks.");
+  m.def("output_cache_limit", &gmk::output_cache_limit,
+        "The most bytes of freed large CPU outputs kept (GMKERNELS_OUTPUT_CACHE_BYTES).");
+  m.def("output_cache_kept_bytes", &gmk::output_cache_kept_bytes,
+        "Bytes of freed large CPU outputs kept for reuse now.");
+  m.def("release_output_cache", &gmk::release_output_cache,
+        "Frees every kept output block.");
 }

@@ -1,0 +1,135 @@
+"""The CPU output cache (gmkernels/memory.py, csrc/binding/output_memory.cpp): the ops' large CPU
+outputs (8 MiB or more) take the kept blocks of freed ones, within GMKERNELS_OUTPUT_CACHE_BYTES,
+and a reused block is overwritten whole: no value of an earlier output shows through."""
+import threading
+
+import pytest
+import torch
+
+import gmkernels
+from gmkernels import memory
+from test_bindings import _large_outputs
+
+pytestmark = pytest.mark.skipif(not gmkernels.build_info()["compiled"],
+                                reason="the cache is the compiled extension's")
+
+MiB = 1 << 20
+
+
+def sample(rows: int, dim: int = 64) -> torch.Tensor:
+    """A mixture_sample output of rows x dim float32 (rows * dim * 4 bytes)."""
+    gen = torch.Generator().manual_seed(rows)
+    mu, scale = torch.randn(4, dim, generator=gen), torch.rand(4, dim, generator=gen)
+    component = torch.randint(4, (rows,), generator=gen)
+    return torch.ops.gmkernels.mixture_sample(mu, scale, component, torch.tensor(rows))
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(monkeypatch):
+    monkeypatch.delenv("GMKERNELS_OUTPUT_CACHE_BYTES", raising=False)
+    gmkernels.release_output_cache()
+    yield
+    gmkernels.release_output_cache()
+
+
+def test_a_freed_output_is_kept_and_taken_by_the_next_of_its_size():
+    z = sample(40000)
+    address, size = z.data_ptr(), z.numel() * z.element_size()
+    assert gmkernels.output_cache_bytes() == 0
+    del z
+    assert gmkernels.output_cache_bytes() == size
+    again = sample(40000)
+    assert again.data_ptr() == address
+    assert gmkernels.output_cache_bytes() == 0
+
+
+def test_small_outputs_do_not_use_the_cache():
+    z = sample(30000)   # 7.3 MiB, below the 8 MiB the cache starts at
+    del z
+    assert gmkernels.output_cache_bytes() == 0
+
+
+def test_an_output_takes_the_smallest_kept_block_of_at_most_twice_its_size():
+    big, middle, little = sample(80000), sample(50000), sample(40000)   # 20.5, 12.8, 10.2 MB
+    big_address, middle_address = big.data_ptr(), middle.data_ptr()
+    little_address = little.data_ptr()
+    del big, middle, little
+    small = sample(36000)               # 9.2 MB: the middle and little blocks fit, not the big
+    assert small.data_ptr() == little_address
+    smaller = sample(34000)             # 8.7 MB: the middle block fits, the big is over 2x
+    assert smaller.data_ptr() == middle_address
+    smallest = sample(33000)            # 8.4 MB: the big block is over 2x, so a fresh one
+    assert smallest.data_ptr() not in (big_address, middle_address, little_address)
+    assert gmkernels.output_cache_bytes() == 80000 * 64 * 4
+    larger = sample(70000)              # 17.9 MB: fits the big block
+    assert larger.data_ptr() == big_address
+    assert gmkernels.output_cache_bytes() == 0
+
+
+def test_the_cache_keeps_the_most_recently_freed_within_its_limit(monkeypatch):
+    monkeypatch.setenv("GMKERNELS_OUTPUT_CACHE_BYTES", str(15 * MiB))
+    first, second = sample(40000), sample(40000)   # 10.24 MB each: one fits in 15 MiB
+    second_address = second.data_ptr()
+    del first
+    del second
+    assert gmkernels.output_cache_bytes() == 40000 * 64 * 4
+    assert sample(40000).data_ptr() == second_address
+    too_big = sample(70000)                        # 17.9 MB: over the limit, never kept
+    del too_big
+    assert gmkernels.output_cache_bytes() == 40000 * 64 * 4
+
+
+def test_a_limit_of_zero_keeps_nothing_and_a_bad_one_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GMKERNELS_OUTPUT_CACHE_BYTES", "0")
+    z = sample(40000)
+    del z
+    assert gmkernels.output_cache_bytes() == 0
+    for setting in ("-1", "1e9", "lots", " 5"):
+        monkeypatch.setenv("GMKERNELS_OUTPUT_CACHE_BYTES", setting)
+        with pytest.raises(ValueError, match="GMKERNELS_OUTPUT_CACHE_BYTES"):
+            sample(40000)
+
+
+def test_the_default_limit_is_the_documented_one():
+    assert gmkernels.backend.compiled_module().output_cache_limit() == memory.OUTPUT_CACHE_BYTES
+
+
+def test_release_returns_every_kept_block():
+    outputs = [sample(40000), sample(50000)]
+    del outputs
+    assert gmkernels.output_cache_bytes() == (40000 + 50000) * 64 * 4
+    gmkernels.release_output_cache()
+    assert gmkernels.output_cache_bytes() == 0
+
+
+def test_an_output_freed_on_another_thread_is_kept():
+    outputs = [sample(40000)]
+    thread = threading.Thread(target=outputs.clear)
+    thread.start()
+    thread.join()
+    assert gmkernels.output_cache_bytes() == 40000 * 64 * 4
+
+
+def test_reused_blocks_are_overwritten_whole():
+    """Each large output computed again into the blocks of the first results filled with NaN
+    (fresh memory is zeros, which would hide an entry a kernel leaves unwritten)."""
+    first = _large_outputs()
+    truth = {name: tensor.clone() for name, tensor in first.items()}
+    addresses = set()
+    for tensor in first.values():
+        tensor.fill_(float("nan"))
+        addresses.add(tensor.data_ptr())
+    del first, tensor
+    second = _large_outputs()
+    assert {tensor.data_ptr() for tensor in second.values()} == addresses
+    for name, tensor in second.items():
+        assert torch.equal(tensor, truth[name]), name
+
+
+def test_an_output_from_the_cache_is_an_ordinary_tensor():
+    z = sample(40000)
+    values = z.clone()
+    z.resize_(50000, 64)                           # a resize goes through the same allocator
+    assert torch.equal(z[:40000], values)
+    shared = sample(40000).share_memory_()
+    assert shared.is_shared() and torch.equal(shared, values)
