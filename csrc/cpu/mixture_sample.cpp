@@ -607,6 +607,12 @@ inline void add_sample_piece(const scalar_t* grad, const scalar_t* z, const scal
   }
 }
 
+// grad_scale holds sum grad_z (z - mu_c) until this last pass.
+template <typename scalar_t>
+void divide_by_scale(scalar_t* grad_scale, const scalar_t* scale, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) grad_scale[k] /= scale[k];
+}
+
 // Columns [k_begin, k_end) of every sample, chunk by chunk, into `sums` (flushed per chunk).
 template <typename scalar_t>
 void sum_sample_chunk(const MixtureSampleBackwardParams<scalar_t>& p, int64_t first_sample,
@@ -642,6 +648,11 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
           sum_sample_chunk(p, first, std::min(p.num_samples, first + chunk), sums);
           sums.flush();
         }
+        // Each thread divides its own columns (one thread over N K entries was 5% of the
+        // backward at N = 1000, K = 256, n = 10^4).
+        for (int64_t c = 0; c < p.num_components; ++c)
+          divide_by_scale(p.grad_scale + c * dim + k_begin, p.scale + c * dim + k_begin,
+                          k_end - k_begin);
       }
     }
   } else {
@@ -655,12 +666,12 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
 #pragma omp ordered
         sums.flush();
       }
+      // After the loop's barrier: every chunk is in.
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < p.num_components; ++c)
+        divide_by_scale(p.grad_scale + c * dim, p.scale + c * dim, dim);
     }
   }
-  const int64_t entries = p.num_components * dim;
-  scalar_t* grad_scale = p.grad_scale;
-  const scalar_t* scale = p.scale;
-  for (int64_t j = 0; j < entries; ++j) grad_scale[j] /= scale[j];
 }
 
 // ---------------------------------------------------------------------------------------------
