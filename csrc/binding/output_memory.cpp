@@ -195,7 +195,7 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   output_cache_limit();  // a bad setting fails here, not in a deleter
   return at::detail::empty_generic(sizes, &caching_output_allocator,
                                    c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   options.dtype().toScalarType(), c10::nullopt);
+                                   options.dtype().toScalarType(), std::nullopt);
 }
 
 at::Tensor empty_output_like(const at::Tensor& like) {
