@@ -14,7 +14,8 @@ kept when earlier such outputs were freed, as PyTorch's CUDA allocator does for 
   blocks freed longest ago go back to the system first.
 
 So a training loop that samples the same shapes every step reuses the same memory, and at most
-the limit stays allocated beyond your live tensors. The outputs are ordinary CPU tensors
+the limit stays allocated beyond your live tensors. A forked process (a DataLoader worker)
+starts with a copy of what was kept. The outputs are ordinary CPU tensors
 (resizable, picklable, shareable); only their memory comes from elsewhere, which PyTorch's memory
 profiler does not see.
 """

@@ -1,7 +1,10 @@
 """The CPU output cache (gmkernels/memory.py, csrc/binding/output_memory.cpp): the ops' large CPU
 outputs (8 MiB or more) take the kept blocks of freed ones, within GMKERNELS_OUTPUT_CACHE_BYTES,
 and a reused block is overwritten whole: no value of an earlier output shows through."""
+import os
+import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -133,3 +136,36 @@ def test_an_output_from_the_cache_is_an_ordinary_tensor():
     assert torch.equal(z[:40000], values)
     shared = sample(40000).share_memory_()
     assert shared.is_shared() and torch.equal(shared, values)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_forked_child_allocates_and_frees_outputs():
+    """The cache's lock is taken around a fork and released on both sides (a DataLoader's
+    workers fork): a child holding a copy of kept blocks reuses them and frees its outputs. The
+    child runs on one thread, as a DataLoader worker does: OpenMP's thread pool does not survive
+    a fork (torch's own ops hang in it too)."""
+    kept = sample(40000)
+    del kept
+    pid = os.fork()
+    if pid == 0:   # the child: never back into pytest
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            z = sample(40000)
+            code = 0 if gmkernels.output_cache_bytes() == 0 else 2
+            del z
+            code = code or (0 if gmkernels.output_cache_bytes() == 40000 * 64 * 4 else 3)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:   # a child stuck on the lock fails the test instead of hanging it
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done, "the forked child hung"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert gmkernels.output_cache_bytes() == 40000 * 64 * 4

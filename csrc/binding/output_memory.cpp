@@ -34,6 +34,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__unix__)
+#include <pthread.h>
+#endif
 
 namespace gmk {
 namespace {
@@ -115,6 +118,9 @@ class OutputCache {
     }
   }
 
+  void lock() { mutex_.lock(); }
+  void unlock() { mutex_.unlock(); }
+
   int64_t kept_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return static_cast<int64_t>(kept_bytes_);
@@ -126,9 +132,18 @@ class OutputCache {
   size_t kept_bytes_ = 0;
 };
 
-// Never destroyed: outputs may outlive static destruction at exit.
+// Never destroyed: outputs may outlive static destruction at exit. A fork (a DataLoader's
+// workers) while another thread holds the cache's lock would leave the child's copy locked for
+// good: the lock is taken around every fork and released on both sides, as glibc does for malloc.
 OutputCache& output_cache() {
-  static OutputCache* cache = new OutputCache();
+  static OutputCache* cache = [] {
+    OutputCache* made = new OutputCache();
+#if defined(__unix__)
+    pthread_atfork([] { output_cache().lock(); }, [] { output_cache().unlock(); },
+                   [] { output_cache().unlock(); });
+#endif
+    return made;
+  }();
   return *cache;
 }
 
