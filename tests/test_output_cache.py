@@ -3,6 +3,7 @@ outputs (8 MiB or more) take the kept blocks of freed ones, within GMKERNELS_OUT
 and a reused block is overwritten whole: no value of an earlier output shows through."""
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -11,7 +12,7 @@ import torch
 
 import gmkernels
 from gmkernels import memory
-from test_bindings import _large_outputs
+from test_bindings import _large_outputs, run_isolated
 
 pytestmark = pytest.mark.skipif(not gmkernels.build_info()["compiled"],
                                 reason="the cache is the compiled extension's")
@@ -169,3 +170,28 @@ def test_a_forked_child_allocates_and_frees_outputs():
     assert done, "the forked child hung"
     assert os.waitstatus_to_exitcode(status) == 0
     assert gmkernels.output_cache_bytes() == 40000 * 64 * 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+def test_where_the_system_refuses_a_block_the_kept_ones_are_freed_first(monkeypatch):
+    """Under an address-space limit that has room for a new 123 MB output only without the kept
+    102 MB block (a fresh process: the limit would bind pytest too)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
+    result = run_isolated("""
+        import resource
+        from test_output_cache import sample
+        kept = sample(400000)                 # 102.4 MB
+        del kept
+        assert gmkernels.output_cache_bytes() == 400000 * 64 * 4
+        with open("/proc/self/status") as status:
+            size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        # 60 MB more than now (the kept block counted in it): too little for a new 123 MB block
+        # beside it, room enough once it is gone
+        resource.setrlimit(resource.RLIMIT_AS, (size + (60 << 20), resource.RLIM_INFINITY))
+        z = sample(480000)                    # 122.9 MB: fits only once the kept block is gone
+        assert gmkernels.output_cache_bytes() == 0
+        print("ok", z.shape[0])
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["ok", "480000"]

@@ -67,8 +67,9 @@ struct Block {
 // The freed output blocks kept for the next outputs, most recently freed first.
 class OutputCache {
  public:
-  // A kept block of at least `bytes` and at most twice that (so a small output never pins a
-  // large block), else a fresh one.
+  // The smallest kept block of at least `bytes` and at most twice that (so a small output never
+  // pins a large block), else a fresh one; where the system has none to give, the kept blocks
+  // are freed first and the request made once more.
   Block* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -89,7 +90,10 @@ class OutputCache {
       }
     }
     void* data = nullptr;
-    if (posix_memalign(&data, kAlignment, bytes) != 0) throw std::bad_alloc();
+    if (posix_memalign(&data, kAlignment, bytes) != 0) {
+      give_back(nullptr, 0);
+      if (posix_memalign(&data, kAlignment, bytes) != 0) throw std::bad_alloc();
+    }
     advise_huge_pages(data, static_cast<int64_t>(bytes));
     return new Block{data, bytes};
   }
