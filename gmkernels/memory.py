@@ -11,7 +11,9 @@ kept when earlier such outputs were freed, as PyTorch's CUDA allocator does for 
 - an output takes a kept block of at least its size and at most twice it, else a fresh one;
 - a freed output's block is kept, most recently freed first, while everything kept fits in
   ``GMKERNELS_OUTPUT_CACHE_BYTES`` (read on every call; default 256 MiB, 0 keeps nothing); the
-  blocks freed longest ago go back to the system first.
+  blocks freed longest ago go back to the system first;
+- where the system refuses a fresh block, every kept one goes back before the request is made
+  once more.
 
 So a training loop that samples the same shapes every step reuses the same memory, and at most
 the limit stays allocated beyond your live tensors. A forked process (a DataLoader worker)
