@@ -5,10 +5,11 @@ afresh, so a large output is new memory on every call: Linux faults it in one 4 
 time, zeroing each, on first touch. For ``mixture_sample``'s z that was half of the forward
 (B = 10^5 samples of dimension 256, 102 MB: 47 ms against 19 ms with the cache, 2 threads). The
 ops therefore carve their large CPU outputs (8 MiB or more: ``mixture_sample``'s z, the
-gradients of ``class_pairwise_kl`` and of ``mixture_log_likelihood``'s tiled path) from blocks
+gradients of ``class_pairwise_kl`` and ``mixture_log_likelihood``) from blocks
 kept when earlier such outputs were freed, as PyTorch's CUDA allocator does for every tensor:
 
-- an output takes a kept block of at least its size and at most twice it, else a fresh one;
+- an output takes the smallest kept block of at least its size and at most twice it, else a
+  fresh one;
 - a freed output's block is kept, most recently freed first, while everything kept fits in
   ``GMKERNELS_OUTPUT_CACHE_BYTES`` (read on every call; default 256 MiB, 0 keeps nothing); the
   blocks freed longest ago go back to the system first;
@@ -17,9 +18,9 @@ kept when earlier such outputs were freed, as PyTorch's CUDA allocator does for 
 
 So a training loop that samples the same shapes every step reuses the same memory, and at most
 the limit stays allocated beyond your live tensors. A forked process (a DataLoader worker)
-starts with a copy of what was kept. The outputs are ordinary CPU tensors
-(resizable, picklable, shareable); only their memory comes from elsewhere, which PyTorch's memory
-profiler does not see.
+starts with a copy of what was kept. The outputs are ordinary CPU tensors (resizable,
+picklable, shareable); only their memory comes from elsewhere, which PyTorch's memory profiler
+does not see.
 """
 from __future__ import annotations
 
