@@ -3,7 +3,7 @@
 PyTorch's CPU allocator keeps no memory between tensors, and glibc maps every block over 32 MiB
 afresh, so a large output is new memory on every call: Linux faults it in one 4 KiB page at a
 time, zeroing each, on first touch. For ``mixture_sample``'s z that was half of the forward
-(B = 10^5 samples of dimension 256, 102 MB: 47 ms against 19 ms with the cache, 2 threads). The
+(n = 10^5 samples of dimension 256, 102 MB: 47 ms against 19 ms with the cache, 2 threads). The
 ops therefore carve their large CPU outputs (8 MiB or more: ``mixture_sample``'s z, the
 gradients of ``class_pairwise_kl`` and ``mixture_log_likelihood``) from blocks
 kept when earlier such outputs were freed, as PyTorch's CUDA allocator does for every tensor:
