@@ -1,6 +1,7 @@
 """The CPU output cache (gmkernels/memory.py, csrc/binding/output_memory.cpp): the ops' large CPU
 outputs (8 MiB or more) take the kept blocks of freed ones, within GMKERNELS_OUTPUT_CACHE_BYTES,
 and a reused block is overwritten whole: no value of an earlier output shows through."""
+import gc
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ def sample(rows: int, dim: int = 64) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def empty_cache(monkeypatch):
     monkeypatch.delenv("GMKERNELS_OUTPUT_CACHE_BYTES", raising=False)
+    gc.collect()   # no output of an earlier test left in a cycle, to be freed into a count here
     gmkernels.release_output_cache()
     yield
     gmkernels.release_output_cache()
