@@ -25,10 +25,13 @@ def devices():
 
 def run_isolated(code: str) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter, so that a call which crashes the process fails this
-    test instead of killing the test run."""
+    test instead of killing the test run. The tests' folder is on its path: `code` may import
+    the test modules' helpers."""
     prelude = "import torch, gmkernels\n"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def assert_raises_isolated(call: str, message: str):
@@ -292,8 +295,6 @@ def test_large_cpu_outputs_ask_for_huge_pages_only_when_switched_on(monkeypatch)
     GMKERNELS_HUGE_PAGES=1 (read on every call) the ops ask for transparent huge pages over
     them (csrc/binding/output_memory.cpp); by default, or with any other value, they do not.
     Each setting in a fresh process: glibc hands freed blocks out again, advice and all."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
     names = sorted(_LARGE_OUTPUTS)
     for setting, advised in ((None, []), ("0", []), ("yes", []), ("1", names)):
         if setting is None:

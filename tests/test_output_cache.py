@@ -175,11 +175,9 @@ def test_a_forked_child_allocates_and_frees_outputs():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
-def test_where_the_system_refuses_a_block_the_kept_ones_are_freed_first(monkeypatch):
+def test_where_the_system_refuses_a_block_the_kept_ones_are_freed_first():
     """Under an address-space limit that has room for a new 123 MB output only without the kept
     102 MB block (a fresh process: the limit would bind pytest too)."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")]))
     result = run_isolated("""
         import resource
         from test_output_cache import sample
