@@ -1002,7 +1002,7 @@ def test_cpp_kept_exponents_serve_one_backward_then_the_op_recomputes(keep_small
 
 def test_keeps_exponents_rules(monkeypatch):
     """Where the forward keeps the table: eager cpp on the CPU, a gradient to be taken, C > 65,
-    d > 32, B C d >= 2^23 and the table within GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
+    d >= 16, B C d >= 2^23 and the table within GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     monkeypatch.delenv(KEEP_MAX_BYTES, raising=False)
@@ -1018,7 +1018,8 @@ def test_keeps_exponents_rules(monkeypatch):
         assert not keeps(batch=2049, components=1024)
         assert not keeps(dtype=torch.float64, batch=2048, components=1024)
         assert not keeps(requires_grad=False)
-        assert not keeps(dim=32)
+        assert keeps(dim=16)
+        assert not keeps(dim=15, batch=2048, components=1024)
         assert not keeps(components=65, batch=100000)
         assert not keeps(batch=100, components=100, dim=512)   # B C d < 2^23
         with torch.no_grad():

@@ -104,11 +104,12 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     these rules by one limit on B * C * d, 0 sending every C > 65 to the tiled path.
 
     Keeping the exponents (CPU, cpp backend, eager mode): when a gradient will be taken, C > 65,
-    d > 32 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
+    d >= 16 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
     ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; default 8 MiB, 2**21 float32 entries;
     0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
     product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
-    to 2 * 10^6 with d >= 64). The table lives until that backward (or until the output is
+    to 2 * 10^6 with d >= 64), 1.05-1.17x at d = 16 to 32 (B * C = 10^6 to 2 * 10^6). The
+    table lives until that backward (or until the output is
     freed). Larger tables are not kept by default: they leave the cache between the passes over
     them and are fresh memory on every call (0.45-0.8x at B = C = 3162, 40 MB).
     """
@@ -123,7 +124,7 @@ KEEP_MAX_BYTES = 8 << 20
 """The default of ``GMKERNELS_MLL_KEEP_MAX_BYTES``: the largest B x C exponent table the forward
 keeps for its backward."""
 _DIRECT_MAX_COMPONENTS = 65   # the kernels' kDirectMaxComponents
-_KEEP_MIN_DIM = 33
+_KEEP_MIN_DIM = 16   # the CPU forward's kForwardTiledMinDim: below it the forward stays direct
 _KEEP_MIN_WORK = 1 << 23
 
 
@@ -145,8 +146,9 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
     Only in eager mode on the cpp backend with CPU tensors, when a gradient will be taken (grad
     mode on, an input requiring grad), and where it was measured faster (2-core AVX-512 machine,
     fwd+bwd against recomputing: 1.1-1.7x for B C from 10^5 with d >= 128 to 2 10^6 with
-    d >= 64): C > 65 and d > 32 (the direct kernel's territory otherwise), B C d >= 2^23 (below
-    it the forward's extra tiled pass costs what the backward saves), and the table within
+    d >= 64, 1.05-1.17x at d = 16 to 32 with B C = 10^6 to 2 10^6): C > 65 and d >= 16 (below,
+    the direct kernel's territory: the forward keeps no tile there), B C d >= 2^23 (below it the
+    forward's extra tiled pass costs what the backward saves), and the table within
     ``keep_max_bytes()``: a larger one leaves the cache between the passes over it and is fresh
     memory on every call (0.9-1.2x at 16 MB, 0.45-0.8x at B = C = 3162, 40 MB)."""
     if _registry.traced():
