@@ -559,7 +559,8 @@ void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
   // reduction), then the sum of exps in SIMD registers (row_exp_sum). The former lane-array
   // loops were left scalar by GCC: 3x the product's time at B = C = 1000, d = 64.
   const int64_t cols = p.num_cols;
-  const int threads = team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+  const int threads =
+      team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* row = p.scores + b * p.ld;
@@ -586,7 +587,8 @@ template <typename scalar_t>
 int64_t mixture_tile_backward_cpu(const MixtureTileParams<scalar_t>& p) {
   const int64_t cols = p.num_cols;
   int64_t nonzeros = 0;
-  const int threads = team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+  const int threads =
+      team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : nonzeros)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* row = p.scores + b * p.ld;
@@ -614,8 +616,8 @@ void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) 
   const double scan_ns = 0.2 * static_cast<double>(p.num_rows) * static_cast<double>(p.num_cols);
   const double nonzero_ns = 0.5 * scan_ns / 32;
   if (p.row_sums != nullptr) {
-    const int threads =
-        team_size_after_product(p.num_threads, p.num_rows, scan_ns + nonzero_ns * static_cast<double>(p.row_width));
+    const int threads = team_size_after_product(
+        p.num_threads, p.num_rows, scan_ns + nonzero_ns * static_cast<double>(p.row_width));
     // Each row's sum belongs to one iteration: no two threads write the same output.
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
     for (int64_t b = 0; b < p.num_rows; ++b) {
@@ -635,8 +637,8 @@ void mixture_sparse_products_cpu(const MixtureSparseProductParams<scalar_t>& p) 
     // the sums are the same for any thread count.
     constexpr int64_t kColumnBlock = 16;
     const int64_t blocks = (p.num_cols + kColumnBlock - 1) / kColumnBlock;
-    const int threads =
-        team_size_after_product(p.num_threads, blocks, scan_ns + nonzero_ns * static_cast<double>(p.col_width));
+    const int threads = team_size_after_product(
+        p.num_threads, blocks, scan_ns + nonzero_ns * static_cast<double>(p.col_width));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t block = 0; block < blocks; ++block) {
       const int64_t col_begin = block * kColumnBlock;
@@ -667,7 +669,8 @@ template void mixture_tile_forward_cpu<double>(const MixtureTileParams<double>&)
 template <typename scalar_t>
 void mixture_penalty_tile_cpu(const MixturePenaltyTileParams<scalar_t>& p) {
   const int64_t cols = p.num_cols;
-  const int threads = team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
+  const int threads =
+      team_size_after_product(p.num_threads, p.num_rows, tile_ns(p.num_rows, cols));
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < p.num_rows; ++b) {
     scalar_t* r = p.responsibilities + b * p.ld;

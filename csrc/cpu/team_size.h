@@ -12,9 +12,10 @@
 namespace gmk {
 
 // Threads for `items` independent work items costing about `work_ns` nanoseconds in all (one
-// thread's time), at most `max_threads`, at least 1.
-inline int team_size(int max_threads, int64_t items, double work_ns) {
-  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / 1.0e5));
+// thread's time), at most `max_threads`, at least 1: one per `ns_per_thread` of work.
+inline int team_size(int max_threads, int64_t items, double work_ns,
+                     double ns_per_thread = 1.0e5) {
+  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / ns_per_thread));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({max_threads, items, by_work})));
 }
 
@@ -27,8 +28,7 @@ inline int team_size(int max_threads, int64_t items, double work_ns) {
 // gradient penalty at B = C = 256, d = 16 0.754 -> 0.725 ms; B = C = 1000 unchanged (two threads
 // either way).
 inline int team_size_after_product(int max_threads, int64_t items, double work_ns) {
-  const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(work_ns / 2.5e4));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({max_threads, items, by_work})));
+  return team_size(max_threads, items, work_ns, 2.5e4);
 }
 
 }  // namespace gmk

@@ -109,9 +109,9 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
     product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
     to 2 * 10^6 with d >= 64), 1.05-1.17x at d = 16 to 32 (B * C = 10^6 to 2 * 10^6). The
-    table lives until that backward (or until the output is
-    freed). Larger tables are not kept by default: they leave the cache between the passes over
-    them and are fresh memory on every call (0.45-0.8x at B = C = 3162, 40 MB).
+    table lives until that backward (or until the output is freed). Larger tables are not kept
+    by default: they leave the cache between the passes over them and are fresh memory on every
+    call (0.45-0.8x at B = C = 3162, 40 MB).
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
