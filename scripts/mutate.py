@@ -354,8 +354,8 @@ MUTANTS = [
            "the forward keeps its exponents from d = 17 only: d = 16, where the tiled forward "
            "starts and keeping was measured faster, recomputes them in the backward"),
     Mutant("sample-recover-one-chunk-band", "csrc/cpu/mixture_sample.cpp",
-           "                           p.mu + c * dim + k_begin, k_end - k_begin,",
-           "                           p.mu + c * dim, k_end - k_begin,",
+           "                             p.mu + c * dim + k_begin, k_end - k_begin,",
+           "                             p.mu + c * dim, k_end - k_begin,",
            ("tests/test_mixture_sample.py", "-k", "from_samples"),
            "the one-chunk recovering backward reads each thread's band of mu from column 0"),
 ]

@@ -642,25 +642,25 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
       const int64_t team = omp_get_num_threads(), thread = omp_get_thread_num();
       const int64_t k_begin = bands * thread / team * kBandColumns;
       const int64_t k_end = thread + 1 == team ? dim : bands * (thread + 1) / team * kBandColumns;
-      if (k_begin < k_end && chunks == 1) {
-        // One chunk: its sums go straight into the zeroed gradients, the same additions in the
-        // same order (0 + sum is sum) without the chunk buffer's zeroing and flush pass. The
-        // backward op at N = 1000, n = 10^4 (interleaved A/B, 2 threads): K = 256 2.54 -> 2.32
-        // ms, K = 1024 7.17 -> 6.40 ms.
-        for (int64_t s = 0; s < p.num_samples; ++s) {
-          const int64_t c = p.component[s];
-          add_sample_piece(p.grad_z + s * p.grad_row_stride + k_begin, p.z + s * dim + k_begin,
-                           p.mu + c * dim + k_begin, k_end - k_begin,
-                           p.grad_mu + c * dim + k_begin, p.grad_scale + c * dim + k_begin);
-        }
-      } else if (k_begin < k_end) {
-        ChunkSums<scalar_t> sums(p, k_begin, k_end);
-        for (int64_t first = 0; first < p.num_samples; first += chunk) {
-          sum_sample_chunk(p, first, std::min(p.num_samples, first + chunk), sums);
-          sums.flush();
-        }
-      }
       if (k_begin < k_end) {
+        if (chunks == 1) {
+          // One chunk: its sums go straight into the zeroed gradients, the same additions in
+          // the same order (0 + sum is sum) without the chunk buffer's zeroing and flush pass.
+          // The backward op at N = 1000, n = 10^4 (interleaved A/B, 2 threads): K = 256 2.54 ->
+          // 2.32 ms, K = 1024 7.17 -> 6.40 ms.
+          for (int64_t s = 0; s < p.num_samples; ++s) {
+            const int64_t c = p.component[s];
+            add_sample_piece(p.grad_z + s * p.grad_row_stride + k_begin, p.z + s * dim + k_begin,
+                             p.mu + c * dim + k_begin, k_end - k_begin,
+                             p.grad_mu + c * dim + k_begin, p.grad_scale + c * dim + k_begin);
+          }
+        } else {
+          ChunkSums<scalar_t> sums(p, k_begin, k_end);
+          for (int64_t first = 0; first < p.num_samples; first += chunk) {
+            sum_sample_chunk(p, first, std::min(p.num_samples, first + chunk), sums);
+            sums.flush();
+          }
+        }
         // Each thread divides its own columns (one thread over N K entries was 5% of the
         // backward at N = 1000, K = 256, n = 10^4).
         for (int64_t c = 0; c < p.num_components; ++c)
