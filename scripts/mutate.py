@@ -358,6 +358,12 @@ MUTANTS = [
            "                             p.mu + c * dim, k_end - k_begin,",
            ("tests/test_mixture_sample.py", "-k", "from_samples"),
            "the one-chunk recovering backward reads each thread's band of mu from column 0"),
+    Mutant("mll-centred-copy-tail", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "  for (int64_t l = 0; k + l < n; ++l) {\n    const scalar_t value = a[k + l] - centre[k + l];\n    out[k + l] = value;",
+           "  for (int64_t l = 0; k + l < n; ++l) {\n    const scalar_t value = a[k + l] - centre[k + l];",
+           ("tests/test_mixture_log_likelihood.py",),
+           "the tiled path's centred copy of x and the means leaves the last d mod 8 entries of "
+           "each row unwritten (their squared norm still counted)"),
 ]
 
 

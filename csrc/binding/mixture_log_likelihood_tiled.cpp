@@ -134,6 +134,29 @@ double sum_of_products(const scalar_t* a, const scalar_t* b, int64_t n) {
   return total;
 }
 
+// out_k <- a_k - centre_k, returning sum_k out_k^2 as sum_of_products(out, out, n) does (the
+// same lanes, so the same bits), in the one pass over the row where a copy and then
+// sum_of_products made two (the operands of B = C = 316, d = 2048: ~360 -> ~290 us).
+template <typename scalar_t>
+double centred_copy(const scalar_t* a, const scalar_t* centre, scalar_t* out, int64_t n) {
+  double lanes[kSumLanes] = {};
+  int64_t k = 0;
+  for (; k + kSumLanes <= n; k += kSumLanes)
+    for (int64_t l = 0; l < kSumLanes; ++l) {
+      const scalar_t value = a[k + l] - centre[k + l];
+      out[k + l] = value;
+      lanes[l] += double(value) * double(value);
+    }
+  for (int64_t l = 0; k + l < n; ++l) {
+    const scalar_t value = a[k + l] - centre[k + l];
+    out[k + l] = value;
+    lanes[l] += double(value) * double(value);
+  }
+  double total = 0;
+  for (int64_t l = 0; l < kSumLanes; ++l) total += lanes[l];
+  return total;
+}
+
 // sum_k log(v_k) for v > 0, one logarithm per four values: the product of four floats in double
 // (at least 1e-180 and at most 1e154 for any float > 0, so it neither underflows nor overflows;
 // rounded once or twice, a relative 1e-16) instead of four double logarithms (d of them per
@@ -286,8 +309,15 @@ struct TiledProblem {
       for (int64_t c = begin; c < end; ++c) {
         const scalar_t* var_row = var_p + (diagonal ? c * dim : c);
         scalar_t* m = mc_p + c * dim;
-        for (int64_t k = 0; k < dim; ++k) m[k] = means_p[c * dim + k] - centre[k];
-        if (diagonal) {
+        if (!diagonal) {
+          const scalar_t p = scalar_t(1) / var_row[0];
+          const double squared_norm = centred_copy(means_p + c * dim, centre.data(), m, dim);
+          precision_p[c] = p;
+          offset_p[c] = static_cast<scalar_t>(
+              log_weights_p[c] - 0.5 * dim * (std::log(double(var_row[0])) + kLog2Pi) -
+              0.5 * double(p) * squared_norm);
+        } else {
+          for (int64_t k = 0; k < dim; ++k) m[k] = means_p[c * dim + k] - centre[k];
           scalar_t* p = precision_p + c * dim;
           scalar_t* right_row = right_p + c * 2 * dim;
           for (int64_t k = 0; k < dim; ++k) {
@@ -299,12 +329,6 @@ struct TiledProblem {
           const double log_norm = sum_of_logs(var_row, dim) + dim * kLog2Pi;
           const double mean_term = sum_of_products(m, right_row + dim, dim);
           offset_p[c] = static_cast<scalar_t>(log_weights_p[c] - 0.5 * log_norm - 0.5 * mean_term);
-        } else {
-          const scalar_t p = scalar_t(1) / var_row[0];
-          precision_p[c] = p;
-          offset_p[c] = static_cast<scalar_t>(
-              log_weights_p[c] - 0.5 * dim * (std::log(double(var_row[0])) + kLog2Pi) -
-              0.5 * double(p) * sum_of_products(m, m, dim));
         }
       }
     });
@@ -315,15 +339,16 @@ struct TiledProblem {
     at::parallel_for(0, rows, grain_rows(dim), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         scalar_t* xc_row = xc_p + b * dim;
+        if (!diagonal) {
+          row_norm_p[b] =
+              static_cast<scalar_t>(centred_copy(x_p + b * dim, centre.data(), xc_row, dim));
+          continue;
+        }
         for (int64_t k = 0; k < dim; ++k) xc_row[k] = x_p[b * dim + k] - centre[k];
-        if (diagonal) {
-          scalar_t* left_row = left_p + b * 2 * dim;
-          for (int64_t k = 0; k < dim; ++k) {
-            left_row[k] = xc_row[k] * xc_row[k];
-            left_row[dim + k] = xc_row[k];
-          }
-        } else {
-          row_norm_p[b] = static_cast<scalar_t>(sum_of_products(xc_row, xc_row, dim));
+        scalar_t* left_row = left_p + b * 2 * dim;
+        for (int64_t k = 0; k < dim; ++k) {
+          left_row[k] = xc_row[k] * xc_row[k];
+          left_row[dim + k] = xc_row[k];
         }
       }
     });
