@@ -364,6 +364,12 @@ MUTANTS = [
            ("tests/test_mixture_log_likelihood.py",),
            "the tiled path's centred copy of x and the means leaves the last d mod 8 entries of "
            "each row unwritten (their squared norm still counted)"),
+    Mutant("mll-exp-reduction-sign", "csrc/cpu/mixture_log_likelihood.cpp",
+           "  r = multiply_add(n, zero + 2.12194440e-4f, r);",
+           "  r = multiply_add(n, zero - 2.12194440e-4f, r);",
+           ("tests/test_mixture_log_likelihood.py",),
+           "the CPU exp's range reduction subtracts the low part of n ln2 with the wrong sign "
+           "(exp(x) off by a factor exp(4.2e-4 n))"),
 ]
 
 

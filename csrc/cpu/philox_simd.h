@@ -114,6 +114,24 @@ GMK_SIMD_INLINE f32v sqrt(f32v x) {
 #endif
 }
 
+// a * b + c lane by lane with one rounding where the target has FMA, as gmk::multiply_add
+// (multiply_add.h) on one float: the same bits as that scalar call on each lane. (The build
+// turns implicit contraction off, so only this call fuses.)
+GMK_SIMD_INLINE f32v multiply_add(f32v a, f32v b, f32v c) {
+#if defined(__AVX512F__)
+  return (f32v)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return (f32v)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__SSE2__) && defined(__FMA__)
+  return (f32v)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+#elif defined(__FMA__)
+  for (int lane = 0; lane < kLanes; ++lane) a[lane] = __builtin_fmaf(a[lane], b[lane], c[lane]);
+  return a;
+#else
+  return a * b + c;
+#endif
+}
+
 // Cephes logf for normal positive x (here x in [1e-7, 1]): x = m 2^e with m in [sqrt(1/2),
 // sqrt(2)), log x = e log 2 + log1p-polynomial(m - 1); log 2 split in two for exactness.
 GMK_SIMD_INLINE f32v log(f32v x) {
