@@ -370,6 +370,24 @@ MUTANTS = [
            ("tests/test_mixture_log_likelihood.py",),
            "the CPU exp's range reduction subtracts the low part of n ln2 with the wrong sign "
            "(exp(x) off by a factor exp(4.2e-4 n))"),
+    Mutant("mll-forward-kept-count", "csrc/cpu/mixture_log_likelihood.cpp",
+           "      count += __builtin_popcount(keep);\n    }\n    for (; c < end; ++c) {",
+           "      count += 16;\n    }\n    for (; c < end; ++c) {",
+           ("tests/test_mixture_log_likelihood.py", "-k", "leaving_out"),
+           "the forward's compacted sum (AVX-512) counts every lane of a register as kept: the "
+           "zeroed lanes add exp(0) each"),
+    Mutant("mll-weights-kept-expand", "csrc/cpu/mixture_log_likelihood.cpp",
+           "      used += __builtin_popcount(keep);",
+           "      used += 16;",
+           ("tests/test_mixture_log_likelihood.py", "-k", "leaving_out"),
+           "the backward's compacted weights (AVX-512) are expanded back from the wrong place in "
+           "the buffer after the first register"),
+    Mutant("mll-tiled-nan-row", "csrc/cpu/mixture_log_likelihood.cpp",
+           "        p.running_max[b] = std::numeric_limits<scalar_t>::quiet_NaN();",
+           "        (void)0;",
+           ("tests/test_mixture_log_likelihood.py", "-k", "nan_in_x"),
+           "the tiled forward leaves a row of NaN exponents at -inf (the row maximum passes over "
+           "NaN)"),
 ]
 
 

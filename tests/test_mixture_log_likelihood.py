@@ -408,6 +408,22 @@ def test_zero_dimensional_points_have_density_one_under_every_component(backend,
     assert not grads[2].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("path", sorted(PATHS) + ["tiled over two tiles"])
+def test_a_nan_in_x_gives_nan_on_its_row_alone(backend, path, dtype):
+    """A NaN coordinate makes every exponent of its row NaN; the tiled kernels' row maximum passed
+    over them and the row came out -inf, a silent wrong answer. It is NaN on every path, the
+    other rows untouched."""
+    require_backend(op)
+    components = 1100 if path == "tiled over two tiles" else PATHS[path]
+    x, means, var, log_weights = make_inputs(6, components, 3, "(C,)", dtype, device=backend, seed=12)
+    x[2, 1] = math.nan
+    got = gmkernels.mixture_log_likelihood(x, means, var, log_weights).cpu()
+    want = gmkernels.mixture_log_likelihood(x[torch.arange(6) != 2], means, var, log_weights).cpu()
+    assert torch.isnan(got[2])
+    assert torch.equal(got[torch.arange(6) != 2], want)
+
+
 def test_single_component_is_the_gaussian_log_density(backend):
     require_backend(op)
     x, means, var, _ = make_inputs(7, 1, 4, "(C,d)", device=backend, seed=10)
@@ -672,6 +688,40 @@ def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
     for g, w in zip(grads, want_grads):
         assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize("components", [72, 1100])
+@pytest.mark.parametrize("spread", ["peaked", "flat"])
+def test_cpp_float32_sums_leaving_out_negligible_terms_match_float64_truth(spread, components):
+    """The float32 CPU tiles (with AVX-512) leave out of the forward's sums, and take no exp for,
+    the terms below eps / C of a row's largest on rows where most terms are such (peaked
+    responsibilities: tiny var), and sum every term of the other rows (flat: huge var); the
+    backward's weights likewise. Over one tile (C = 72) and two (C = 1100: 1024 and a ragged 76),
+    values and all four gradients against float64 truth within float32 rounding, and a row
+    holding a NaN gives NaN (the NaN term is never left out)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    gen = torch.Generator().manual_seed(23)
+    means = 3 * torch.randn(components, 8, generator=gen)
+    nearest = torch.randint(components, (40,), generator=gen)
+    x = means[nearest] + 0.3 * torch.randn(40, 8, generator=gen)
+    var = (0.05 if spread == "peaked" else 50.0) * (1 + torch.rand(components, generator=gen))
+    log_weights = torch.log_softmax(torch.randn(components, generator=gen), 0)
+    grad = torch.randn(40, generator=gen)
+    results = []
+    for name, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
+        inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
+        with gmkernels.use_backend(name):
+            out = gmkernels.mixture_log_likelihood(*inputs)
+        results.append((out, torch.autograd.grad(out, inputs, grad.to(dtype))))
+    (got, grads), (want, want_grads) = results
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+    x[5, 3] = math.nan
+    with gmkernels.use_backend("cpp"):
+        out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    assert torch.isnan(out[5]) and not torch.isnan(out[torch.arange(40) != 5]).any()
 
 
 def penalty_in_x_truth(x, means, var, log_weights, grad, upstream):

@@ -355,6 +355,15 @@ struct TiledProblem {
   }
 };
 
+// log(eps / C): C terms each below exp(this) times a row's largest weigh less than one rounding
+// of the row's total. The forward leaves such terms out of its sums (CPU, AVX-512) and the
+// backward flushes such responsibilities to 0, which makes peaked rows sparse.
+template <typename scalar_t>
+scalar_t negligible_log_ratio(int64_t components) {
+  return static_cast<scalar_t>(std::log(std::numeric_limits<scalar_t>::epsilon() /
+                                        double(std::max<int64_t>(1, components))));
+}
+
 struct TileGrid {
   int64_t rows, cols, tile_rows, tile_cols;
 
@@ -462,10 +471,12 @@ at::Tensor tiled_forward(const at::Tensor& x, const at::Tensor& means, const at:
   at::Tensor running_max =
       at::full({x.size(0)}, -std::numeric_limits<double>::infinity(), x.options());
   at::Tensor running_sum = at::zeros({x.size(0)}, x.options());
+  const scalar_t log_cutoff = negligible_log_ratio<scalar_t>(means.size(0));
   for_each_tile(problem, scratch, [&](int64_t row_begin, int64_t col_begin, const at::Tensor& scores) {
     MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, scores, row_begin, col_begin);
     p.running_max = running_max.data_ptr<scalar_t>() + row_begin;
     p.running_sum = running_sum.data_ptr<scalar_t>() + row_begin;
+    p.log_cutoff = log_cutoff;
     Kernels::forward(p);
   }, kept);
   // Rows with every component off keep max = -inf, sum = 0: log-likelihood -inf.
@@ -622,8 +633,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     col_sums = scratch.take({means.size(0), col_factors.size(1)}, x.options()).zero_();
   }
   // Responsibilities below eps / C are dropped: together they weigh less than one rounding.
-  const scalar_t log_cutoff = static_cast<scalar_t>(
-      std::log(std::numeric_limits<scalar_t>::epsilon() / double(means.size(0))));
+  const scalar_t log_cutoff = negligible_log_ratio<scalar_t>(means.size(0));
   // Kept exponents are E_bc already: the epilogue's affine map becomes the identity.
   at::Tensor unit_scale, zero_offset;
   if (kept.defined()) {
@@ -779,8 +789,7 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
     row_sums = scratch.take({tile_rows, width}, options);
     precision_sums = scratch.take({tile_rows, diagonal ? dim : 1}, options);
   }
-  const scalar_t log_cutoff = static_cast<scalar_t>(
-      std::log(std::numeric_limits<scalar_t>::epsilon() / double(components)));
+  const scalar_t log_cutoff = negligible_log_ratio<scalar_t>(components);
   // A tile's q and w, its mean slopes and its row sums (into the first n rows of row_sums and
   // precision_sums) and column sums from dense products: s, the epilogue, four products.
   const auto dense_penalty_tile = [&](at::Tensor& r, at::Tensor& s, const at::Tensor& left_rows,

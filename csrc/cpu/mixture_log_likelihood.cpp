@@ -111,8 +111,122 @@ inline double row_exp_sum(const double* row, int64_t cols, double shift) {
   return sum;
 }
 
-// row[c] <- grad exp(row[c]) where row[c] >= cutoff, else 0; returns the number kept.
+#if defined(__AVX512F__)
+// Sums over a row with peaked responsibilities (AVX-512, float): most terms exp(row[c] - shift)
+// are then below exp(cutoff) (the sweep's B = C = 1000, d = 64, (C,) var: 83%), and the exp is
+// most of a tile epilogue. With cutoff = log(eps / C) and shift at most the row's final maximum,
+// all such terms together weigh less than one rounding of the row's total (as the backward's
+// flushed responsibilities), so they can be left out.
+//
+// Whether a row is worth compacting: at most half of its first kSampleColumns terms kept, a pure
+// function of the row, so the sums stay independent of the thread count. (Compacting every row
+// made the forward at B = C = 3162, d = 16, var = 10, where every term is kept, ~8% slower;
+// with the sample it is within 1%. B = C = 1000, d = 64, (C,) var: forward 1.04 -> 0.95 ms,
+// forward + backward 3.34 -> 3.19 ms; B = 8192, C = 5000, d = 64: 207 -> 194 ms.)
+constexpr int64_t kSampleColumns = 256;
+
+inline bool mostly_negligible(const float* row, int64_t cols, float shift, float cutoff) {
+  const __m512 shift_lanes = _mm512_set1_ps(shift), cutoff_lanes = _mm512_set1_ps(cutoff);
+  const int64_t sampled = std::min(cols, kSampleColumns) / 16 * 16;
+  if (sampled == 0) return false;
+  int64_t kept = 0;
+  for (int64_t c = 0; c < sampled; c += 16) {
+    const __m512 shifted = _mm512_sub_ps(_mm512_loadu_ps(row + c), shift_lanes);
+    kept += __builtin_popcount(_mm512_cmp_ps_mask(shifted, cutoff_lanes, _CMP_NLT_UQ));
+  }
+  return 2 * kept <= sampled;
+}
+
+// sum_c exp(row[c] - shift) over the terms not below exp(cutoff) (NaN kept): each register of
+// the row compressed to its kept lanes into a buffer (in registers, then a plain store: a
+// compressing store is slow on some cores), and only the buffer exponentiated.
+inline float row_exp_sum_kept(const float* row, int64_t cols, float shift, float cutoff) {
+  constexpr int64_t kChunk = 1024;   // columns compacted, then summed, at a time
+  alignas(64) float kept[kChunk + 16];
+  const __m512 shift_lanes = _mm512_set1_ps(shift), cutoff_lanes = _mm512_set1_ps(cutoff);
+  simd::f32v lanes{};
+  for (int64_t start = 0; start < cols; start += kChunk) {
+    const int64_t end = std::min(cols, start + kChunk);
+    int64_t count = 0;
+    int64_t c = start;
+    for (; c + 16 <= end; c += 16) {
+      const __m512 shifted = _mm512_sub_ps(_mm512_loadu_ps(row + c), shift_lanes);
+      const __mmask16 keep = _mm512_cmp_ps_mask(shifted, cutoff_lanes, _CMP_NLT_UQ);
+      _mm512_storeu_ps(kept + count, _mm512_maskz_compress_ps(keep, shifted));
+      count += __builtin_popcount(keep);
+    }
+    for (; c < end; ++c) {
+      kept[count] = row[c] - shift;
+      count += !(kept[count] < cutoff);
+    }
+    // The last register's unused lanes: exp_lanes gives 0 below -87.
+    for (int64_t l = 0; l < 16; ++l) kept[count + l] = minus_infinity<float>();
+    for (int64_t k = 0; k < count; k += 16) lanes += exp_lanes(simd::load<simd::f32v>(kept + k));
+  }
+  float sum = 0;
+  for (int64_t l = 0; l < simd::kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+#endif
+
+// The forward's sum of a tile row: its kept terms when most are negligible (AVX-512, float),
+// else all of them.
+inline float row_forward_sum(const float* row, int64_t cols, float shift, float cutoff) {
+#if defined(__AVX512F__)
+  if (mostly_negligible(row, cols, shift, cutoff)) return row_exp_sum_kept(row, cols, shift, cutoff);
+#endif
+  (void)cutoff;
+  return row_exp_sum(row, cols, shift);
+}
+inline double row_forward_sum(const double* row, int64_t cols, double shift, double /*cutoff*/) {
+  return row_exp_sum(row, cols, shift);
+}
+
+#if defined(__AVX512F__)
+// row_exp_weights over the kept terms only (AVX-512), the same values: each register's kept
+// lanes compressed into a buffer with its mask, the buffer exponentiated, then expanded back.
+inline int64_t row_exp_weights_kept(float* row, int64_t cols, float grad, float cutoff) {
+  constexpr int64_t kChunk = 1024;   // columns compacted, then weighted, at a time
+  alignas(64) float kept[kChunk + 16];
+  __mmask16 masks[kChunk / 16];
+  const __m512 cutoff_lanes = _mm512_set1_ps(cutoff);
+  int64_t total = 0;
+  const int64_t whole = cols / 16 * 16;
+  for (int64_t start = 0; start < whole; start += kChunk) {
+    const int64_t end = std::min(whole, start + kChunk);
+    int64_t count = 0;
+    for (int64_t c = start; c < end; c += 16) {
+      const __m512 shifted = _mm512_loadu_ps(row + c);
+      const __mmask16 keep = _mm512_cmp_ps_mask(shifted, cutoff_lanes, _CMP_GE_OQ);
+      masks[(c - start) / 16] = keep;
+      _mm512_storeu_ps(kept + count, _mm512_maskz_compress_ps(keep, shifted));
+      count += __builtin_popcount(keep);
+    }
+    for (int64_t k = 0; k < count; k += 16)
+      simd::store(kept + k, grad * exp_lanes(simd::load<simd::f32v>(kept + k)));
+    int64_t used = 0;
+    for (int64_t c = start; c < end; c += 16) {
+      const __mmask16 keep = masks[(c - start) / 16];
+      _mm512_storeu_ps(row + c, _mm512_maskz_expand_ps(keep, _mm512_loadu_ps(kept + used)));
+      used += __builtin_popcount(keep);
+    }
+    total += count;
+  }
+  for (int64_t c = whole; c < cols; ++c) {
+    const bool keep = row[c] >= cutoff;
+    row[c] = keep ? grad * exp_vectorizable(row[c]) : 0.0f;
+    total += keep;
+  }
+  return total;
+}
+#endif
+
+// row[c] <- grad exp(row[c]) where row[c] >= cutoff, else 0; returns the number kept. Rows
+// whose terms are mostly below the cutoff take row_exp_weights_kept (AVX-512).
 inline int64_t row_exp_weights(float* row, int64_t cols, float grad, float cutoff) {
+#if defined(__AVX512F__)
+  if (mostly_negligible(row, cols, 0.0f, cutoff)) return row_exp_weights_kept(row, cols, grad, cutoff);
+#endif
   constexpr int64_t kLanes = simd::kLanes;
   simd::i32v kept{};
   int64_t c = 0;
@@ -564,7 +678,7 @@ void mixture_log_likelihood_direct_backward_cpu(
 template <typename scalar_t>
 void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
   // Two passes over each row (it stays in L1/L2): exponents and their maximum (an `omp simd`
-  // reduction), then the sum of exps in SIMD registers (row_exp_sum). The former lane-array
+  // reduction), then the sum of exps in SIMD registers (row_forward_sum). The former lane-array
   // loops were left scalar by GCC: 3x the product's time at B = C = 1000, d = 64.
   const int64_t cols = p.num_cols;
   const int threads =
@@ -584,8 +698,14 @@ void mixture_tile_forward_cpu(const MixtureTileParams<scalar_t>& p) {
     }
     const scalar_t old_max = p.running_max[b];
     const scalar_t new_max = std::max(old_max, tile_max);
-    if (new_max == minus_infinity<scalar_t>()) continue;  // nothing switched on yet
-    const scalar_t sum = row_exp_sum(row, cols, new_max);
+    if (new_max == minus_infinity<scalar_t>()) {
+      // Nothing switched on yet, or NaN exponents (the maximum passes over them: a NaN input):
+      // those make the row NaN, as a NaN kept by the sums below does, rather than -inf.
+      if (std::any_of(row, row + cols, [](scalar_t e) { return e != e; }))
+        p.running_max[b] = std::numeric_limits<scalar_t>::quiet_NaN();
+      continue;
+    }
+    const scalar_t sum = row_forward_sum(row, cols, new_max, p.log_cutoff);
     p.running_sum[b] = p.running_sum[b] * exp_vectorizable(old_max - new_max) + sum;
     p.running_max[b] = new_max;
   }

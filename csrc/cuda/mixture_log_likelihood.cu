@@ -224,7 +224,16 @@ __global__ void tile_forward_kernel(MixtureTileParams<scalar_t> p) {
   tile_max = warp_max(tile_max);
   const scalar_t old_max = p.running_max[b];
   const scalar_t new_max = old_max > tile_max ? old_max : tile_max;
-  if (new_max == minus_infinity<scalar_t>()) return;  // nothing switched on yet (warp-uniform)
+  if (new_max == minus_infinity<scalar_t>()) {   // warp-uniform
+    // Nothing switched on yet, or NaN exponents (the maximum passes over them: a NaN input):
+    // those make the row NaN, as a NaN in the sum below does, rather than -inf.
+    bool nan_seen = false;
+    for (int64_t c = lane; c < p.num_cols; c += 32)
+      nan_seen = nan_seen || isnan(tile_exponent(p, row, half_norm, c));
+    if (__any_sync(0xffffffffu, nan_seen) && lane == 0)
+      p.running_max[b] = std::numeric_limits<scalar_t>::quiet_NaN();
+    return;
+  }
   scalar_t sum = 0;
   for (int64_t c = lane; c < p.num_cols; c += 32)
     sum += exp_of(tile_exponent(p, row, half_norm, c) - new_max);

@@ -84,6 +84,9 @@ struct MixtureTileParams {
   // weigh less than one rounding of the row's total), which makes peaked rows sparse.
   const scalar_t* grad;
   const scalar_t* log_likelihood;
+  // Both passes: terms exp(E - max) below exp(log_cutoff) may be left out of the forward's sums
+  // (the CPU float kernels with AVX-512 do, on rows where most terms are such) and are 0 in the
+  // backward.
   scalar_t log_cutoff;
   int64_t num_rows;
   int64_t num_cols;
