@@ -89,7 +89,13 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     Returns:
         (B,) log-likelihoods, differentiable in x, means, var and log_weights to every order on
         every backend (the double backward recomputes the first-order gradient a B_chunk x C
-        tile at a time). A row for which every component is off gets -inf.
+        tile at a time). A row for which every component is off gets -inf; a row of x holding
+        a NaN gets NaN.
+
+    Terms of a row's sum below eps / C times its largest (eps of the dtype) weigh less than one
+    rounding of the total together: the backward's responsibilities are 0 there, and the CPU
+    float32 tiles with AVX-512 leave such terms out of the forward's sums on rows where most
+    terms are such (peaked responsibilities), skipping their exps.
 
     The kernels build no B x C matrix unless told to keep one (below): C <= 65 (MD-GAN's
     simplex) runs a direct kernel; larger C (Parzen windows) tiles the components, computes each
