@@ -953,7 +953,7 @@ def keeping_small_problems():
         pytest.skip("compiled ops not built")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(op, "_KEEP_MIN_DIM", 1)
-        patch.setattr(op, "_KEEP_MIN_WORK", 0)
+        patch.setattr(op, "_KEEP_MIN_WORK", ((0, 0),))
         patch.delenv(KEEP_MAX_BYTES, raising=False)
         yield spy_on(patch, "mixture_log_likelihood_backward_from_exponents", lambda args: args[-3:])
 
@@ -1052,7 +1052,8 @@ def test_cpp_kept_exponents_serve_one_backward_then_the_op_recomputes(keep_small
 
 def test_keeps_exponents_rules(monkeypatch):
     """Where the forward keeps the table: eager cpp on the CPU, a gradient to be taken, C > 65,
-    d >= 16, B C d >= 2^23 and the table within GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
+    d >= 16, B C d >= 2^23 (2^22 from d = 32, 2^21 from d = 256) and the table within
+    GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     monkeypatch.delenv(KEEP_MAX_BYTES, raising=False)
@@ -1071,7 +1072,14 @@ def test_keeps_exponents_rules(monkeypatch):
         assert keeps(dim=16)
         assert not keeps(dim=15, batch=2048, components=1024)
         assert not keeps(components=65, batch=100000)
-        assert not keeps(batch=100, components=100, dim=512)   # B C d < 2^23
+        assert keeps(batch=2048, components=256, dim=16)       # B C d = 2^23 below d = 32
+        assert not keeps(batch=2048, components=255, dim=16)
+        assert not keeps(batch=1024, components=256, dim=31)   # 2^23 - 2^18
+        assert keeps(batch=512, components=256, dim=32)        # 2^22 from d = 32
+        assert not keeps(batch=512, components=255, dim=32)
+        assert keeps(batch=64, components=128, dim=256)        # 2^21 from d = 256
+        assert not keeps(batch=64, components=127, dim=256)
+        assert not keeps(batch=64, components=128, dim=255)
         with torch.no_grad():
             assert not keeps()
         monkeypatch.setenv(KEEP_MAX_BYTES, "0")

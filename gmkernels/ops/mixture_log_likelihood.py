@@ -110,7 +110,8 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     these rules by one limit on B * C * d, 0 sending every C > 65 to the tiled path.
 
     Keeping the exponents (CPU, cpp backend, eager mode): when a gradient will be taken, C > 65,
-    d >= 16 and B * C * d >= 2**23, a forward whose (B, C) table of exponents fits in
+    d >= 16 and B * C * d >= 2**23 (2**22 from d = 32, 2**21 from d = 256), a forward whose
+    (B, C) table of exponents fits in
     ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; default 8 MiB, 2**21 float32 entries;
     0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
     product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
@@ -131,7 +132,15 @@ KEEP_MAX_BYTES = 8 << 20
 keeps for its backward."""
 _DIRECT_MAX_COMPONENTS = 65   # the kernels' kDirectMaxComponents
 _KEEP_MIN_DIM = 16   # the CPU forward's kForwardTiledMinDim: below it the forward stays direct
-_KEEP_MIN_WORK = 1 << 23
+# The least B C d at which keeping was measured faster, from these d on (fwd+bwd, keeping /
+# recomputing at 2 threads: d = 16 needs 2^23, B = C = 316 1.05; d = 32 and 64 from 2^22,
+# B = C = 256, d = 64 0.90-0.98 but B = C = 200 1.02 and 200 x 200 x 32 1.30; d = 512 and 784
+# from 2^21, 72 x 72 x 512 0.93, 72 x 72 x 784 0.61, but 100 x 100 x 128 1.07).
+_KEEP_MIN_WORK = ((256, 1 << 21), (32, 1 << 22), (0, 1 << 23))   # (from this d, the least B C d)
+
+
+def _keep_min_work(dim: int) -> int:
+    return next(work for least_dim, work in _KEEP_MIN_WORK if dim >= least_dim)
 
 
 def keep_max_bytes() -> int:
@@ -153,8 +162,9 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
     mode on, an input requiring grad), and where it was measured faster (2-core AVX-512 machine,
     fwd+bwd against recomputing: 1.1-1.7x for B C from 10^5 with d >= 128 to 2 10^6 with
     d >= 64, 1.05-1.17x at d = 16 to 32 with B C = 10^6 to 2 10^6): C > 65 and d >= 16 (below,
-    the direct kernel's territory: the forward keeps no tile there), B C d >= 2^23 (below it the
-    forward's extra tiled pass costs what the backward saves), and the table within
+    the direct kernel's territory: the forward keeps no tile there), B C d >= 2^23, or 2^22
+    from d = 32, or 2^21 from d = 256 (below, the forward's extra tiled pass costs what the
+    backward saves), and the table within
     ``keep_max_bytes()``: a larger one leaves the cache between the passes over it and is fresh
     memory on every call (0.9-1.2x at 16 MB, 0.45-0.8x at B = C = 3162, 40 MB)."""
     if _registry.traced():
@@ -163,7 +173,7 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
     num_components = means.shape[0]
     if not (x.device.type == "cpu" and torch.is_grad_enabled() and num_rows > 0
             and num_components > _DIRECT_MAX_COMPONENTS and dim >= _KEEP_MIN_DIM
-            and num_rows * num_components * dim >= _KEEP_MIN_WORK
+            and num_rows * num_components * dim >= _keep_min_work(dim)
             and any(t.requires_grad for t in (x, means, var, log_weights))):
         return False
     if num_rows * num_components * x.element_size() > keep_max_bytes():
