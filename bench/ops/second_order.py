@@ -206,10 +206,11 @@ def cases(kind: str, backends: tuple) -> list:
 # Peers: what a user writes for each op (bench/ops/<op>.py's plain / naive / class-means
 # formulas) differentiated twice by autograd, eager; in the full sweep also torch.compile of the
 # first of them (its gradient by torch.func.grad inside the compiled function, as above; compiled
-# anew at each size, tens of seconds a size on 2 cores, hence two sizes per op). The reference
-# backend is context only.
+# anew at each size, tens of seconds a size on 2 cores, hence two sizes per op; three for the
+# log-likelihood, whose full-run size B = 1024, C = 512, d = 32 the kernels lose at). The
+# reference backend is context only.
 SWEEP_SIZES = {
-    "full": [(_log_likelihood, [(256, 256, 16), (2048, 2048, 256)]),
+    "full": [(_log_likelihood, [(256, 256, 16), (1024, 512, 32), (2048, 2048, 256)]),
              (_mixture_sample, [(16, 16, 10000), (64, 256, 100000)]),
              (_class_pairwise_kl, [(1000, 10), (100000, 100)]),
              (_minibatch, [(64, 50, 5), (1024, 16, 4)])],
