@@ -665,6 +665,21 @@ def test_cpp_rejects_a_malformed_direct_max_work_setting(monkeypatch):
         gmkernels.mixture_log_likelihood(x, means, var, log_weights)
 
 
+def assert_cpp_float32_matches_float64_truth(x, means, var, log_weights, grad):
+    """The cpp backend in float32 against the reference in float64: values, and the gradients of
+    all four inputs for the upstream ``grad``, within float32 rounding."""
+    results = []
+    for name, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
+        inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
+        with gmkernels.use_backend(name):
+            out = gmkernels.mixture_log_likelihood(*inputs)
+        results.append((out, torch.autograd.grad(out, inputs, grad.to(dtype))))
+    (got, grads), (want, want_grads) = results
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
+    for g, w in zip(grads, want_grads):
+        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+
+
 @pytest.mark.parametrize("components", [7, 72, 79])
 @pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
 def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_kind):
@@ -678,16 +693,7 @@ def test_cpp_float32_exps_in_simd_registers_match_float64_truth(components, var_
     x, means, var, log_weights = make_inputs(37, components, 6, var_kind, torch.float32, seed=41)
     x = x * torch.linspace(0.1, 6.0, 37)[:, None]
     grad = torch.randn(37, generator=torch.Generator().manual_seed(42))
-    results = []
-    for name, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
-        inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
-        with gmkernels.use_backend(name):
-            out = gmkernels.mixture_log_likelihood(*inputs)
-        results.append((out, torch.autograd.grad(out, inputs, grad.to(dtype))))
-    (got, grads), (want, want_grads) = results
-    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
-    for g, w in zip(grads, want_grads):
-        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+    assert_cpp_float32_matches_float64_truth(x, means, var, log_weights, grad)
 
 
 @pytest.mark.parametrize("components", [72, 1100])
@@ -708,16 +714,7 @@ def test_cpp_float32_sums_leaving_out_negligible_terms_match_float64_truth(sprea
     var = (0.05 if spread == "peaked" else 50.0) * (1 + torch.rand(components, generator=gen))
     log_weights = torch.log_softmax(torch.randn(components, generator=gen), 0)
     grad = torch.randn(40, generator=gen)
-    results = []
-    for name, dtype in (("cpp", torch.float32), ("reference", torch.float64)):
-        inputs = leaves(*(t.to(dtype) for t in (x, means, var, log_weights)))
-        with gmkernels.use_backend(name):
-            out = gmkernels.mixture_log_likelihood(*inputs)
-        results.append((out, torch.autograd.grad(out, inputs, grad.to(dtype))))
-    (got, grads), (want, want_grads) = results
-    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-4)
-    for g, w in zip(grads, want_grads):
-        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
+    assert_cpp_float32_matches_float64_truth(x, means, var, log_weights, grad)
     x[5, 3] = math.nan
     with gmkernels.use_backend("cpp"):
         out = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
