@@ -116,13 +116,13 @@ GMK_SIMD_INLINE f32v sqrt(f32v x) {
 
 // a * b + c lane by lane with one rounding where the target has FMA, as gmk::multiply_add
 // (multiply_add.h) on one float: the same bits as that scalar call on each lane. (The build
-// turns implicit contraction off, so only this call fuses.)
+// turns implicit contraction off, so only this call fuses.) The register width follows kLanes.
 GMK_SIMD_INLINE f32v multiply_add(f32v a, f32v b, f32v c) {
-#if defined(__AVX512F__)
+#if defined(__FMA__) && defined(__AVX512F__)
   return (f32v)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__AVX2__) && defined(__FMA__)
+#elif defined(__FMA__) && defined(__AVX2__) && !defined(__AVX512F__)
   return (f32v)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
-#elif defined(__SSE2__) && defined(__FMA__)
+#elif defined(__FMA__) && defined(__SSE2__) && !defined(__AVX2__) && !defined(__AVX512F__)
   return (f32v)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
 #elif defined(__FMA__)
   for (int lane = 0; lane < kLanes; ++lane) a[lane] = __builtin_fmaf(a[lane], b[lane], c[lane]);
