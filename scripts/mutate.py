@@ -210,6 +210,18 @@ MUTANTS = [
            "      const int64_t k_end = bands * (thread + 1) / team * kBandColumns;",
            ("tests/test_mixture_sample.py",),
            "the backward from the samples by columns drops the columns past the last whole band"),
+    Mutant("sample-recover-ranges-overlap", "csrc/cpu/mixture_sample.cpp",
+           "        if (c < c_begin || c >= c_end) continue;",
+           "        if (c < c_begin || c > c_end) continue;",
+           ("tests/test_mixture_sample.py",),
+           "the backward from the samples by ranges of components adds the first component of the "
+           "next range twice"),
+    Mutant("sample-recover-ranges-last-undivided", "csrc/cpu/mixture_sample.cpp",
+           "      for (int64_t c = c_begin; c < c_end; ++c)\n        divide_by_scale",
+           "      for (int64_t c = c_begin; c + 1 < c_end; ++c)\n        divide_by_scale",
+           ("tests/test_mixture_sample.py",),
+           "the backward from the samples by ranges of components leaves each range's last "
+           "grad_scale row undivided"),
     Mutant("sample-recover-version-unchecked", "gmkernels/ops/mixture_sample.py",
            "        if torch.is_grad_enabled() or (z._version, mu._version) != versions:",
            "        if torch.is_grad_enabled():",

@@ -626,14 +626,16 @@ def recovered_calls(patch):
 
 @pytest.mark.parametrize("upstream", ["dense", "z.sum()"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-# Its two schedules: threads over chunks of samples (40 components, 20000 samples: 10 chunks), or
-# over bands of 16 columns when there are fewer chunks than threads (200 components, 3000
-# samples: one chunk of 3200; 400 components, 6000 samples, dim 130: one chunk, the last band
+# Its schedules: threads over chunks of samples (40 components, 20000 samples: 10 chunks); with
+# fewer chunks than threads, one chunk (200 components, 3000 samples: one chunk of 3200; 400
+# components, 6000 samples, dim 130), threads over ranges of components, or, where one component
+# holds 3/4 of the samples (dominant), over bands of 16 columns (dim 130: the last band
 # partial); one thread for small problems.
-@pytest.mark.parametrize("num_components, dim, num_samples",
-                         [(200, 256, 3000), (40, 64, 20000), (400, 130, 6000), (5, 7, 300)])
+@pytest.mark.parametrize("num_components, dim, num_samples, dominant",
+                         [(200, 256, 3000, False), (40, 64, 20000, False), (400, 130, 6000, False),
+                          (200, 256, 3000, True), (400, 130, 6000, True), (5, 7, 300, False)])
 def test_cpp_backward_from_samples_matches_reference_for_any_thread_count(
-        num_components, dim, num_samples, dtype, upstream):
+        num_components, dim, num_samples, dominant, dtype, upstream):
     """The same bits for 1, 2 and 3 threads and the reference's gradients given the same eps; the
     recovering op ran, and its bits are not the regenerating path's (so it did recover)."""
     if "cpp" not in gmkernels.backends():
@@ -641,6 +643,8 @@ def test_cpp_backward_from_samples_matches_reference_for_any_thread_count(
     mu, scale = make_inputs(num_components, dim, False, dtype, seed=dim)
     generator = torch.Generator().manual_seed(4)
     component = torch.randint(num_components, (num_samples,), generator=generator)
+    if dominant:
+        component[:num_samples * 3 // 4] = num_components // 2
     grad_z = torch.randn(num_samples, dim, dtype=dtype, generator=generator)
     if upstream == "z.sum()":
         grad_z = grad_z[:1].expand(num_samples, dim)

@@ -20,13 +20,15 @@
 //   thus needs no special path on the CPU.
 // Diagonal backward from the samples (mixture_sample_backward_from_samples): the same chunks and
 //   additions with grad_z (z - mu_c) for grad_z eps, no normal drawn, one division by scale at
-//   the end.
+//   the end. A single chunk on several threads: threads over ranges of components (whole rows),
+//   or over bands of columns where one component holds most of the samples.
 #include "../kernels/mixture_sample.h"
 
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../kernels/philox.h"
@@ -626,6 +628,57 @@ void sum_sample_chunk(const MixtureSampleBackwardParams<scalar_t>& p, int64_t fi
   }
 }
 
+constexpr int64_t kRangesMinDim = 64;
+
+// Cuts of the components into `teams` ranges holding about equal numbers of samples: range t is
+// components [cuts[t], cuts[t + 1]). Returns the cuts and the most samples one range holds.
+std::pair<std::vector<int64_t>, int64_t> component_ranges(const int64_t* component,
+                                                          int64_t num_samples,
+                                                          int64_t num_components, int teams) {
+  std::vector<int64_t> counts(num_components, 0);
+  for (int64_t s = 0; s < num_samples; ++s) ++counts[component[s]];
+  std::vector<int64_t> cuts(teams + 1, num_components);
+  cuts[0] = 0;
+  int64_t seen = 0, range_begin = 0, most = 0;
+  int team = 1;
+  for (int64_t c = 0; c < num_components && team < teams; ++c) {
+    seen += counts[c];
+    // Range team - 1 ends after c once it holds its share of the samples.
+    if (seen * teams >= num_samples * team) {
+      cuts[team] = c + 1;
+      most = std::max(most, seen - range_begin);
+      range_begin = seen;
+      ++team;
+    }
+  }
+  return {cuts, std::max(most, num_samples - range_begin)};
+}
+
+// One chunk, each thread the samples of a range of components (whole rows of grad_z and z, one
+// writer per gradient row, in sample order: the same additions as the other paths). Every thread
+// reads the component of every sample, which is cheap next to a row of dim >= kRangesMinDim.
+template <typename scalar_t>
+void backward_one_chunk_by_components(const MixtureSampleBackwardParams<scalar_t>& p,
+                                      const std::vector<int64_t>& cuts) {
+  const int64_t dim = p.dim;
+  const int ranges = static_cast<int>(cuts.size()) - 1;
+#pragma omp parallel num_threads(ranges)
+  {
+    // A smaller team than asked for (a thread limit) takes the ranges in turn.
+    for (int range = omp_get_thread_num(); range < ranges; range += omp_get_num_threads()) {
+      const int64_t c_begin = cuts[range], c_end = cuts[range + 1];
+      for (int64_t s = 0; s < p.num_samples; ++s) {
+        const int64_t c = p.component[s];
+        if (c < c_begin || c >= c_end) continue;
+        add_sample_piece(p.grad_z + s * p.grad_row_stride, p.z + s * dim, p.mu + c * dim, dim,
+                         p.grad_mu + c * dim, p.grad_scale + c * dim);
+      }
+      for (int64_t c = c_begin; c < c_end; ++c)
+        divide_by_scale(p.grad_scale + c * dim, p.scale + c * dim, dim);
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>& p) {
   const int64_t dim = p.dim;
@@ -635,6 +688,23 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
   const int by_chunks = team_size(p.num_threads, chunks, work);
   const int64_t bands = dim / kBandColumns;
   const int by_columns = team_size(p.num_threads, bands, work);
+  if (chunks == 1 && by_columns > 1 && dim >= kRangesMinDim) {
+    // One chunk (at most 16 samples per component) for several threads: threads over ranges of
+    // components, unless one range would hold over 5/4 of its share of the samples (a dominant
+    // component). Against the bands of columns below (interleaved A/B, 2 threads, uniform
+    // components, the same bits), backward op / forward+backward at N = 1000: n = 10^4, K = 256
+    // 2.01 -> 1.50 / 4.60 -> 4.08 ms, K = 1024 6.87 -> 5.36 / 15.7 -> 14.1 ms; n = 1000, K = 64
+    // 0.148 -> 0.133 / 0.426 -> 0.365 ms; n = 16000, K = 64 0.75 -> 0.57 ms; at K = 32 and 48
+    // no faster, up to 10% slower (hence kRangesMinDim). The bands read half of every row of
+    // grad_z and z each; a range reads whole rows. (Ranges for every chunk count were measured too: 1.2-2.5x slower
+    // than the chunks at N = 64 to 1000, n = 10^5 to 10^6.)
+    const auto [cuts, most] = component_ranges(p.component, p.num_samples, p.num_components,
+                                               by_columns);
+    if (4 * most * by_columns <= 5 * p.num_samples) {
+      backward_one_chunk_by_components(p, cuts);
+      return;
+    }
+  }
   if (bands >= 2 && by_columns > by_chunks) {
     // Too few chunks for the threads: each thread takes a band of columns of every chunk.
 #pragma omp parallel num_threads(by_columns)
