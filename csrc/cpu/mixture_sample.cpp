@@ -696,8 +696,8 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
     // 2.01 -> 1.50 / 4.60 -> 4.08 ms, K = 1024 6.87 -> 5.36 / 15.7 -> 14.1 ms; n = 1000, K = 64
     // 0.148 -> 0.133 / 0.426 -> 0.365 ms; n = 16000, K = 64 0.75 -> 0.57 ms; at K = 32 and 48
     // no faster, up to 10% slower (hence kRangesMinDim). The bands read half of every row of
-    // grad_z and z each; a range reads whole rows. (Ranges for every chunk count were measured too: 1.2-2.5x slower
-    // than the chunks at N = 64 to 1000, n = 10^5 to 10^6.)
+    // grad_z and z each; a range reads whole rows. (Ranges for every chunk count were measured
+    // too: 1.2-2.5x slower than the chunks at N = 64 to 1000, n = 10^5 to 10^6.)
     const auto [cuts, most] = component_ranges(p.component, p.num_samples, p.num_components,
                                                by_columns);
     if (4 * most * by_columns <= 5 * p.num_samples) {
