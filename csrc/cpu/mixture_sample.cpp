@@ -688,7 +688,8 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
   const int by_chunks = team_size(p.num_threads, chunks, work);
   const int64_t bands = dim / kBandColumns;
   const int by_columns = team_size(p.num_threads, bands, work);
-  if (chunks == 1 && by_columns > 1 && dim >= kRangesMinDim) {
+  const int by_ranges = team_size(p.num_threads, p.num_components, work);
+  if (chunks == 1 && by_ranges > 1 && dim >= kRangesMinDim) {
     // One chunk (at most 16 samples per component) for several threads: threads over ranges of
     // components, unless one range would hold over 5/4 of its share of the samples (a dominant
     // component). Against the bands of columns below (interleaved A/B, 2 threads, uniform
@@ -699,8 +700,8 @@ void backward_diagonal_from_samples(const MixtureSampleBackwardParams<scalar_t>&
     // grad_z and z each; a range reads whole rows. (Ranges for every chunk count were measured
     // too: 1.2-2.5x slower than the chunks at N = 64 to 1000, n = 10^5 to 10^6.)
     const auto [cuts, most] = component_ranges(p.component, p.num_samples, p.num_components,
-                                               by_columns);
-    if (4 * most * by_columns <= 5 * p.num_samples) {
+                                               by_ranges);
+    if (4 * most * by_ranges <= 5 * p.num_samples) {
       backward_one_chunk_by_components(p, cuts);
       return;
     }
