@@ -211,8 +211,8 @@ MUTANTS = [
            ("tests/test_mixture_sample.py",),
            "the backward from the samples by columns drops the columns past the last whole band"),
     Mutant("sample-recover-ranges-overlap", "csrc/cpu/mixture_sample.cpp",
-           "        if (c < c_begin || c >= c_end) continue;",
-           "        if (c < c_begin || c > c_end) continue;",
+           "    if (c < c_begin || c >= c_end) continue;",
+           "    if (c < c_begin || c > c_end) continue;",
            ("tests/test_mixture_sample.py",),
            "the backward from the samples by ranges of components adds the first component of the "
            "next range twice"),
@@ -366,8 +366,8 @@ MUTANTS = [
            "the forward keeps its exponents from d = 17 only: d = 16, where the tiled forward "
            "starts and keeping was measured faster, recomputes them in the backward"),
     Mutant("sample-recover-one-chunk-band", "csrc/cpu/mixture_sample.cpp",
-           "                             p.mu + c * dim + k_begin, k_end - k_begin,",
-           "                             p.mu + c * dim, k_end - k_begin,",
+           "                     p.mu + c * dim + k_begin, k_end - k_begin, p.grad_mu + c * dim + k_begin,",
+           "                     p.mu + c * dim, k_end - k_begin, p.grad_mu + c * dim + k_begin,",
            ("tests/test_mixture_sample.py", "-k", "from_samples"),
            "the one-chunk recovering backward reads each thread's band of mu from column 0"),
     Mutant("mll-centred-copy-tail", "csrc/binding/mixture_log_likelihood_tiled.cpp",
