@@ -102,10 +102,11 @@ def test_log_likelihood_double_backward_checks_its_row_inputs(argument, shape, m
 
 
 @pytest.mark.parametrize("exponents, message", [
-    (torch.ones(5, TILED_COMPONENTS - 1), r"exponents must be a contiguous \(B, C\) = \(5, 70\)"),
-    (torch.ones(TILED_COMPONENTS, 5).t(), r"exponents must be a contiguous \(B, C\) = \(5, 70\)"),
+    (torch.ones(5, TILED_COMPONENTS - 1), r"exponents must be a \(B, C\) = \(5, 70\) tensor"),
+    (torch.ones(TILED_COMPONENTS, 5).t(), "exponents must have rows of unit stride"),
+    (torch.ones(5, 2 * TILED_COMPONENTS)[:, ::2], "exponents must have rows of unit stride"),
     (torch.ones(5, TILED_COMPONENTS, dtype=torch.float64), "exponents"),
-], ids=["shape", "transposed", "dtype"])
+], ids=["shape", "transposed", "strided-columns", "dtype"])
 def test_log_likelihood_backward_from_exponents_checks_them(exponents, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents(

@@ -869,7 +869,9 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
     derivative) the torch form runs instead, and both give the reference backend's result."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
-    calls = spy_on(monkeypatch, "mixture_log_likelihood_double_backward", lambda args: args[-5:])
+    # the need_* flags, and whether the first backward's responsibilities came along
+    calls = spy_on(monkeypatch, "mixture_log_likelihood_double_backward",
+                   lambda args: (*args[-6:-1], args[-1] is not None))
     x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(6, 70, 3, "(C,d)", seed=2)]
     results = {}
     for name in ("cpp", "reference"):
@@ -880,8 +882,9 @@ def test_gradient_penalty_backward_takes_the_fused_kernel_on_cpp_only_without_a_
                 results[name, create_graph] = torch.autograd.grad(
                     grad_x.square().sum(), (x, means, var), create_graph=create_graph)
     # needs: the inputs the penalty's backward is taken into (x, means, var), not log_weights,
-    # though it requires grad, nor the upstream gradient of ones
-    assert calls == [(False, True, True, True, False)]
+    # though it requires grad, nor the upstream gradient of ones; the table of responsibilities
+    # (C = 70, the tiled path) read instead of recomputed
+    assert calls == [(False, True, True, True, False, True)]
     for create_graph in (False, True):
         for g, w in zip(results["cpp", create_graph], results["reference", create_graph]):
             assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
@@ -924,13 +927,18 @@ def test_gradient_penalty_runs_the_first_order_backward_once(monkeypatch, compon
         calls.append(torch.is_grad_enabled())
         return backward_op(*args)
     monkeypatch.setattr(ops, "mixture_log_likelihood_backward", spy)
+    # the tiled path's first gradient keeps its responsibilities for the penalty's backward
+    keeping = spy_on(monkeypatch, "mixture_log_likelihood_backward_keeping_responsibilities",
+                     lambda args: torch.is_grad_enabled())
     x, means, var, log_weights = [t.requires_grad_() for t in make_inputs(6, components, 3, "(C,)",
                                                                         seed=4)]
     with gmkernels.use_backend("cpp"):
         (grad_x,) = torch.autograd.grad(gmkernels.mixture_log_likelihood(
             x, means, var, log_weights).sum(), x, create_graph=True)
         grad_x.square().sum().backward()
-    assert calls == [True]   # the first gradient's, recording its graph
+    # the first gradient's, recording its graph (the autograd.Function that keeps the table runs
+    # its op with grad mode off)
+    assert (calls, keeping) == (([True], []) if components <= DIRECT_MAX else ([], [False]))
     truth = penalty_in_x_truth(x, means, var, log_weights, torch.ones(6), 2 * grad_x.detach())
     for got, want in zip((x.grad, means.grad, var.grad, log_weights.grad), truth[1:]):
         assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5)
@@ -1050,7 +1058,7 @@ def test_cpp_kept_exponents_serve_one_backward_then_the_op_recomputes(keep_small
 def test_keeps_exponents_rules(monkeypatch):
     """Where the forward keeps the table: eager cpp on the CPU, a gradient to be taken, C > 65,
     d >= 16, B C d >= 2^23 (2^22 from d = 32, 2^21 from d = 256) and the table within
-    GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB)."""
+    GMKERNELS_MLL_KEEP_MAX_BYTES (default 8 MiB, 64 MiB from d = 256)."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     monkeypatch.delenv(KEEP_MAX_BYTES, raising=False)
@@ -1079,10 +1087,17 @@ def test_keeps_exponents_rules(monkeypatch):
         assert not keeps(batch=64, components=128, dim=255)
         with torch.no_grad():
             assert not keeps()
+        # from d = 256 the default budget is 64 MiB
+        assert keeps(batch=4096, components=4096, dim=256)
+        assert not keeps(batch=4097, components=4096, dim=256)
+        assert not keeps(batch=4096, components=4096, dim=255)
         monkeypatch.setenv(KEEP_MAX_BYTES, "0")
         assert not keeps()
+        assert not keeps(dim=256)
         monkeypatch.setenv(KEEP_MAX_BYTES, str(64 << 20))
         assert keeps(batch=4096, components=4096)
+        monkeypatch.setenv(KEEP_MAX_BYTES, str(8 << 20))
+        assert not keeps(batch=4096, components=4096, dim=256)
         monkeypatch.setenv(KEEP_MAX_BYTES, "8M")
         with pytest.raises(ValueError, match="GMKERNELS_MLL_KEEP_MAX_BYTES must be a non-negative integer"):
             keeps()
@@ -1103,3 +1118,175 @@ def test_opcheck_cpp_keeping_exponents_pair():
     torch.library.opcheck(torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents.default,
                           (torch.randn(11), x, means, var, log_weights, log_likelihood, exponents,
                            True, True, False))
+
+
+# The gradient penalty that keeps its first backward's (B, C) responsibilities for the double
+# backward (cpp, CPU, eager; see _BackwardKeepingResponsibilities): from the forward's kept
+# exponents, or recomputed into a new table.
+@contextlib.contextmanager
+def spying_on_kept_responsibilities():
+    """Yields (first, second): the table_has_exponents flag of each first backward that kept the
+    responsibilities, and for each penalty's double backward whether it was given them."""
+    with pytest.MonkeyPatch.context() as patch:
+        first = spy_on(patch, "mixture_log_likelihood_backward_keeping_responsibilities",
+                       lambda args: args[7])
+        second = spy_on(patch, "mixture_log_likelihood_double_backward",
+                        lambda args: args[-1] is not None)
+        yield first, second
+
+
+def penalty_gradients(name, inputs, upstream, retain=False):
+    """The gradients of sum_b t_b ||grad_x of <ll, upstream>||^2 (t_b = b + 1) in every input,
+    on backend ``name``; with ``retain``, two penalty backwards through one first gradient."""
+    with gmkernels.use_backend(name):
+        out = gmkernels.mixture_log_likelihood(*inputs)
+        (grad_x,) = torch.autograd.grad((out * upstream).sum(), inputs[0], create_graph=True)
+        weights = torch.arange(1, grad_x.shape[0] + 1, dtype=grad_x.dtype)
+        penalty = (grad_x.square().sum(1) * weights).sum()
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if not retain:
+            return torch.autograd.grad(penalty, tensors)
+        return (*torch.autograd.grad(penalty, tensors, retain_graph=True),
+                *torch.autograd.grad(penalty, tensors))
+
+
+@given(batch=st.integers(1, 30), components=st.integers(66, 140), dim=st.integers(1, 6),
+       var_kind=st.sampled_from(VAR_KINDS), switched_off=st.booleans(),
+       forward_keeps=st.booleans(), zero_rows=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_cpp_penalty_reading_kept_responsibilities_gives_the_reference_result(
+        batch, components, dim, var_kind, switched_off, forward_keeps, zero_rows, seed):
+    """Gradients of a penalty in x into every input against the reference backend (float64),
+    the double backward reading the table; the upstream gradient with zero rows (the table
+    holds r, not grad r, which would lose them); the table from the forward's exponents or
+    recomputed into a new one, its rows padded when C is not a multiple of 16."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(batch, components, dim, var_kind, seed=seed)
+    if switched_off:
+        log_weights = log_weights.clone()
+        log_weights[1::3] = -math.inf
+    upstream = torch.randn(batch, generator=torch.Generator().manual_seed(seed % 1000),
+                           dtype=torch.float64)
+    if zero_rows:
+        upstream[::2] = 0
+    inputs = leaves(x, means, var, log_weights)
+    want = penalty_gradients("reference", inputs, upstream)
+    with contextlib.ExitStack() as stack:
+        if forward_keeps:
+            stack.enter_context(keeping_small_problems())
+        first, second = stack.enter_context(spying_on_kept_responsibilities())
+        got = penalty_gradients("cpp", inputs, upstream)
+    assert first == [forward_keeps]
+    assert second == [True]
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item()))
+
+
+def test_cpp_kept_responsibilities_serve_one_double_backward_then_it_recomputes():
+    """retain_graph: the first penalty backward consumes the table, the second recomputes; both
+    give the reference backend's gradients. A problem of one row block with 2 threads and of
+    several (C = 5000: blocks of 419 rows in the double backward), in float32 against float64."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(9, 80, 4, "(C,d)", seed=3)
+    upstream = torch.ones(9, dtype=torch.float64)
+    inputs = leaves(x, means, var, log_weights)
+    want = penalty_gradients("reference", inputs, upstream, retain=True)
+    with spying_on_kept_responsibilities() as (first, second):
+        got = penalty_gradients("cpp", inputs, upstream, retain=True)
+    assert first == [False]
+    assert second == [True, False]
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("var_kind", ["(C,)", "(C,d)"])
+def test_cpp_kept_responsibilities_over_several_row_blocks_in_float32(var_kind):
+    """C = 5000: the double backward's blocks of 419 rows, the last one partial; float32 error
+    against the float64 result at most twice that of the recomputing path (keeping switched off
+    by GMKERNELS_MLL_KEEP_MAX_BYTES=0)."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = make_inputs(1000, 5000, 3, var_kind, torch.float32, seed=8)
+    upstream = torch.ones(1000)
+    exact = penalty_gradients("cpp", leaves(*(t.double() for t in (x, means, var, log_weights))),
+                              upstream.double())
+    results = {}
+    with spying_on_kept_responsibilities() as (first, second):
+        for keep in (True, False):
+            os.environ[KEEP_MAX_BYTES] = str(1 << 30) if keep else "0"
+            try:
+                results[keep] = penalty_gradients("cpp", leaves(x, means, var, log_weights), upstream)
+            finally:
+                del os.environ[KEEP_MAX_BYTES]
+    assert first == [False] and second == [True, False]   # kept, recomputed
+    for kept, recomputed, truth_ in zip(results[True], results[False], exact):
+        scale = truth_.abs().max().item()
+        kept_error = (kept.double() - truth_).abs().max().item()
+        recomputed_error = (recomputed.double() - truth_).abs().max().item()
+        assert kept_error <= 2 * recomputed_error + 1e-6 * scale, (kept_error, recomputed_error)
+
+
+def test_keeps_responsibilities_rules(monkeypatch):
+    """Where a recorded first backward keeps its responsibilities: eager cpp on the CPU, C > 65,
+    where that backward takes the tiled path, and the table within the keep budget."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    monkeypatch.delenv(KEEP_MAX_BYTES, raising=False)
+    monkeypatch.delenv(DIRECT_MAX_WORK)   # the module's fixture sets it
+
+    def keeps(batch=256, components=256, dim=32, component_grads=True):
+        return op.keeps_responsibilities(torch.empty(batch, dim), torch.empty(components, dim),
+                                         component_grads)
+    with gmkernels.use_backend("cpp"):
+        assert keeps()
+        assert not keeps(components=65)
+        assert not keeps(batch=0)
+        assert keeps(batch=2048, components=1024)               # exactly 8 MiB
+        assert not keeps(batch=2049, components=1024)
+        assert keeps(batch=4096, components=4096, dim=256)      # 64 MiB from d = 256
+        monkeypatch.setenv(DIRECT_MAX_WORK, "0")
+        assert keeps(dim=2)
+        monkeypatch.delenv(DIRECT_MAX_WORK)
+        # the direct backward's sizes (csrc/binding/mixture_log_likelihood.cpp): d <= 4 with
+        # the component gradients, d <= 16 up to B C d = 2^22
+        assert not keeps(dim=4, batch=4096, components=4096)
+        assert not keeps(dim=16)
+        assert keeps(dim=16, batch=1024, components=257)
+        assert not keeps(dim=16, batch=4096, components=1024, component_grads=False)
+        assert keeps(dim=17, batch=1024, components=1024, component_grads=False)
+        monkeypatch.setenv(KEEP_MAX_BYTES, "0")
+        assert not keeps()
+    monkeypatch.delenv(KEEP_MAX_BYTES)
+    with gmkernels.use_backend("reference"):
+        assert not keeps()
+
+
+def test_kept_table_with_rows_out_of_order_is_refused():
+    """The ops that take a (B, C) table accept padded rows (row stride >= C, unit column
+    stride), and refuse others with a message naming the table."""
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = _op_args("tiled", var_kind="(C,d)")
+    keeping = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents
+    padded = torch.empty(11, 96)[:, :70]
+    assert torch.allclose(keeping(x, means, var, log_weights, padded),
+                          keeping(x, means, var, log_weights, torch.empty(11, 70)))
+    with pytest.raises(RuntimeError, match="exponents must have rows of unit stride"):
+        keeping(x, means, var, log_weights, torch.empty(70, 11).t())
+    with pytest.raises(RuntimeError, match="exponents must be a"):
+        keeping(x, means, var, log_weights, torch.empty(11, 71))
+
+
+def test_opcheck_cpp_keeping_responsibilities_pair():
+    if "cpp" not in gmkernels.backends():
+        pytest.skip("compiled ops not built")
+    x, means, var, log_weights = _op_args("tiled", var_kind="(C,d)")
+    log_likelihood = gmkernels.mixture_log_likelihood(x, means, var, log_weights)
+    grad = torch.randn(11)
+    table = torch.empty(11, means.shape[0])
+    keeping = torch.ops.gmkernels.mixture_log_likelihood_backward_keeping_responsibilities
+    torch.library.opcheck(keeping.default, (grad, x, means, var, log_weights, log_likelihood,
+                                            table, False, True, True, True))
+    keeping(grad, x, means, var, log_weights, log_likelihood, table, False, True, True, True)
+    assert torch.allclose(table.sum(1), torch.ones(11), rtol=1e-5)   # responsibilities

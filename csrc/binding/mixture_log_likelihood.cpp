@@ -220,13 +220,19 @@ void check_row_inputs(const at::Tensor& x, const at::Tensor& grad,
               " and ", log_likelihood.sizes());
 }
 
-// The kept exponents' table of the two ops that keep them: contiguous (B, C), x's dtype and device.
+// The (B, C) table of the ops that keep one (exponents, responsibilities): x's dtype and device,
+// rows of unit stride one after the other (the row stride may exceed C: the table a caller pads
+// for the products' sake).
 void check_exponents(const at::Tensor& x, const at::Tensor& means, const at::Tensor& exponents) {
   check_same_dtype_device(x, exponents, "x", "exponents");
   TORCH_CHECK(exponents.dim() == 2 && exponents.size(0) == x.size(0) &&
-                  exponents.size(1) == means.size(0) && exponents.is_contiguous(),
-              "exponents must be a contiguous (B, C) = (", x.size(0), ", ", means.size(0),
+                  exponents.size(1) == means.size(0),
+              "exponents must be a (B, C) = (", x.size(0), ", ", means.size(0),
               ") tensor, got shape ", exponents.sizes());
+  TORCH_CHECK((exponents.size(1) <= 1 || exponents.stride(1) == 1) &&
+                  (exponents.size(0) <= 1 || exponents.stride(0) >= exponents.size(1)),
+              "exponents must have rows of unit stride, each after the last, got strides ",
+              exponents.strides());
 }
 
 template <typename Kernels>
@@ -299,7 +305,40 @@ cpu_mixture_log_likelihood_backward_from_exponents(
   MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
   if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
   mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
-                                        log_likelihood_c, out, x_grad, component_grads, exponents);
+                                        log_likelihood_c, out, x_grad, component_grads, exponents,
+                                        BackwardTable::kExponents);
+  return out.tuple();
+}
+
+// Whether the backward of this problem takes the tiled path (where keeping its responsibilities
+// for a double backward saves a recomputed product there; the direct kernel has no tiles).
+bool cpu_mixture_log_likelihood_backward_is_tiled(const at::Tensor& x, const at::Tensor& means,
+                                                  bool component_grads) {
+  return use_tiled(x, means, component_grads ? Pass::kBackwardComponents : Pass::kBackwardX);
+}
+
+// The first backward of a gradient penalty (one that records a graph, CPU only): the tiled
+// backward leaving the responsibilities r_bc in `table`, a contiguous (B, C) tensor, for the
+// double backward to read instead of recomputing them. The table holds the forward's kept
+// exponents (table_has_exponents: no product to recompute here either) or anything (the product
+// is recomputed into it).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+cpu_mixture_log_likelihood_backward_keeping_responsibilities(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+    const at::Tensor& log_weights, const at::Tensor& log_likelihood, at::Tensor& table,
+    bool table_has_exponents, bool x_grad, bool component_grads, bool var_grad) {
+  check_mixture_log_likelihood_args(x, means, var, log_weights);
+  check_row_inputs(x, grad, log_likelihood);
+  check_exponents(x, means, table);
+  const Contiguous in(x, means, var, log_weights);
+  const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
+  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
+  if (x.size(0) == 0) return out.tuple();
+  mixture_log_likelihood_tiled_backward(
+      grad_c, in.x, in.means, in.var, in.log_weights, log_likelihood_c, out, x_grad,
+      component_grads, table,
+      table_has_exponents ? BackwardTable::kExponentsToResponsibilities
+                          : BackwardTable::kResponsibilities);
   return out.tuple();
 }
 
@@ -314,14 +353,17 @@ constexpr int64_t kPenaltyDirectMaxWork = int64_t(1) << 16;
 // otherwise, on other devices and for other cotangents, differentiates its closed form in torch
 // ops. Small problems take the direct kernel, the others the tiled path (a tile is whole
 // rows). Each result is computed only when its need_* flag is set, else returned with 0
-// elements.
+// elements. `responsibilities`, where given, is the (B, C) table of r_bc that
+// mixture_log_likelihood_backward_keeping_responsibilities left: the tiled path reads it instead
+// of recomputing it (and overwrites it); the direct kernel ignores it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const at::Tensor& grad,
                                            const at::Tensor& x, const at::Tensor& means,
                                            const at::Tensor& var, const at::Tensor& log_weights,
                                            const at::Tensor& log_likelihood, bool need_grad,
                                            bool need_x, bool need_means, bool need_var,
-                                           bool need_log_weights) {
+                                           bool need_log_weights,
+                                           const std::optional<at::Tensor>& responsibilities) {
   check_mixture_log_likelihood_args(x, means, var, log_weights);
   check_same_dtype_device(x, grad_grad_x, "x", "grad_grad_x");
   TORCH_CHECK(grad_grad_x.sizes() == x.sizes(), "grad_grad_x must have x's shape ", x.sizes(),
@@ -350,8 +392,13 @@ cpu_mixture_log_likelihood_double_backward(const at::Tensor& grad_grad_x, const 
     });
     return out.tuple();
   }
+  at::Tensor kept;
+  if (responsibilities.has_value()) {
+    kept = *responsibilities;
+    check_exponents(x, means, kept);
+  }
   mixture_log_likelihood_tiled_double_backward(upstream_c, grad_c, in.x, in.means, in.var,
-                                               in.log_weights, log_likelihood_c, out);
+                                               in.log_weights, log_likelihood_c, out, kept);
   return out.tuple();
 }
 
@@ -385,8 +432,8 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
   m.def(
       "mixture_log_likelihood_double_backward(Tensor grad_grad_x, Tensor grad, Tensor x,"
       " Tensor means, Tensor var, Tensor log_weights, Tensor log_likelihood, bool need_grad,"
-      " bool need_x, bool need_means, bool need_var, bool need_log_weights)"
-      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      " bool need_x, bool need_means, bool need_var, bool need_log_weights,"
+      " Tensor(a!)? responsibilities=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "mixture_log_likelihood_keeping_exponents(Tensor x, Tensor means, Tensor var,"
       " Tensor log_weights, Tensor(a!) exponents) -> Tensor");
@@ -394,6 +441,14 @@ TORCH_LIBRARY_FRAGMENT(gmkernels, m) {
       "mixture_log_likelihood_backward_from_exponents(Tensor grad, Tensor x, Tensor means,"
       " Tensor var, Tensor log_weights, Tensor log_likelihood, Tensor(a!) exponents, bool x_grad,"
       " bool component_grads, bool var_grad) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "mixture_log_likelihood_backward_is_tiled(Tensor x, Tensor means, bool component_grads)"
+      " -> bool");
+  m.def(
+      "mixture_log_likelihood_backward_keeping_responsibilities(Tensor grad, Tensor x,"
+      " Tensor means, Tensor var, Tensor log_weights, Tensor log_likelihood, Tensor(a!) table,"
+      " bool table_has_exponents, bool x_grad, bool component_grads, bool var_grad)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
@@ -403,6 +458,10 @@ TORCH_LIBRARY_IMPL(gmkernels, CPU, m) {
   m.impl("mixture_log_likelihood_keeping_exponents", &cpu_mixture_log_likelihood_keeping_exponents);
   m.impl("mixture_log_likelihood_backward_from_exponents",
          &cpu_mixture_log_likelihood_backward_from_exponents);
+  m.impl("mixture_log_likelihood_backward_is_tiled",
+         &cpu_mixture_log_likelihood_backward_is_tiled);
+  m.impl("mixture_log_likelihood_backward_keeping_responsibilities",
+         &cpu_mixture_log_likelihood_backward_keeping_responsibilities);
 }
 
 #ifdef GMKERNELS_WITH_CUDA

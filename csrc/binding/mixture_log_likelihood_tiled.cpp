@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -46,6 +47,16 @@ constexpr int64_t kSparseRatio = 32;
 // columns 215-223 us; B = C = 2048, the transposed tile by 3 columns 9.4 ms, by 16 2.1 ms), while
 // wider tables gained nothing from padding. Small d (2, 9: MD-GAN's) has such tables.
 constexpr int64_t kMinFactorWidth = 16;
+// The row stride (in elements) of a CPU tile of `cols` columns: a multiple of 16 (64 bytes in
+// float32) that is not one of 512. This machine's MKL wrote a product into rows of 3162 floats
+// 1.7x slower than into rows of 3168 (B = C = 3162, d = 64, 16 MiB tiles: 6.5 vs 3.8 ms), and
+// multiplied a transposed tile of rows of 1024 floats 1.3-1.7x slower than one of 1000 or 1008
+// (d = 16 and 64); other strides (316, 1000) made no difference.
+int64_t padded_row_stride(int64_t cols) {
+  int64_t stride = (cols + 15) / 16 * 16;
+  if (stride % 512 == 0) stride += 16;
+  return stride;
+}
 
 // Full-precision float32 products for the lifetime of the guard, whatever the user allowed.
 //
@@ -386,7 +397,7 @@ MixtureTileParams<scalar_t> tile_params(const TiledProblem& problem, const at::T
   p.offset = problem.offset.data_ptr<scalar_t>() + col_begin;
   p.num_rows = scores.size(0);
   p.num_cols = scores.size(1);
-  p.ld = scores.size(1);
+  p.ld = scores.stride(0);
   p.num_threads = cpu_threads();
   return p;
 }
@@ -399,15 +410,18 @@ void for_each_tile(const TiledProblem& problem, Scratch& scratch, Visit visit,
                    const at::Tensor& kept = at::Tensor()) {
   const bool keep = kept.defined();
   const TileGrid grid(problem.left.size(0), problem.right.size(0), /*whole_rows=*/keep);
+  const int64_t stride =
+      problem.left.is_cpu() ? padded_row_stride(grid.tile_cols) : grid.tile_cols;
   const at::Tensor buffer =
-      keep ? at::Tensor() : scratch.take({grid.tile_rows * grid.tile_cols}, problem.left.options());
+      keep ? at::Tensor() : scratch.take({grid.tile_rows * stride}, problem.left.options());
   for (int64_t row_begin = 0; row_begin < grid.rows; row_begin += grid.tile_rows) {
     const int64_t rows = std::min(grid.tile_rows, grid.rows - row_begin);
     const at::Tensor left_rows = problem.left.narrow(0, row_begin, rows);
     for (int64_t col_begin = 0; col_begin < grid.cols; col_begin += grid.tile_cols) {
       const int64_t cols = std::min(grid.tile_cols, grid.cols - col_begin);
       at::Tensor scores = keep ? kept.narrow(0, row_begin, rows)
-                               : buffer.narrow(0, 0, rows * cols).view({rows, cols});
+                               : buffer.narrow(0, 0, rows * stride).view({rows, stride})
+                                     .narrow(1, 0, cols);
       at::mm_out(scores, left_rows, problem.right.narrow(0, col_begin, cols).t());
       visit(row_begin, col_begin, scores);
     }
@@ -540,14 +554,15 @@ at::Tensor col_factors_cpu(const TiledProblem& problem, bool var_grad, Scratch& 
   return factors;
 }
 
-// grad_x_b = (W [mc P])_b - xc_b (W [P])_b; from S = W^T [xc | 1 | xc^2] (or [xc | 1 | ||xc||^2];
+// grad_x_b = (W [mc P])_b - xc_b (W [P])_b (times row_scale_b where given: W = r there, the
+// incoming gradient scaling the rows after the product); from S = W^T [xc | 1 | xc^2] (or [xc | 1 | ||xc||^2];
 // a diagonal variance's xc^2 block only when its gradient is wanted):
 // grad_mu = P (S_x - mc S_1), grad_v = P (P (S_xx - 2 mc S_x + mc^2 S_1) - S_1) / 2 per dimension
 // (isotropic: summed over dimensions, d S_1), grad_log_w = S_1; component sums in double.
 template <typename scalar_t>
 void assemble_gradients_cpu(const TiledProblem& problem, const at::Tensor& row_sums,
                             const at::Tensor& col_sums, MixtureGradients& out, bool x_grad,
-                            bool component_grads) {
+                            bool component_grads, const scalar_t* row_scale) {
   const int64_t rows = problem.xc.size(0), components = problem.mc.size(0);
   const int64_t dim = problem.xc.size(1);
   const bool diagonal = problem.diagonal;
@@ -561,8 +576,9 @@ void assemble_gradients_cpu(const TiledProblem& problem, const at::Tensor& row_s
     at::parallel_for(0, rows, grain_rows(width), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* s = sums + b * width;
+        const scalar_t scale = row_scale != nullptr ? row_scale[b] : scalar_t(1);
         for (int64_t k = 0; k < dim; ++k)
-          grad_x[b * dim + k] = s[k] - xc[b * dim + k] * s[diagonal ? dim + k : dim];
+          grad_x[b * dim + k] = scale * (s[k] - xc[b * dim + k] * s[diagonal ? dim + k : dim]);
       }
     });
   }
@@ -605,8 +621,17 @@ template <typename scalar_t, typename Kernels>
 void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means,
                     const at::Tensor& var, const at::Tensor& log_weights,
                     const at::Tensor& log_likelihood, MixtureGradients& out, bool x_grad,
-                    bool component_grads, const at::Tensor& kept) {
+                    bool component_grads, const at::Tensor& table, BackwardTable table_use) {
   const FullPrecisionFloat32Matmul full_precision;
+  TORCH_CHECK(table_use == BackwardTable::kNone || x.is_cpu(),
+              "mixture_log_likelihood_backward: a (B, C) table is CPU only");
+  const bool from_exponents = table_use == BackwardTable::kExponents ||
+                              table_use == BackwardTable::kExponentsToResponsibilities;
+  // The table left holding r for a double backward: the epilogue runs with a unit gradient and
+  // the incoming one scales the product's other operand (the column factors' rows) and grad_x's
+  // rows instead; W = grad r would lose r where grad_b = 0.
+  const bool leaves_responsibilities = table_use == BackwardTable::kExponentsToResponsibilities ||
+                                       table_use == BackwardTable::kResponsibilities;
   Scratch& scratch = Scratch::start_call();
   const TiledProblem problem(x, means, var, log_weights, scratch);
   const at::Tensor& xc = problem.xc;
@@ -624,6 +649,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   if (component_grads) {
     if (x.is_cpu()) {
       col_factors = col_factors_cpu<scalar_t>(problem, out.var_grad, scratch);
+      if (leaves_responsibilities) col_factors.mul_(grad.unsqueeze(1));
     } else {
       const at::Tensor ones_rows = at::ones({x.size(0), 1}, x.options());
       col_factors = problem.diagonal
@@ -636,18 +662,20 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   const scalar_t log_cutoff = negligible_log_ratio<scalar_t>(means.size(0));
   // Kept exponents are E_bc already: the epilogue's affine map becomes the identity.
   at::Tensor unit_scale, zero_offset;
-  if (kept.defined()) {
+  if (from_exponents) {
     unit_scale = scratch.take({means.size(0)}, x.options()).fill_(1);
     zero_offset = scratch.take({means.size(0)}, x.options()).zero_();
   }
+  const at::Tensor epilogue_grad =
+      leaves_responsibilities ? scratch.take({x.size(0)}, x.options()).fill_(1) : grad;
   const auto visit = [&](int64_t row_begin, int64_t col_begin, const at::Tensor& scores) {
     MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, scores, row_begin, col_begin);
-    if (kept.defined()) {
+    if (from_exponents) {
       p.row_norm = nullptr;
       p.scale = unit_scale.data_ptr<scalar_t>() + col_begin;
       p.offset = zero_offset.data_ptr<scalar_t>() + col_begin;
     }
-    p.grad = grad.data_ptr<scalar_t>() + row_begin;
+    p.grad = epilogue_grad.data_ptr<scalar_t>() + row_begin;
     p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
     p.log_cutoff = log_cutoff;
     const int64_t nonzeros = Kernels::backward(p);
@@ -667,7 +695,7 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
       }
       s.num_rows = rows;
       s.num_cols = cols;
-      s.ld = cols;
+      s.ld = scores.stride(0);
       s.num_threads = cpu_threads();
       Kernels::sparse_products(s);
       return;
@@ -677,12 +705,13 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
     if (component_grads)
       col_sums.narrow(0, col_begin, cols).addmm_(scores.t(), col_factors.narrow(0, row_begin, rows));
   };
-  if (kept.defined())
-    for_each_kept_tile(kept, visit);
+  if (from_exponents)
+    for_each_kept_tile(table, visit);
   else
-    for_each_tile(problem, scratch, visit);
+    for_each_tile(problem, scratch, visit, table);   // into the table's rows if one is given
   if (x.is_cpu()) {
-    assemble_gradients_cpu<scalar_t>(problem, row_sums, col_sums, out, x_grad, component_grads);
+    assemble_gradients_cpu<scalar_t>(problem, row_sums, col_sums, out, x_grad, component_grads,
+                                     leaves_responsibilities ? grad.data_ptr<scalar_t>() : nullptr);
     return;
   }
   if (x_grad) {
@@ -712,6 +741,25 @@ void tiled_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tenso
   }
 }
 
+// The number of nonzero entries of a (rows, cols) block with unit column stride, in parallel
+// over rows: the sparse test of a tile of kept responsibilities (a recomputed tile gets it from
+// its epilogue).
+template <typename scalar_t>
+int64_t count_nonzeros(const at::Tensor& block) {
+  const scalar_t* data = block.data_ptr<scalar_t>();
+  const int64_t cols = block.size(1), stride = block.stride(0);
+  return at::parallel_reduce(
+      0, block.size(0), grain_rows(cols), int64_t(0),
+      [&](int64_t begin, int64_t end, int64_t count) {
+        for (int64_t b = begin; b < end; ++b) {
+          const scalar_t* row = data + b * stride;
+          for (int64_t c = 0; c < cols; ++c) count += row[c] != scalar_t(0);
+        }
+        return count;
+      },
+      std::plus<int64_t>());
+}
+
 // The double backward of a gradient penalty in x on the CPU: the derivatives of
 // Phi = sum_b grad_b <dll_b/dx_b, U_b> (U = grad_grad_x, the only cotangent) in grad, x, means,
 // var and log_weights. With r = exp(E - ll) the responsibilities, P = 1 / var, slopes
@@ -737,7 +785,8 @@ template <typename scalar_t>
 void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& grad,
                                const at::Tensor& x, const at::Tensor& means,
                                const at::Tensor& var, const at::Tensor& log_weights,
-                               const at::Tensor& log_likelihood, MixturePenaltyGradients& out) {
+                               const at::Tensor& log_likelihood, MixturePenaltyGradients& out,
+                               const at::Tensor& kept_responsibilities) {
   const FullPrecisionFloat32Matmul full_precision;
   Scratch& scratch = Scratch::start_call();
   const TiledProblem problem(x, means, var, log_weights, scratch);
@@ -780,8 +829,12 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
 
   // Two tiles (r -> q, s -> w) of whole rows, kTileElements in all.
   const int64_t tile_rows = std::max<int64_t>(1, std::min(rows, kTileElements / 2 / components));
-  const at::Tensor responsibilities = scratch.take({tile_rows, components}, options);
-  const at::Tensor slopes = scratch.take({tile_rows, components}, options);
+  const bool kept = kept_responsibilities.defined();
+  const int64_t stride = padded_row_stride(components);
+  const at::Tensor responsibilities =
+      kept ? at::Tensor()
+           : scratch.take({tile_rows, stride}, options).narrow(1, 0, components);
+  const at::Tensor slopes = scratch.take({tile_rows, stride}, options).narrow(1, 0, components);
   const at::Tensor ones = scratch.take({tile_rows}, options).fill_(1);
   const at::Tensor mean_slope = out.need_grad ? out.grad : scratch.take({rows}, options);
   at::Tensor row_sums, precision_sums;   // w [mc P | P], q P
@@ -802,7 +855,7 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
     penalty.mean_slope = mean_slope.data_ptr<scalar_t>() + row_begin;
     penalty.num_rows = n;
     penalty.num_cols = components;
-    penalty.ld = components;
+    penalty.ld = r.stride(0);   // s has the same stride
     penalty.num_threads = cpu_threads();
     mixture_penalty_tile_cpu(penalty);   // r -> q, s -> w
     if (out.need_x) {
@@ -822,15 +875,21 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
   };
   for (int64_t row_begin = 0; row_begin < rows; row_begin += tile_rows) {
     const int64_t n = std::min(tile_rows, rows - row_begin);
-    at::Tensor r = responsibilities.narrow(0, 0, n);
+    at::Tensor r = kept ? kept_responsibilities.narrow(0, row_begin, n)
+                        : responsibilities.narrow(0, 0, n);
     at::Tensor s = slopes.narrow(0, 0, n);
     const at::Tensor left_rows = slope_left.narrow(0, row_begin, n);
-    at::mm_out(r, problem.left.narrow(0, row_begin, n), problem.right.t());
-    MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, r, row_begin, 0);
-    p.grad = ones.data_ptr<scalar_t>();
-    p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
-    p.log_cutoff = log_cutoff;
-    const int64_t nonzeros = mixture_tile_backward_cpu(p);
+    int64_t nonzeros;
+    if (kept) {
+      nonzeros = count_nonzeros<scalar_t>(r);
+    } else {
+      at::mm_out(r, problem.left.narrow(0, row_begin, n), problem.right.t());
+      MixtureTileParams<scalar_t> p = tile_params<scalar_t>(problem, r, row_begin, 0);
+      p.grad = ones.data_ptr<scalar_t>();
+      p.log_likelihood = log_likelihood.data_ptr<scalar_t>() + row_begin;
+      p.log_cutoff = log_cutoff;
+      nonzeros = mixture_tile_backward_cpu(p);
+    }
     if (nonzeros * kSparseRatio <= n * components) {
       MixturePenaltySparseTileParams<scalar_t> sparse{};
       sparse.responsibilities = r.data_ptr<scalar_t>();
@@ -851,7 +910,7 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
       }
       sparse.num_rows = n;
       sparse.num_cols = components;
-      sparse.ld = components;
+      sparse.ld = r.stride(0);
       sparse.width = width;
       sparse.precision_width = diagonal ? dim : 1;
       sparse.num_threads = cpu_threads();
@@ -954,12 +1013,13 @@ void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Ten
                                            const at::Tensor& log_weights,
                                            const at::Tensor& log_likelihood,
                                            MixtureGradients& out, bool x_grad,
-                                           bool component_grads, const at::Tensor& kept) {
+                                           bool component_grads, const at::Tensor& table,
+                                           BackwardTable table_use) {
   dispatch_tile_kernels(x, [&](auto kernels) {
     using Kernels = decltype(kernels);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_tiled_backward", [&] {
       tiled_backward<scalar_t, Kernels>(grad, x, means, var, log_weights, log_likelihood, out,
-                                        x_grad, component_grads, kept);
+                                        x_grad, component_grads, table, table_use);
     });
   });
 }
@@ -969,12 +1029,13 @@ void mixture_log_likelihood_tiled_double_backward(const at::Tensor& grad_grad_x,
                                                   const at::Tensor& means, const at::Tensor& var,
                                                   const at::Tensor& log_weights,
                                                   const at::Tensor& log_likelihood,
-                                                  MixturePenaltyGradients& out) {
+                                                  MixturePenaltyGradients& out,
+                                                  const at::Tensor& responsibilities) {
   TORCH_CHECK(x.is_cpu(), "mixture_log_likelihood_double_backward: CPU tensors only, got ",
               x.device());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_log_likelihood_double_backward", [&] {
     tiled_double_backward_cpu<scalar_t>(grad_grad_x, grad, x, means, var, log_weights,
-                                        log_likelihood, out);
+                                        log_likelihood, out, responsibilities);
   });
 }
 

@@ -79,25 +79,37 @@ at::Tensor mixture_log_likelihood_tiled(const at::Tensor& x, const at::Tensor& m
                                         const at::Tensor& var, const at::Tensor& log_weights,
                                         const at::Tensor& kept = at::Tensor());
 
+// What the backward does with a (B, C) table given beside its inputs (CPU only but kNone).
+enum class BackwardTable {
+  kNone,              // no table: the tiles are recomputed in scratch memory
+  kExponents,         // the forward's kept exponents E_bc, read instead of recomputed and
+                      // overwritten with W_bc = grad_b r_bc
+  kExponentsToResponsibilities,  // the forward's kept exponents, left as the responsibilities
+                                 // r_bc for the double backward
+  kResponsibilities,  // recomputed into the table, which is left holding r_bc
+};
+
 // Fills the wanted gradients of `out` from the incoming gradient and the forward's output; with
-// `kept` (the forward's exponents) given, from those instead of recomputed tiles, overwriting
-// them with W_bc.
+// a table (see BackwardTable), reads or leaves it as `table_use` says.
 void mixture_log_likelihood_tiled_backward(const at::Tensor& grad, const at::Tensor& x,
                                            const at::Tensor& means, const at::Tensor& var,
                                            const at::Tensor& log_weights,
                                            const at::Tensor& log_likelihood,
                                            MixtureGradients& out, bool x_grad,
                                            bool component_grads,
-                                           const at::Tensor& kept = at::Tensor());
-
+                                           const at::Tensor& table = at::Tensor(),
+                                           BackwardTable table_use = BackwardTable::kNone);
 // The double backward of a gradient penalty in x on the CPU: fills the wanted results of `out`
 // from U = grad_grad_x (B, d), the first-order backward's inputs and the forward's output.
 // Tiles of whole rows (every component), so B >= 1 and out has at least one wanted result.
+// With `responsibilities` given (the (B, C) r_bc a first backward left, see BackwardTable), its
+// rows are read instead of recomputed, and overwritten.
 void mixture_log_likelihood_tiled_double_backward(const at::Tensor& grad_grad_x,
                                                   const at::Tensor& grad, const at::Tensor& x,
                                                   const at::Tensor& means, const at::Tensor& var,
                                                   const at::Tensor& log_weights,
                                                   const at::Tensor& log_likelihood,
-                                                  MixturePenaltyGradients& out);
+                                                  MixturePenaltyGradients& out,
+                                                  const at::Tensor& responsibilities = at::Tensor());
 
 }  // namespace gmk

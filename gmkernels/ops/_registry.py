@@ -273,6 +273,20 @@ def wanted_input_grads(needs_input_grad: tuple) -> tuple:
     return tuple(wanted)
 
 
+@contextlib.contextmanager
+def wanted_input_grads_only(ctx):
+    """``ctx.needs_input_grad`` narrowed by ``wanted_input_grads`` while the autograd node of
+    ``ctx`` runs its backward; restored after, since a retained graph's next pass may want other
+    gradients."""
+    requiring = ctx.needs_input_grad
+    if sum(requiring) >= 2:
+        ctx.needs_input_grad = wanted_input_grads(requiring)
+    try:
+        yield
+    finally:
+        ctx.needs_input_grad = requiring
+
+
 def _engine_uses(node) -> bool:
     try:
         return bool(torch._C._will_engine_execute_node(node))
@@ -300,15 +314,8 @@ def _recorded_call(name: str, overload: Callable, setup_context: Callable,
 
         @staticmethod
         def backward(ctx, *grads):
-            requiring = ctx.needs_input_grad
-            if sum(requiring) < 2:
+            with wanted_input_grads_only(ctx):
                 return backward(ctx, *grads)
-            # For this pass only: a retained graph's next pass may want other gradients.
-            ctx.needs_input_grad = wanted_input_grads(requiring)
-            try:
-                return backward(ctx, *grads)
-            finally:
-                ctx.needs_input_grad = requiring
 
     Recorded.__name__ = Recorded.__qualname__ = f"{name}_autograd"
     return Recorded.apply

@@ -112,13 +112,20 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
     Keeping the exponents (CPU, cpp backend, eager mode): when a gradient will be taken, C > 65,
     d >= 16 and B * C * d >= 2**23 (2**22 from d = 32, 2**21 from d = 256), a forward whose
     (B, C) table of exponents fits in
-    ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; default 8 MiB, 2**21 float32 entries;
-    0 never keeps) keeps it, and the first backward reads it instead of recomputing its matrix
-    product: 1.1-1.7x faster forward+backward where measured (B * C from 10^5 with d >= 128
-    to 2 * 10^6 with d >= 64), 1.05-1.17x at d = 16 to 32 (B * C = 10^6 to 2 * 10^6). The
-    table lives until that backward (or until the output is freed). Larger tables are not kept
-    by default: they leave the cache between the passes over them and are fresh memory on every
-    call (0.45-0.8x at B = C = 3162, 40 MB).
+    ``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call; 0 never keeps; by default 8 MiB,
+    2**21 float32 entries, and 64 MiB from d = 256) keeps it, and the first backward reads it
+    instead of recomputing its matrix product: 1.1-1.7x faster forward+backward where measured
+    (B * C from 10^5 with d >= 128 to 2 * 10^6 with d >= 64; 1.2-1.65x from d = 256 at B = C =
+    2048 to 4096), 1.05-1.17x at d = 16 to 32 (B * C = 10^6 to 2 * 10^6). The table lives
+    until that backward (or until the output is freed). Larger tables are not kept by default
+    below d = 256: they leave the cache between the passes over them and are fresh memory on
+    every call (B = C = 3162, 40 MB: 0.8x at d = 64, 0.8-1.0x at d = 128).
+
+    A gradient penalty (a first gradient with create_graph, then the backward of a function of
+    it; same conditions and budget, C > 65 where the first backward is tiled) keeps the (B, C)
+    responsibilities from its first backward to the double backward, which reads them instead
+    of recomputing its matrix product: two products of ten fewer when the forward kept its
+    exponents, one otherwise.
     """
     _check(x, means, var, log_weights)
     var, log_weights = _component_tensors(x, means, var, log_weights)
@@ -128,8 +135,15 @@ def mixture_log_likelihood(x: torch.Tensor, means: torch.Tensor, var, log_weight
 
 
 KEEP_MAX_BYTES = 8 << 20
-"""The default of ``GMKERNELS_MLL_KEEP_MAX_BYTES``: the largest B x C exponent table the forward
-keeps for its backward."""
+"""The default of ``GMKERNELS_MLL_KEEP_MAX_BYTES`` below d = ``KEEP_LARGE_MIN_DIM``: the largest
+B x C table kept from a forward to its backward."""
+KEEP_LARGE_MAX_BYTES = 64 << 20
+KEEP_LARGE_MIN_DIM = 256
+"""From this d on the default budget is ``KEEP_LARGE_MAX_BYTES``: a product of 2 d FLOPs per
+entry saved outweighs a table beyond the cache (forward+backward in x and means, 2 threads,
+keeping 64 MiB / 8 MiB: B = C = 2048, d = 256 1.56x; B = C = 3162, d = 256 1.2x, d = 784
+1.25x; B = C = 4096, d = 784 1.65x; B = 1000, C = 3162, d = 2048 1.27x; at B = C = 3162 below
+d = 256: 0.8x at d = 64, 0.8-1.0x at d = 128)."""
 _DIRECT_MAX_COMPONENTS = 65   # the kernels' kDirectMaxComponents
 _KEEP_MIN_DIM = 16   # the CPU forward's kForwardTiledMinDim: below it the forward stays direct
 # The least B C d at which keeping was measured faster, from these d on (fwd+bwd, keeping /
@@ -143,12 +157,12 @@ def _keep_min_work(dim: int) -> int:
     return next(work for least_dim, work in _KEEP_MIN_WORK if dim >= least_dim)
 
 
-def keep_max_bytes() -> int:
-    """``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call), else ``KEEP_MAX_BYTES``; 0 never
-    keeps."""
+def keep_max_bytes(dim: int) -> int:
+    """``GMKERNELS_MLL_KEEP_MAX_BYTES`` (read on every call), else ``KEEP_MAX_BYTES``, or
+    ``KEEP_LARGE_MAX_BYTES`` from d = ``KEEP_LARGE_MIN_DIM``; 0 never keeps."""
     setting = os.environ.get("GMKERNELS_MLL_KEEP_MAX_BYTES", "")
     if not setting:
-        return KEEP_MAX_BYTES
+        return KEEP_LARGE_MAX_BYTES if dim >= KEEP_LARGE_MIN_DIM else KEEP_MAX_BYTES
     if not setting.isdigit():
         raise ValueError(f"GMKERNELS_MLL_KEEP_MAX_BYTES must be a non-negative integer, got {setting!r}")
     return int(setting)
@@ -165,8 +179,8 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
     the direct kernel's territory: the forward keeps no tile there), B C d >= 2^23, or 2^22
     from d = 32, or 2^21 from d = 256 (below, the forward's extra tiled pass costs what the
     backward saves), and the table within
-    ``keep_max_bytes()``: a larger one leaves the cache between the passes over it and is fresh
-    memory on every call (0.9-1.2x at 16 MB, 0.45-0.8x at B = C = 3162, 40 MB)."""
+    ``keep_max_bytes(d)``: a larger one leaves the cache between the passes over it and is fresh
+    memory on every call (below d = 256: 0.9-1.2x at 16 MB, 0.8-1.0x at B = C = 3162, 40 MB)."""
     if _registry.traced():
         return False
     num_rows, dim = x.shape
@@ -176,9 +190,20 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
             and num_rows * num_components * dim >= _keep_min_work(dim)
             and any(t.requires_grad for t in (x, means, var, log_weights))):
         return False
-    if num_rows * num_components * x.element_size() > keep_max_bytes():
+    if num_rows * num_components * x.element_size() > keep_max_bytes(dim):
         return False
     return backend.resolve("mixture_log_likelihood", _OP.implemented, x.device) == "cpp"
+
+
+def _new_table(x, num_components: int) -> torch.Tensor:
+    """An uninitialized (B, C) table for the kernels to keep, its rows padded as the CPU tiles'
+    are (csrc/binding/mixture_log_likelihood_tiled.cpp, padded_row_stride: a multiple of 16
+    elements, not one of 512): products into rows of 3162 floats ran 1.7x slower than into rows
+    of 3168."""
+    stride = (num_components + 15) // 16 * 16
+    if stride % 512 == 0:
+        stride += 16
+    return x.new_empty(x.shape[0], stride)[:, :num_components]
 
 
 def _fake_keeping_exponents(x, means, var, log_weights, exponents):
@@ -187,6 +212,13 @@ def _fake_keeping_exponents(x, means, var, log_weights, exponents):
 
 def _fake_backward_from_exponents(grad, x, means, var, log_weights, log_likelihood, exponents,
                                   x_grad, component_grads, var_grad):
+    return _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad,
+                          component_grads, var_grad)
+
+
+def _fake_backward_keeping_responsibilities(grad, x, means, var, log_weights, log_likelihood,
+                                            table, table_has_exponents, x_grad, component_grads,
+                                            var_grad):
     return _fake_backward(grad, x, means, var, log_weights, log_likelihood, x_grad,
                           component_grads, var_grad)
 
@@ -202,7 +234,7 @@ class _KeepingExponents(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, means, var, log_weights):
-        exponents = x.new_empty(x.shape[0], means.shape[0])
+        exponents = _new_table(x, means.shape[0])
         log_likelihood = torch.ops.gmkernels.mixture_log_likelihood_keeping_exponents(
             x, means, var, log_weights, exponents)
         _setup_context(ctx, (x, means, var, log_weights), log_likelihood)
@@ -211,9 +243,18 @@ class _KeepingExponents(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with _registry.wanted_input_grads_only(ctx):
+            return _KeepingExponents.wanted_gradients(ctx, grad)
+
+    @staticmethod
+    def wanted_gradients(ctx, grad):
         exponents, ctx.exponents = ctx.exponents, None
-        if exponents is None or torch.is_grad_enabled():
+        if exponents is None:
             return _backward(_registry.compiled_ops(), ctx, grad)
+        if torch.is_grad_enabled():
+            # A backward with create_graph (a gradient penalty's first gradient) on the cpp
+            # backend, CPU, eager, as the forward was: the table becomes the responsibilities.
+            return _backward_keeping_responsibilities(ctx, grad, exponents)
         x, means, var, log_weights, log_likelihood = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grads = torch.ops.gmkernels.mixture_log_likelihood_backward_from_exponents(
@@ -293,15 +334,74 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs, output)
 
 
+def keeps_responsibilities(x, means, component_grads: bool) -> bool:
+    """Whether a backward that records a graph (a gradient penalty's first gradient) leaves its
+    (B, C) responsibilities for the double backward (see _BackwardKeepingResponsibilities): in
+    eager mode on the cpp backend with CPU tensors, where that backward takes the tiled path
+    anyway (C > 65 and the sizes of the docstring above: no tiles to keep in the direct kernel,
+    which is also the faster there), and the table within ``keep_max_bytes(d)``."""
+    num_rows, num_components = x.shape[0], means.shape[0]
+    return (x.device.type == "cpu" and not _registry.traced() and num_rows > 0
+            and num_components > _DIRECT_MAX_COMPONENTS
+            and num_rows * num_components * x.element_size() <= keep_max_bytes(x.shape[1])
+            and backend.resolve("mixture_log_likelihood", _OP.implemented, x.device) == "cpp"
+            and torch.ops.gmkernels.mixture_log_likelihood_backward_is_tiled(
+                x, means, component_grads))
+
+
+class _BackwardKeepingResponsibilities(torch.autograd.Function):
+    """The first-order backward, recorded for a double backward, that leaves the responsibilities
+    r_bc in a (B, C) table (the forward's kept exponents turned into them, or recomputed into a
+    new table); the double backward of a penalty in x reads them instead of recomputing its
+    matrix product and exps, once (it overwrites them; a second double backward, retain_graph,
+    recomputes). The same gradients and derivatives as the backward op's; gradient penalty
+    (forward, gradient with create_graph, backward of its squared norm) B = 1024, C = 512,
+    d = 32: two of ten products fewer when the forward kept its exponents, one otherwise."""
+
+    @staticmethod
+    def forward(ctx, grad, x, means, var, log_weights, log_likelihood, table, table_has_exponents,
+                x_grad, component_grads, var_grad):
+        grads = torch.ops.gmkernels.mixture_log_likelihood_backward_keeping_responsibilities(
+            grad, x, means, var, log_weights, log_likelihood, table, table_has_exponents, x_grad,
+            component_grads, var_grad)
+        _setup_backward_context(ctx, (grad, x, means, var, log_weights, log_likelihood), grads)
+        ctx.responsibilities = table
+        return grads
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        table, ctx.responsibilities = ctx.responsibilities, None
+        with _registry.wanted_input_grads_only(ctx):
+            grads = _double_backward(_registry.compiled_ops(), ctx, *grad_grads,
+                                     responsibilities=table)
+        return *grads, None, None, None, None, None, None
+
+
+def _backward_keeping_responsibilities(ctx, grad, exponents=None):
+    """The first-order backward through _BackwardKeepingResponsibilities: from the forward's
+    kept ``exponents`` when given, else from a new table."""
+    x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    table = exponents if exponents is not None else _new_table(x, means.shape[0])
+    grads = _BackwardKeepingResponsibilities.apply(
+        grad, x, means, var, log_weights, log_likelihood.detach(), table, exponents is not None,
+        needs[0], any(needs[1:]), needs[2])
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
 def _backward(ops, ctx, grad):
     """The backward op gets the saved log-likelihood and recomputes the tiles. var's gradient is
-    asked for apart (with a (C, d) variance it is half the component sums' work).
+    asked for apart (with a (C, d) variance it is half the component sums' work). A backward
+    that records a graph where keeps_responsibilities holds leaves them for the double backward.
 
     The log-likelihood goes in detached: its double backward gives it no gradient (see
     _autograd), and an edge from the recorded gradient back to this op's node would make the
     engine run this backward again, on zeros, in every gradient penalty's backward (the whole
     first-order backward op a second time: a fifth of a penalty step at B = C = 256, d = 16)."""
     x, means, var, log_weights, log_likelihood = ctx.saved_tensors
+    if (ops.namespace == _registry.COMPILED_NAMESPACE and torch.is_grad_enabled()
+            and keeps_responsibilities(x, means, any(ctx.needs_input_grad[1:]))):
+        return _backward_keeping_responsibilities(ctx, grad)
     needs = ctx.needs_input_grad
     grads = ops.mixture_log_likelihood_backward(
         grad, x, means, var, log_weights, log_likelihood.detach(), needs[0], any(needs[1:]),
@@ -317,11 +417,12 @@ def _setup_backward_context(ctx, inputs, output):
     ctx.save_for_backward(grad, x, means, var, log_weights, log_likelihood)
 
 
-def _double_backward(ops, ctx, *grad_grads):
+def _double_backward(ops, ctx, *grad_grads, responsibilities=None):
     grad, x, means, var, log_weights, log_likelihood = ctx.saved_tensors
     grads = gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_likelihood,
                                      ctx.needs_input_grad[:5],
-                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, x))
+                                     fused_cpu_kernel=_registry.runs_fused_cpu_kernel(ops, x),
+                                     responsibilities=responsibilities)
     return *grads, None, None, None, None
 
 
@@ -349,7 +450,7 @@ def exponents(x, means, var, log_weights) -> torch.Tensor:
 
 
 def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_likelihood, needs,
-                             fused_cpu_kernel: bool = False) -> list:
+                             fused_cpu_kernel: bool = False, responsibilities=None) -> list:
     """The double backward: sum_o <first-order gradient o, grad_grads o> differentiated in (grad,
     x, means, var, log_weights) (those of ``needs``). The first-order gradient is recomputed with
     autograd through ``exponents`` and logsumexp, chunk of rows of x by chunk, so only a
@@ -359,7 +460,8 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_l
     A penalty in x alone (only grad x has a cotangent) takes its closed form: with
     ``fused_cpu_kernel`` (the cpp backend, CPU tensors, a backward that records no graph: a
     gradient penalty's) the fused CPU kernel, which reads the responsibilities off the forward's
-    ``log_likelihood``, in tiles of whole rows; otherwise ``penalty_in_x`` in torch ops, whose own
+    ``log_likelihood``, in tiles of whole rows (or reads them off ``responsibilities``, the (B, C)
+    table a first backward left, consuming it); otherwise ``penalty_in_x`` in torch ops, whose own
     derivatives give the higher orders.
 
     Only what is asked for is computed: the first-order gradients that have a cotangent (a
@@ -373,7 +475,7 @@ def gradient_vector_jacobian(grad_grads, grad, x, means, var, log_weights, log_l
         return [None] * 5
     if outputs == [0] and fused_cpu_kernel:
         results = torch.ops.gmkernels.mixture_log_likelihood_double_backward(
-            cotangents[0], *inputs, log_likelihood, *needs)
+            cotangents[0], *inputs, log_likelihood, *needs, responsibilities)
         return [result if need else None for result, need in zip(results, needs)]
     if outputs == [0]:
         return penalty_in_x(cotangents[0], *inputs, needs)
@@ -501,9 +603,11 @@ _OP = _registry.register(_registry.OpDeclaration(
 ))
 IMPLEMENTED = _OP.implemented
 if "cpp" in IMPLEMENTED:
-    # The CPU pair that keeps the exponents (eager only, see keeps_exponents): fake tensors for
-    # opcheck.
+    # The CPU ops that keep a table (eager only, see keeps_exponents and
+    # keeps_responsibilities): fake tensors for opcheck.
     torch.library.register_fake("gmkernels::mixture_log_likelihood_keeping_exponents",
                                 _fake_keeping_exponents)
     torch.library.register_fake("gmkernels::mixture_log_likelihood_backward_from_exponents",
                                 _fake_backward_from_exponents)
+    torch.library.register_fake("gmkernels::mixture_log_likelihood_backward_keeping_responsibilities",
+                                _fake_backward_keeping_responsibilities)
