@@ -406,6 +406,51 @@ MUTANTS = [
            ("tests/test_mixture_log_likelihood.py", "-k", "keeps_exponents_rules"),
            "the forward keeps its exponents from B C d = 2^23 at d = 32 to 255 too, where 2^22 "
            "was measured faster (B = C = 256, d = 64)"),
+    Mutant("mll-resp-col-factors-unscaled", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "      if (leaves_responsibilities) col_factors.mul_(grad.unsqueeze(1));",
+           "      (void)leaves_responsibilities;",
+           ("tests/test_mixture_log_likelihood.py", "-k", "kept_responsibilities"),
+           "the first backward that keeps the responsibilities sums the component gradients "
+           "without the incoming gradient"),
+    Mutant("mll-resp-x-unscaled", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "leaves_responsibilities ? grad.data_ptr<scalar_t>() : nullptr);",
+           "leaves_responsibilities ? nullptr : nullptr);",
+           ("tests/test_mixture_log_likelihood.py", "-k", "kept_responsibilities"),
+           "the first backward that keeps the responsibilities leaves grad_x unscaled by the "
+           "incoming gradient"),
+    Mutant("mll-resp-table-holds-weights", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "leaves_responsibilities ? scratch.take({x.size(0)}, x.options()).fill_(1) : grad;",
+           "leaves_responsibilities ? grad : grad;",
+           ("tests/test_mixture_log_likelihood.py", "-k", "kept_responsibilities"),
+           "the kept table holds grad r instead of r (and the gradients are scaled twice)"),
+    Mutant("mll-resp-reused", "gmkernels/ops/mixture_log_likelihood.py",
+           "        table, ctx.responsibilities = ctx.responsibilities, None",
+           "        table = ctx.responsibilities",
+           ("tests/test_mixture_log_likelihood.py", "-k", "kept_responsibilities"),
+           "a second penalty backward (retain_graph) reads the responsibilities the first "
+           "overwrote"),
+    Mutant("mll-resp-row-blocks", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "    at::Tensor r = kept ? kept_responsibilities.narrow(0, row_begin, n)",
+           "    at::Tensor r = kept ? kept_responsibilities.narrow(0, 0, n)",
+           ("tests/test_mixture_log_likelihood.py", "-k", "kept_responsibilities"),
+           "every row block of the double backward reads the first block's kept "
+           "responsibilities"),
+    Mutant("mll-tile-row-stride", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "  p.ld = scores.stride(0);",
+           "  p.ld = scores.size(1);",
+           ("tests/test_mixture_log_likelihood.py",),
+           "the tile epilogues step rows by the column count, not by the padded row stride"),
+    Mutant("mll-penalty-row-stride", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "    penalty.ld = r.stride(0);   // s has the same stride",
+           "    penalty.ld = components;",
+           ("tests/test_mixture_log_likelihood.py", "-k", "penalty"),
+           "the double backward's epilogue steps rows by the column count, not by the padded "
+           "row stride"),
+    Mutant("mll-keep-large-min-dim", "gmkernels/ops/mixture_log_likelihood.py",
+           "KEEP_LARGE_MIN_DIM = 256",
+           "KEEP_LARGE_MIN_DIM = 128",
+           ("tests/test_mixture_log_likelihood.py", "-k", "keeps_exponents_rules"),
+           "the 64 MiB budget from d = 128, where 40 MB tables were measured 0.8-1.0x"),
 ]
 
 

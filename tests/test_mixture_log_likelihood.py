@@ -1136,17 +1136,20 @@ def spying_on_kept_responsibilities():
 
 
 def penalty_gradients(name, inputs, upstream, retain=False):
-    """The gradients of sum_b t_b ||grad_x of <ll, upstream>||^2 (t_b = b + 1) in every input,
-    on backend ``name``; with ``retain``, two penalty backwards through one first gradient."""
+    """The first gradients of <ll, upstream> in every input (taken with create_graph), then the
+    gradients of sum_b t_b ||that gradient in x||^2 (t_b = b + 1) in every input, on backend
+    ``name``; with ``retain``, two penalty backwards through one first gradient."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
     with gmkernels.use_backend(name):
         out = gmkernels.mixture_log_likelihood(*inputs)
-        (grad_x,) = torch.autograd.grad((out * upstream).sum(), inputs[0], create_graph=True)
+        first = torch.autograd.grad((out * upstream).sum(), tensors, create_graph=True)
+        grad_x = first[0]
         weights = torch.arange(1, grad_x.shape[0] + 1, dtype=grad_x.dtype)
         penalty = (grad_x.square().sum(1) * weights).sum()
-        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        first = [g.detach() for g in first]
         if not retain:
-            return torch.autograd.grad(penalty, tensors)
-        return (*torch.autograd.grad(penalty, tensors, retain_graph=True),
+            return (*first, *torch.autograd.grad(penalty, tensors))
+        return (*first, *torch.autograd.grad(penalty, tensors, retain_graph=True),
                 *torch.autograd.grad(penalty, tensors))
 
 
@@ -1155,8 +1158,8 @@ def penalty_gradients(name, inputs, upstream, retain=False):
        forward_keeps=st.booleans(), zero_rows=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_cpp_penalty_reading_kept_responsibilities_gives_the_reference_result(
         batch, components, dim, var_kind, switched_off, forward_keeps, zero_rows, seed):
-    """Gradients of a penalty in x into every input against the reference backend (float64),
-    the double backward reading the table; the upstream gradient with zero rows (the table
+    """The first gradients in every input (create_graph) and a penalty in x's gradients into
+    every input against the reference backend (float64), the double backward reading the table; the upstream gradient with zero rows (the table
     holds r, not grad r, which would lose them); the table from the forward's exponents or
     recomputed into a new one, its rows padded when C is not a multiple of 16."""
     if "cpp" not in gmkernels.backends():
