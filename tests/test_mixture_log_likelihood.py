@@ -1159,9 +1159,10 @@ def penalty_gradients(name, inputs, upstream, retain=False):
 def test_cpp_penalty_reading_kept_responsibilities_gives_the_reference_result(
         batch, components, dim, var_kind, switched_off, forward_keeps, zero_rows, seed):
     """The first gradients in every input (create_graph) and a penalty in x's gradients into
-    every input against the reference backend (float64), the double backward reading the table; the upstream gradient with zero rows (the table
-    holds r, not grad r, which would lose them); the table from the forward's exponents or
-    recomputed into a new one, its rows padded when C is not a multiple of 16."""
+    every input against the reference backend (float64), the double backward reading the
+    table; the upstream gradient with zero rows (the table holds r, not grad r, which would
+    lose them); the table from the forward's exponents or recomputed into a new one, its rows
+    padded when C is not a multiple of 16."""
     if "cpp" not in gmkernels.backends():
         pytest.skip("compiled ops not built")
     x, means, var, log_weights = make_inputs(batch, components, dim, var_kind, seed=seed)
@@ -1219,7 +1220,8 @@ def test_cpp_kept_responsibilities_over_several_row_blocks_in_float32(var_kind):
         for keep in (True, False):
             os.environ[KEEP_MAX_BYTES] = str(1 << 30) if keep else "0"
             try:
-                results[keep] = penalty_gradients("cpp", leaves(x, means, var, log_weights), upstream)
+                results[keep] = penalty_gradients("cpp", leaves(x, means, var, log_weights),
+                                                  upstream)
             finally:
                 del os.environ[KEEP_MAX_BYTES]
     assert first == [False] and second == [True, False]   # kept, recomputed

@@ -555,8 +555,8 @@ at::Tensor col_factors_cpu(const TiledProblem& problem, bool var_grad, Scratch& 
 }
 
 // grad_x_b = (W [mc P])_b - xc_b (W [P])_b (times row_scale_b where given: W = r there, the
-// incoming gradient scaling the rows after the product); from S = W^T [xc | 1 | xc^2] (or [xc | 1 | ||xc||^2];
-// a diagonal variance's xc^2 block only when its gradient is wanted):
+// incoming gradient scaling the rows after the product); from S = W^T [xc | 1 | xc^2] (or
+// [xc | 1 | ||xc||^2]; a diagonal variance's xc^2 block only when its gradient is wanted):
 // grad_mu = P (S_x - mc S_1), grad_v = P (P (S_xx - 2 mc S_x + mc^2 S_1) - S_1) / 2 per dimension
 // (isotropic: summed over dimensions, d S_1), grad_log_w = S_1; component sums in double.
 template <typename scalar_t>

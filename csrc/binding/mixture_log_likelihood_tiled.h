@@ -110,6 +110,6 @@ void mixture_log_likelihood_tiled_double_backward(const at::Tensor& grad_grad_x,
                                                   const at::Tensor& log_weights,
                                                   const at::Tensor& log_likelihood,
                                                   MixturePenaltyGradients& out,
-                                                  const at::Tensor& responsibilities = at::Tensor());
+                                                  const at::Tensor& responsibilities = {});
 
 }  // namespace gmk

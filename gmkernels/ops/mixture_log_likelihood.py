@@ -611,5 +611,6 @@ if "cpp" in IMPLEMENTED:
                                 _fake_keeping_exponents)
     torch.library.register_fake("gmkernels::mixture_log_likelihood_backward_from_exponents",
                                 _fake_backward_from_exponents)
-    torch.library.register_fake("gmkernels::mixture_log_likelihood_backward_keeping_responsibilities",
-                                _fake_backward_keeping_responsibilities)
+    torch.library.register_fake(
+        "gmkernels::mixture_log_likelihood_backward_keeping_responsibilities",
+        _fake_backward_keeping_responsibilities)
