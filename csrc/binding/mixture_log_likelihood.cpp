@@ -290,6 +290,27 @@ at::Tensor cpu_mixture_log_likelihood_keeping_exponents(const at::Tensor& x,
   return mixture_log_likelihood_tiled(in.x, in.means, in.var, in.log_weights, exponents);
 }
 
+// The tiled backward with a (B, C) table (CPU only; what it does with the table: `table_use`,
+// see BackwardTable), for the two ops below.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_with_table(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
+    const at::Tensor& log_weights, const at::Tensor& log_likelihood, at::Tensor& table,
+    BackwardTable table_use, bool x_grad, bool component_grads, bool var_grad) {
+  check_mixture_log_likelihood_args(x, means, var, log_weights);
+  check_row_inputs(x, grad, log_likelihood);
+  check_exponents(x, means, table);
+  const Contiguous in(x, means, var, log_weights);
+  const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
+  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
+  // A table left for the double backward is filled even when no gradient is wanted here.
+  const bool fills_table = table_use != BackwardTable::kExponents;
+  if (x.size(0) == 0 || !(x_grad || component_grads || fills_table)) return out.tuple();
+  mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
+                                        log_likelihood_c, out, x_grad, component_grads, table,
+                                        table_use);
+  return out.tuple();
+}
+
 // The backward from kept exponents (CPU only): the tiled backward without its recomputed
 // product. `exponents` is consumed: overwritten with W_bc = grad_b r_bc.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -297,17 +318,8 @@ cpu_mixture_log_likelihood_backward_from_exponents(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, at::Tensor& exponents,
     bool x_grad, bool component_grads, bool var_grad) {
-  check_mixture_log_likelihood_args(x, means, var, log_weights);
-  check_row_inputs(x, grad, log_likelihood);
-  check_exponents(x, means, exponents);
-  const Contiguous in(x, means, var, log_weights);
-  const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
-  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
-  if (x.size(0) == 0 || !(x_grad || component_grads)) return out.tuple();
-  mixture_log_likelihood_tiled_backward(grad_c, in.x, in.means, in.var, in.log_weights,
-                                        log_likelihood_c, out, x_grad, component_grads, exponents,
-                                        BackwardTable::kExponents);
-  return out.tuple();
+  return backward_with_table(grad, x, means, var, log_weights, log_likelihood, exponents,
+                             BackwardTable::kExponents, x_grad, component_grads, var_grad);
 }
 
 // Whether the backward of this problem takes the tiled path (where keeping its responsibilities
@@ -318,28 +330,19 @@ bool cpu_mixture_log_likelihood_backward_is_tiled(const at::Tensor& x, const at:
 }
 
 // The first backward of a gradient penalty (one that records a graph, CPU only): the tiled
-// backward leaving the responsibilities r_bc in `table`, a contiguous (B, C) tensor, for the
-// double backward to read instead of recomputing them. The table holds the forward's kept
-// exponents (table_has_exponents: no product to recompute here either) or anything (the product
-// is recomputed into it).
+// backward leaving the responsibilities r_bc in `table`, a (B, C) tensor with rows of unit
+// stride, for the double backward to read instead of recomputing them. The table holds the
+// forward's kept exponents (table_has_exponents: no product to recompute here either) or
+// anything (the product is recomputed into it).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 cpu_mixture_log_likelihood_backward_keeping_responsibilities(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& means, const at::Tensor& var,
     const at::Tensor& log_weights, const at::Tensor& log_likelihood, at::Tensor& table,
     bool table_has_exponents, bool x_grad, bool component_grads, bool var_grad) {
-  check_mixture_log_likelihood_args(x, means, var, log_weights);
-  check_row_inputs(x, grad, log_likelihood);
-  check_exponents(x, means, table);
-  const Contiguous in(x, means, var, log_weights);
-  const at::Tensor grad_c = grad.contiguous(), log_likelihood_c = log_likelihood.contiguous();
-  MixtureGradients out(in.x, in.means, in.var, in.log_weights, x_grad, component_grads, var_grad);
-  if (x.size(0) == 0) return out.tuple();
-  mixture_log_likelihood_tiled_backward(
-      grad_c, in.x, in.means, in.var, in.log_weights, log_likelihood_c, out, x_grad,
-      component_grads, table,
-      table_has_exponents ? BackwardTable::kExponentsToResponsibilities
-                          : BackwardTable::kResponsibilities);
-  return out.tuple();
+  return backward_with_table(grad, x, means, var, log_weights, log_likelihood, table,
+                             table_has_exponents ? BackwardTable::kExponentsToResponsibilities
+                                                 : BackwardTable::kResponsibilities,
+                             x_grad, component_grads, var_grad);
 }
 
 // Up to this B C d (and C <= kDirectMaxComponents) the double backward of a penalty takes the
