@@ -446,6 +446,12 @@ MUTANTS = [
            ("tests/test_mixture_log_likelihood.py", "-k", "penalty"),
            "the double backward's epilogue steps rows by the column count, not by the padded "
            "row stride"),
+    Mutant("mll-resp-slopes-stride", "csrc/binding/mixture_log_likelihood_tiled.cpp",
+           "  const int64_t stride = kept ? std::max(components, kept_responsibilities.stride(0))",
+           "  const int64_t stride = kept ? padded_row_stride(components)",
+           ("tests/test_mixture_log_likelihood.py", "-k", "keeping_responsibilities_pair"),
+           "the double backward's slopes keep their own padded stride while its epilogue steps "
+           "them by the kept table's"),
     Mutant("mll-keep-large-min-dim", "gmkernels/ops/mixture_log_likelihood.py",
            "KEEP_LARGE_MIN_DIM = 256",
            "KEEP_LARGE_MIN_DIM = 128",

@@ -1295,3 +1295,15 @@ def test_opcheck_cpp_keeping_responsibilities_pair():
                                             table, False, True, True, True))
     keeping(grad, x, means, var, log_weights, log_likelihood, table, False, True, True, True)
     assert torch.allclose(table.sum(1), torch.ones(11), rtol=1e-5)   # responsibilities
+    # The double backward reads a table of any row stride (here C = 70 unpadded, where its own
+    # tiles pad to 80) as it reads its recomputed tiles.
+    double_backward = torch.ops.gmkernels.mixture_log_likelihood_double_backward
+    upstream = torch.randn(11, 4, generator=torch.Generator().manual_seed(3))
+    args = (upstream, grad, x, means, var, log_weights, log_likelihood, True, True, True, True,
+            True)
+    padded = torch.empty(11, 96)[:, :70]
+    padded.copy_(table)
+    for kept in (table, padded):
+        for got, want in zip(double_backward(*args, kept.clone() if kept is table else kept),
+                             double_backward(*args)):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)

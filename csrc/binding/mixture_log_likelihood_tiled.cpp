@@ -830,7 +830,9 @@ void tiled_double_backward_cpu(const at::Tensor& grad_grad_x, const at::Tensor& 
   // Two tiles (r -> q, s -> w) of whole rows, kTileElements in all.
   const int64_t tile_rows = std::max<int64_t>(1, std::min(rows, kTileElements / 2 / components));
   const bool kept = kept_responsibilities.defined();
-  const int64_t stride = padded_row_stride(components);
+  // The slopes' rows as far apart as the responsibilities' (the epilogues take one stride).
+  const int64_t stride = kept ? std::max(components, kept_responsibilities.stride(0))
+                              : padded_row_stride(components);
   const at::Tensor responsibilities =
       kept ? at::Tensor()
            : scratch.take({tile_rows, stride}, options).narrow(1, 0, components);
