@@ -47,16 +47,6 @@ constexpr int64_t kSparseRatio = 32;
 // columns 215-223 us; B = C = 2048, the transposed tile by 3 columns 9.4 ms, by 16 2.1 ms), while
 // wider tables gained nothing from padding. Small d (2, 9: MD-GAN's) has such tables.
 constexpr int64_t kMinFactorWidth = 16;
-// The row stride (in elements) of a CPU tile of `cols` columns: a multiple of 16 (64 bytes in
-// float32) that is not one of 512. This machine's MKL wrote a product into rows of 3162 floats
-// 1.7x slower than into rows of 3168 (B = C = 3162, d = 64, 16 MiB tiles: 6.5 vs 3.8 ms), and
-// multiplied a transposed tile of rows of 1024 floats 1.3-1.7x slower than one of 1000 or 1008
-// (d = 16 and 64); other strides (316, 1000) made no difference.
-int64_t padded_row_stride(int64_t cols) {
-  int64_t stride = (cols + 15) / 16 * 16;
-  if (stride % 512 == 0) stride += 16;
-  return stride;
-}
 
 // Full-precision float32 products for the lifetime of the guard, whatever the user allowed.
 //
@@ -996,6 +986,16 @@ void dispatch_tile_kernels(const at::Tensor& x, Body&& body) {
 }
 
 }  // namespace
+
+// A multiple of 16 (64 bytes in float32) that is not one of 512. This machine's MKL wrote a
+// product into rows of 3162 floats 1.7x slower than into rows of 3168 (B = C = 3162, d = 64,
+// 16 MiB tiles: 6.5 vs 3.8 ms), and multiplied a transposed tile of rows of 1024 floats 1.3-1.7x
+// slower than one of 1000 or 1008 (d = 16 and 64); other strides (316, 1000) made no difference.
+int64_t padded_row_stride(int64_t cols) {
+  int64_t stride = (cols + 15) / 16 * 16;
+  if (stride % 512 == 0) stride += 16;
+  return stride;
+}
 
 at::Tensor mixture_log_likelihood_tiled(const at::Tensor& x, const at::Tensor& means,
                                         const at::Tensor& var, const at::Tensor& log_weights,

@@ -72,6 +72,10 @@ struct MixturePenaltyGradients {
   }
 };
 
+// The row stride (in elements) of a CPU tile of `cols` columns, and of the (B, C) tables the
+// Python wrapper allocates for the kernels to keep (gmkernels._C.mixture_tile_row_stride).
+int64_t padded_row_stride(int64_t cols);
+
 // log p(x_b) for every row. The inputs are checked, contiguous, float32 or float64, on one CPU
 // or CUDA device (the caller holds the device guard), with B >= 1. With `kept` given (a
 // contiguous (B, C) tensor of x's dtype and device), the exponents E_bc are left in it.

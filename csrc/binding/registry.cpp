@@ -2,9 +2,11 @@
 // was built. Each op declares its schemas (TORCH_LIBRARY_FRAGMENT) and registers its kernels per
 // device in its own csrc/binding/<op>.cpp, so a new op touches no shared file; fake tensors and
 // autograd are registered from Python (gmkernels/ops/<op>.py). value_summary serves the Python
-// wrappers' value checks (csrc/binding/value_summary.cpp).
+// wrappers' value checks (csrc/binding/value_summary.cpp), mixture_tile_row_stride the padding
+// of the tables mixture_log_likelihood's wrapper allocates.
 #include <torch/extension.h>
 
+#include "mixture_log_likelihood_tiled.h"
 #include "output_memory.h"
 #include "value_summary.h"
 
@@ -61,4 +63,6 @@ PYBIND11_MODULE(_C, m) {
         "Bytes of freed large CPU outputs kept for reuse now.");
   m.def("release_output_cache", &gmk::release_output_cache,
         "Frees every kept output block.");
+  m.def("mixture_tile_row_stride", &gmk::padded_row_stride, pybind11::arg("cols"),
+        "The padded row stride of mixture_log_likelihood's CPU tiles of `cols` columns.");
 }

@@ -196,13 +196,10 @@ def keeps_exponents(x, means, var, log_weights) -> bool:
 
 
 def _new_table(x, num_components: int) -> torch.Tensor:
-    """An uninitialized (B, C) table for the kernels to keep, its rows padded as the CPU tiles'
-    are (csrc/binding/mixture_log_likelihood_tiled.cpp, padded_row_stride: a multiple of 16
-    elements, not one of 512): products into rows of 3162 floats ran 1.7x slower than into rows
-    of 3168."""
-    stride = (num_components + 15) // 16 * 16
-    if stride % 512 == 0:
-        stride += 16
+    """An uninitialized (B, C) table for the kernels to keep (cpp backend only), its rows padded
+    as the CPU tiles' are (a multiple of 16 elements, not one of 512): products into rows of
+    3162 floats ran 1.7x slower than into rows of 3168."""
+    stride = backend.compiled_module().mixture_tile_row_stride(num_components)
     return x.new_empty(x.shape[0], stride)[:, :num_components]
 
 
